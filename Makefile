@@ -1,0 +1,54 @@
+# fastproto: `make demo` and `make test` set up everything on a fresh Debian machine.
+# Each step leaves a stamp, so a second run skips what is already done.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := $(VENV)/.stamps
+APT_PACKAGES := build-essential pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: install test lint typecheck pytest demo test-gpu bench-smoke clean
+
+$(STAMPS)/venv:
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/apt: | $(STAMPS)/venv
+	if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(APT_PACKAGES); \
+	fi
+	touch $@
+
+$(STAMPS)/python: pyproject.toml $(STAMPS)/apt
+	$(PY) -m pip install --quiet -e '.[data,dev]'
+	touch $@
+
+install: $(STAMPS)/python
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy fastproto
+
+# pytest exits 5 when it collected nothing: say so loudly rather than pass.
+pytest: install
+	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "ERROR: pytest ran zero tests" >&2; fi; exit $$rc
+
+test: lint typecheck pytest
+
+test-gpu: install
+	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/fastproto train
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

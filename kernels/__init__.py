@@ -1,0 +1,9 @@
+"""Prototype cross-entropy that never holds an [N, K] tensor; see kernels/reference.py for the math.
+
+Implementations behind `impl`: "reference" (materialised, the truth), "chunked" (PyTorch loop over
+K blocks, any device) and "triton" (fused GPU kernels); "auto" picks triton on CUDA, else chunked.
+"""
+
+from fastproto.kernels.dispatch import prototype_cross_entropy, teacher_statistics
+
+__all__ = ["prototype_cross_entropy", "teacher_statistics"]

@@ -1,0 +1,80 @@
+"""One signature, three implementations: validation and the choice of `impl`."""
+
+from __future__ import annotations
+
+import torch
+from fastproto.kernels.reference import (
+    prototype_cross_entropy_reference,
+    teacher_statistics_reference,
+)
+from fastproto.kernels.validate import check_loss_inputs, check_teacher_inputs
+
+IMPLS = ("auto", "reference", "chunked", "triton")
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """Map "auto" to the fastest implementation available on `device`."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    return "triton" if device.type == "cuda" else "chunked"
+
+
+def prototype_cross_entropy(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    student_protos: torch.Tensor,
+    teacher_protos: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    center: torch.Tensor,
+    student_temp: float,
+    teacher_temp: float,
+    vmf: bool,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted prototype cross-entropy -> (loss scalar, teacher_mean_probs [K])."""
+    check_loss_inputs(
+        student,
+        teacher,
+        student_protos,
+        teacher_protos,
+        targets,
+        weights,
+        center,
+        student_temp,
+        teacher_temp,
+    )
+    args = (
+        student,
+        teacher,
+        student_protos,
+        teacher_protos,
+        targets,
+        weights,
+        center,
+        student_temp,
+        teacher_temp,
+        vmf,
+    )
+    chosen = resolve_impl(impl, student.device)
+    if chosen == "reference":
+        return prototype_cross_entropy_reference(*args)
+    raise NotImplementedError(f"impl={chosen!r} is not built yet; use impl='reference'")
+
+
+def teacher_statistics(
+    teacher: torch.Tensor,
+    teacher_protos: torch.Tensor,
+    center: torch.Tensor,
+    teacher_temp: float,
+    vmf: bool,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher row log-sum-exp [Nt] and column mean probabilities [K]."""
+    check_teacher_inputs(teacher, teacher_protos, center, teacher_temp)
+    chosen = resolve_impl(impl, teacher.device)
+    if chosen == "reference":
+        return teacher_statistics_reference(teacher, teacher_protos, center, teacher_temp, vmf)
+    raise NotImplementedError(f"impl={chosen!r} is not built yet; use impl='reference'")
