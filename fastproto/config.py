@@ -1,0 +1,280 @@
+"""The training configuration: one tree of dataclasses, the single source of truth.
+
+Defaults follow paper 1, Table 6 (iBOT-vMF, ViT-S/16, ImageNet). A recipe TOML file holds only
+the differences from these defaults (tables named like the sections below); `key=value`
+overrides with dotted keys (``optim.lr=1e-3``) come last. Unknown keys are errors that name the
+key and the nearest valid one. `to_toml` writes the resolved tree back out for the run directory.
+
+The learning rate is given per 1024 images and scaled linearly by the global batch:
+``lr = optim.lr * optim.batch_size / 1024``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.backend": ("ffcv", "dali", "folder"),
+    "method.name": ("dino", "ibot"),
+    "head.norm": ("vmf", "l2", "free"),
+    "method.centering": ("probability", "logit", "sinkhorn", "none"),
+    "method.loss_impl": ("auto", "triton", "chunked", "reference"),
+    "run.precision": ("auto", "bf16", "fp16", "fp32"),
+    "run.device": ("auto", "cpu", "cuda"),
+}
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # empty: the embedded Fashion-MNIST demo
+    backend: str = "ffcv"
+    workers: int = 8
+    global_crops: int = 2
+    local_crops: int = 10
+    global_size: int = 224
+    local_size: int = 96
+    global_scale: tuple[float, float] = (0.25, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.25)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "vit_small_patch16_224"
+    drop_path: float = 0.1
+
+
+@dataclass
+class HeadConfig:
+    num_prototypes: int = 8192
+    norm: str = "vmf"
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    num_layers: int = 3
+    shared: bool = True
+
+
+@dataclass
+class MethodConfig:
+    name: str = "ibot"
+    centering: str = "probability"
+    center_momentum: float = 0.9
+    sinkhorn_iterations: int = 3
+    koleo_proto: float = 0.1
+    koleo_group_size: int = 2048
+    koleo_data: float = 0.0
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    teacher_temp_warmup_epochs: int = 30
+    patch_loss_weight: float = 1.0
+    pred_ratio: tuple[float, float] = (0.0, 0.3)
+    pred_ratio_var: tuple[float, float] = (0.0, 0.2)
+    loss_impl: str = "auto"
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 800
+    batch_size: int = 1024  # global, over all processes
+    lr: float = 2e-3  # per 1024 images
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    momentum_teacher: float = 0.996
+    momentum_teacher_end: float = 1.0
+    clip_grad: float = 3.0  # 0 disables clipping
+    freeze_last_layer_epochs: int = 1
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/fastproto"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 on a GPU that has it, else fp16; fp32 on CPU
+    checkpoint_every: int = 500  # steps; a checkpoint is also written at each epoch end
+    keep_last: int = 3
+    max_steps: int = 0  # 0: run all epochs; >0 stops after this global step (smoke runs)
+    knn_every_epochs: int = 0  # 0: no kNN during training
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def to_dict(config: TrainConfig) -> dict[str, dict[str, Any]]:
+    """Nested plain dict (tuples become lists), ready for TOML or JSON."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in dataclasses.fields(config):
+        values = dataclasses.asdict(getattr(config, section.name))
+        out[section.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    return out
+
+
+def valid_keys() -> list[str]:
+    """Every dotted key the configuration accepts, e.g. ``optim.lr``."""
+    config = TrainConfig()
+    return [
+        f"{section.name}.{f.name}"
+        for section in dataclasses.fields(config)
+        for f in dataclasses.fields(getattr(config, section.name))
+    ]
+
+
+def _unknown_key(key: str, where: str) -> ValueError:
+    near = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.0)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    return ValueError(f"unknown config key {key!r} in {where}{hint}")
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check `value` against the type of the default; ints are accepted for floats."""
+    if isinstance(default, tuple):
+        if not isinstance(value, list | tuple) or len(value) != len(default):
+            raise ValueError(f"{key} must be a list of {len(default)} numbers, got {value!r}")
+        return tuple(_coerce(key, v, d) for v, d in zip(value, default, strict=True))
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not type(default):
+        raise ValueError(
+            f"{key} must be a {type(default).__name__}, got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def set_key(config: TrainConfig, key: str, value: Any, where: str = "overrides") -> None:
+    """Set dotted `key` (``section.name``) on `config`, checking the key and the value's type."""
+    section, _, name = key.partition(".")
+    if key not in valid_keys():
+        raise _unknown_key(key, where)
+    target = getattr(config, section)
+    setattr(target, name, _coerce(key, value, getattr(target, name)))
+
+
+def merge(config: TrainConfig, tree: dict[str, Any], where: str) -> TrainConfig:
+    """Apply a nested dict (a parsed recipe) onto `config`, in place; returns it."""
+    for section, values in tree.items():
+        if not isinstance(values, dict):
+            raise _unknown_key(section, where)
+        for name, value in values.items():
+            set_key(config, f"{section}.{name}", value, where)
+    return config
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line value, read as a TOML value; bare words are strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply ``key=value`` strings (dotted keys, TOML values) onto `config`, in place."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like key=value, e.g. optim.lr=1e-3")
+        set_key(config, key.strip(), _parse_value(text.strip()))
+    return config
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe file: a path that exists, or the name of a bundled recipe (``demo``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = Path(str(resources.files("fastproto").joinpath("recipes", f"{path.stem}.toml")))
+    if bundled.is_file():
+        return bundled
+    names = sorted(p.stem for p in bundled.parent.glob("*.toml"))
+    raise ValueError(f"config file {name_or_path!r} not found; bundled recipes: {names}")
+
+
+def load_config(recipe: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the recipe file (if any), then the overrides; validated."""
+    config = TrainConfig()
+    if recipe:
+        path = recipe_path(recipe)
+        try:
+            tree = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"config file {path} is not valid TOML: {err}") from err
+        merge(config, tree, str(path))
+    apply_overrides(config, overrides or [])
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Value checks that types alone do not catch; each message says what to change."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
+    positive = {
+        "head.num_prototypes": config.head.num_prototypes,
+        "optim.epochs": config.optim.epochs,
+        "optim.batch_size": config.optim.batch_size,
+        "data.global_crops": config.data.global_crops,
+        "method.student_temp": config.method.student_temp,
+        "method.teacher_temp": config.method.teacher_temp,
+        "method.warmup_teacher_temp": config.method.warmup_teacher_temp,
+        "run.keep_last": config.run.keep_last,
+        "run.checkpoint_every": config.run.checkpoint_every,
+    }
+    for key, value in positive.items():
+        if value < 1 if isinstance(value, int) else value <= 0:
+            raise ValueError(f"{key} must be positive (>= 1 for counts), got {value}")
+    if config.data.local_crops < 0:
+        raise ValueError(f"data.local_crops must be >= 0, got {config.data.local_crops}")
+    momentum = config.method.center_momentum
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"method.center_momentum must be in [0, 1), got {momentum}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def to_toml(config: TrainConfig) -> str:
+    """The whole resolved tree as TOML text (reads back to an equal config)."""
+    lines: list[str] = []
+    for section, values in to_dict(config).items():
+        lines.append(f"[{section}]")
+        lines += [f"{name} = {_toml_value(value)}" for name, value in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def from_dict(tree: dict[str, Any], where: str = "checkpoint") -> TrainConfig:
+    """A config rebuilt from `to_dict` output (e.g. stored in a checkpoint)."""
+    return merge(TrainConfig(), tree, where)
