@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+from fastproto.kernels.chunked import (
+    prototype_cross_entropy_chunked,
+    teacher_statistics_chunked,
+)
 from fastproto.kernels.reference import (
     prototype_cross_entropy_reference,
     teacher_statistics_reference,
@@ -19,6 +25,16 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     if impl != "auto":
         return impl
     return "triton" if device.type == "cuda" else "chunked"
+
+
+def _require_triton_device(device: torch.device) -> None:
+    """Triton needs CUDA tensors, or CPU tensors under the interpreter (TRITON_INTERPRET=1)."""
+    if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    raise ValueError(
+        f"impl='triton' needs CUDA tensors, got {device.type}; use impl='chunked' on this "
+        "device, or set TRITON_INTERPRET=1 before importing triton to run the kernels slowly"
+    )
 
 
 def prototype_cross_entropy(
@@ -61,7 +77,12 @@ def prototype_cross_entropy(
     chosen = resolve_impl(impl, student.device)
     if chosen == "reference":
         return prototype_cross_entropy_reference(*args)
-    raise NotImplementedError(f"impl={chosen!r} is not built yet; use impl='reference'")
+    if chosen == "chunked":
+        return prototype_cross_entropy_chunked(*args)
+    _require_triton_device(student.device)
+    from fastproto.kernels.triton_loss import prototype_cross_entropy_triton
+
+    return prototype_cross_entropy_triton(*args)
 
 
 def teacher_statistics(
@@ -75,6 +96,12 @@ def teacher_statistics(
     """Teacher row log-sum-exp [Nt] and column mean probabilities [K]."""
     check_teacher_inputs(teacher, teacher_protos, center, teacher_temp)
     chosen = resolve_impl(impl, teacher.device)
+    args = (teacher, teacher_protos, center, teacher_temp, vmf)
     if chosen == "reference":
-        return teacher_statistics_reference(teacher, teacher_protos, center, teacher_temp, vmf)
-    raise NotImplementedError(f"impl={chosen!r} is not built yet; use impl='reference'")
+        return teacher_statistics_reference(*args)
+    if chosen == "chunked":
+        return teacher_statistics_chunked(*args)
+    _require_triton_device(teacher.device)
+    from fastproto.kernels.triton_loss import teacher_statistics_triton
+
+    return teacher_statistics_triton(*args)
