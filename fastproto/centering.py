@@ -1,0 +1,242 @@
+"""Regularisers of the marginal latent class distribution: teacher centring and ME-MAX.
+
+Every centring scheme yields a vector center [K] in the tempered-logit domain, subtracted from
+the teacher logits inside the fused loss (kernels/reference.py):
+
+    L[m, k] = <w_t[k], y_t[m]> / tau_t + vmf_t[k]      uncentred teacher logits     [Nt, K]
+    b[m, k] = L[m, k] - center[k]                      what the loss sees            [Nt, K]
+
+Schemes (`make_centering(kind, ...)`):
+
+- "logit" (DINO, DINO-vMF eq. 8): c <- m c + (1 - m) mean_m o[m, k], center = c / tau_t, where
+  o = tau_t * L is the teacher output before sharpening. Without vMF o[m, k] = <w_t[k], y_t[m]>,
+  and its batch mean is <w_t[k], mean_m y_t[m]>, so no [Nt, K] matrix is formed. With vMF the
+  teacher's logit carries log C_p(||w_k|| / tau_t) in the tempered domain, so the unsharpened
+  output carries tau_t * log C_p; c therefore holds the EMA of the log-normaliser too (the effect
+  DINO-vMF section 3.4 describes), and c / tau_t is the EMA of the vMF logits L when tau_t is
+  constant. c is kept unsharpened, as in DINO, so a teacher-temperature schedule rescales it.
+- "probability" (DINO-vMF eq. 9, paper 1 eq. 4): c <- m c + (1 - m) log(mean_m softmax(L[m])),
+  center = c. The column means come from `teacher_statistics` with a zero center.
+- "sinkhorn" (paper 1 eq. 3 iterated): Sinkhorn-Knopp over the batch in the log domain, starting
+  from u = 0 and the row-normalised softmax(L):
+      u <- u + log(mean_m softmax(L[m] - u))     (column normalisation, then the row one)
+  repeated `sinkhorn_iterations` times; the target is softmax(L - u) row-wise, center = u. Each
+  iteration needs only the column means of the current target, so it never exponentiates L
+  outside a softmax and stays finite where exp(L) overflows (vMF logits with large ||w||).
+  One iteration equals "probability" with m = 0 (paper 1 section 3). Stateless; the last u is
+  kept in a buffer for logging.
+- "none": zeros.
+
+Order (as in DINO): the EMA schemes return the center from *before* this batch, which the loss
+uses, and then fold this batch into the running state. Distributed: when torch.distributed is
+initialised, each batch statistic [K] is averaged over ranks weighted by their row counts (one
+all-reduce of K + 1 floats per statistic), so every rank keeps the same state and Sinkhorn-Knopp
+runs over the global batch.
+
+ME-MAX (paper 1 section 3): `me_max_penalty` = -H(mean_n softmax(a[n])) on the student logits a;
+minimising it maximises the entropy of the mean student prediction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from fastproto.kernels import teacher_statistics
+from fastproto.kernels.reference import prototype_bias, student_logits
+from fastproto.kernels.validate import check_teacher_inputs
+
+KINDS = ("logit", "probability", "sinkhorn", "none")
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def global_mean(stat: Tensor, rows: int) -> Tensor:
+    """Mean of a per-rank batch statistic [K] over all ranks, weighted by each rank's `rows`.
+
+    `stat` is this rank's mean over its `rows` rows; without a process group it is returned as is.
+    """
+    if not _distributed():
+        return stat
+    packed = torch.cat([stat * rows, stat.new_tensor([float(rows)])])  # [K + 1]
+    dist.all_reduce(packed)
+    return packed[:-1] / packed[-1]
+
+
+def _safe_log(probs: Tensor) -> Tensor:
+    # A column mean that underflows to 0 would give -inf and then NaN in the next softmax.
+    return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
+
+class Centering(nn.Module):
+    """Base class: validates the batch, runs without grad, returns the center [K] to use."""
+
+    def __init__(self, num_prototypes: int) -> None:
+        super().__init__()
+        if isinstance(num_prototypes, bool) or not isinstance(num_prototypes, int):
+            raise ValueError(f"num_prototypes must be an int, got {num_prototypes!r}")
+        if num_prototypes < 1:
+            raise ValueError(f"num_prototypes must be >= 1, got {num_prototypes}")
+        self.num_prototypes = num_prototypes
+
+    def forward(
+        self,
+        teacher: Tensor,
+        teacher_protos: Tensor,
+        teacher_temp: float,
+        vmf: bool,
+        impl: str = "auto",
+    ) -> Tensor:
+        """Center [K] for this batch (teacher [Nt, D], teacher_protos [K, D]); updates the state."""
+        k = self.num_prototypes
+        if teacher_protos.dim() != 2 or teacher_protos.shape[0] != k:
+            raise ValueError(
+                f"this centring was built with num_prototypes={k} but teacher_protos has shape "
+                f"{tuple(teacher_protos.shape)}; pass [K={k}, D] prototypes or build the centring "
+                f"with make_centering(kind, num_prototypes=K)"
+            )
+        check_teacher_inputs(teacher, teacher_protos, teacher_protos.new_zeros(k), teacher_temp)
+        with torch.no_grad():
+            return self._center(teacher.detach(), teacher_protos.detach(), teacher_temp, vmf, impl)
+
+    def _center(
+        self, teacher: Tensor, teacher_protos: Tensor, teacher_temp: float, vmf: bool, impl: str
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"num_prototypes={self.num_prototypes}"
+
+
+class NoCentering(Centering):
+    """center = 0."""
+
+    def _center(
+        self, teacher: Tensor, teacher_protos: Tensor, teacher_temp: float, vmf: bool, impl: str
+    ) -> Tensor:
+        return teacher.new_zeros(self.num_prototypes)
+
+
+class _EmaCentering(Centering):
+    """Shared state of the EMA schemes: buffer `center` [K] and `momentum`."""
+
+    center: Tensor
+
+    def __init__(self, num_prototypes: int, momentum: float) -> None:
+        super().__init__(num_prototypes)
+        self.momentum = float(momentum)
+        self.register_buffer("center", torch.zeros(num_prototypes))
+
+    def _fold_in(self, batch_stat: Tensor) -> None:
+        """c <- m c + (1 - m) batch_stat, in place, in the buffer's dtype."""
+        self.center.mul_(self.momentum).add_(
+            batch_stat.to(self.center.dtype), alpha=1.0 - self.momentum
+        )
+
+    def extra_repr(self) -> str:
+        return f"num_prototypes={self.num_prototypes}, momentum={self.momentum}"
+
+
+class LogitCentering(_EmaCentering):
+    """DINO's centring; the buffer holds c unsharpened, the returned center is c / tau_t."""
+
+    def _center(
+        self, teacher: Tensor, teacher_protos: Tensor, teacher_temp: float, vmf: bool, impl: str
+    ) -> Tensor:
+        center = self.center.to(teacher.dtype) / teacher_temp  # a new tensor: [K]
+        mean_output = teacher_protos @ teacher.mean(dim=0)  # [K] = <w_k, mean_m y_m>
+        mean_output = global_mean(mean_output, teacher.shape[0])
+        if vmf:
+            # Same on every rank, so it can be added after the reduction.
+            mean_output = mean_output + teacher_temp * prototype_bias(
+                teacher_protos, teacher_temp, True
+            )
+        self._fold_in(mean_output)
+        return center
+
+
+class ProbabilityCentering(_EmaCentering):
+    """DINO-vMF's centring: EMA of the log of the batch-mean teacher probabilities."""
+
+    def _center(
+        self, teacher: Tensor, teacher_protos: Tensor, teacher_temp: float, vmf: bool, impl: str
+    ) -> Tensor:
+        center = self.center.to(teacher.dtype, copy=True)  # [K], before this batch
+        zero = teacher.new_zeros(self.num_prototypes)
+        _, column_mean = teacher_statistics(teacher, teacher_protos, zero, teacher_temp, vmf, impl)
+        self._fold_in(_safe_log(global_mean(column_mean, teacher.shape[0])))
+        return center
+
+
+class SinkhornCentering(Centering):
+    """Log-domain Sinkhorn-Knopp over the (global) batch; buffer `last_center` is for logging."""
+
+    last_center: Tensor
+
+    def __init__(self, num_prototypes: int, iterations: int) -> None:
+        super().__init__(num_prototypes)
+        self.iterations = int(iterations)
+        self.register_buffer("last_center", torch.zeros(num_prototypes))
+
+    def _center(
+        self, teacher: Tensor, teacher_protos: Tensor, teacher_temp: float, vmf: bool, impl: str
+    ) -> Tensor:
+        u = teacher.new_zeros(self.num_prototypes)  # [K]
+        for _ in range(self.iterations):
+            _, column_mean = teacher_statistics(teacher, teacher_protos, u, teacher_temp, vmf, impl)
+            u = u + _safe_log(global_mean(column_mean, teacher.shape[0]))
+        self.last_center.copy_(u.to(self.last_center.dtype))
+        return u
+
+    def extra_repr(self) -> str:
+        return f"num_prototypes={self.num_prototypes}, iterations={self.iterations}"
+
+
+def make_centering(
+    kind: str, num_prototypes: int, momentum: float = 0.9, sinkhorn_iterations: int = 3
+) -> Centering:
+    """Build the centring module `kind` in {"logit", "probability", "sinkhorn", "none"}."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown centring kind {kind!r}; choose one of {KINDS}")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must lie in [0, 1), got {momentum}; DINO uses 0.9")
+    if isinstance(sinkhorn_iterations, bool) or not isinstance(sinkhorn_iterations, int):
+        raise ValueError(f"sinkhorn_iterations must be an int, got {sinkhorn_iterations!r}")
+    if sinkhorn_iterations < 1:
+        raise ValueError(f"sinkhorn_iterations must be >= 1, got {sinkhorn_iterations}; try 3")
+    if kind == "logit":
+        return LogitCentering(num_prototypes, momentum)
+    if kind == "probability":
+        return ProbabilityCentering(num_prototypes, momentum)
+    if kind == "sinkhorn":
+        return SinkhornCentering(num_prototypes, sinkhorn_iterations)
+    return NoCentering(num_prototypes)
+
+
+def me_max_penalty(
+    student: Tensor, student_protos: Tensor, student_temp: float, vmf: bool
+) -> Tensor:
+    """-H(mean_n softmax(a[n])) for student [Ns, D], student_protos [K, D]; a scalar.
+
+    Materialised: holds the student logits and log-probabilities, [Ns, K] each. The batch mean
+    is taken in the log domain (logsumexp over rows), so it is finite even when some mean
+    probability underflows. Per rank: it is not all-reduced.
+    """
+    if student.dim() != 2 or student.shape[0] < 1:
+        raise ValueError(f"student must be [Ns, D] with Ns >= 1, got {tuple(student.shape)}")
+    if student_protos.dim() != 2 or student_protos.shape[1] != student.shape[1]:
+        raise ValueError(
+            f"student_protos must be [K, D] with D={student.shape[1]} (the student's), "
+            f"got shape {tuple(student_protos.shape)}"
+        )
+    if student_temp <= 0:
+        raise ValueError(f"student_temp must be > 0, got {student_temp}")
+    logits = student_logits(student, student_protos, student_temp, vmf)  # [Ns, K]
+    log_probs = torch.log_softmax(logits, dim=1)  # [Ns, K]
+    log_mean = torch.logsumexp(log_probs, dim=0) - math.log(student.shape[0])  # [K]
+    return (log_mean.exp() * log_mean).sum()

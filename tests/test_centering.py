@@ -1,0 +1,224 @@
+"""Centring schemes and ME-MAX against materialised float64 twins written from the papers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from loss_loops import (
+    me_max_loop,
+    require_impl,
+    sinkhorn_one_iteration_eq3,
+    sinkhorn_plain,
+    teacher_logits_loop,
+)
+
+from fastproto.centering import KINDS, make_centering, me_max_penalty
+
+IMPLS = ["reference", "chunked"]
+DIM = 16
+
+
+def _batch(rows: int, k: int, dtype: torch.dtype = torch.float64, seed: int = 0):
+    """Unit teacher embeddings [rows, DIM] and prototypes [k, DIM] with norms in [0.5, 2]."""
+    gen = torch.Generator().manual_seed(seed)
+    teacher = torch.nn.functional.normalize(torch.randn(rows, DIM, generator=gen), dim=1)
+    protos = torch.nn.functional.normalize(torch.randn(k, DIM, generator=gen), dim=1)
+    protos = protos * (0.5 + 1.5 * torch.rand(k, 1, generator=gen))
+    return teacher.to(dtype), protos.to(dtype)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("vmf", [False, True])
+def test_probability_with_momentum_zero_is_one_sinkhorn_iteration(impl: str, vmf: bool) -> None:
+    require_impl(impl)
+    teacher, protos = _batch(12, 7)
+    centering = make_centering("probability", 7, momentum=0.0).double()
+    first = centering(teacher, protos, 0.1, vmf, impl)
+    assert torch.equal(first, torch.zeros(7, dtype=torch.float64))  # state before the update
+    second = centering(teacher, protos, 0.1, vmf, impl)  # the center folded in from call one
+    logits = teacher_logits_loop(teacher, protos, 0.1, vmf)
+    target = torch.softmax(logits - second, dim=1)
+    torch.testing.assert_close(target, sinkhorn_plain(logits, 1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(target, sinkhorn_one_iteration_eq3(logits), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("iterations", [1, 3, 10])
+@pytest.mark.parametrize("vmf", [False, True])
+def test_log_domain_sinkhorn_equals_plain_sinkhorn(impl: str, iterations: int, vmf: bool) -> None:
+    require_impl(impl)
+    teacher, protos = _batch(10, 13)
+    centering = make_centering("sinkhorn", 13, sinkhorn_iterations=iterations).double()
+    center = centering(teacher, protos, 0.07, vmf, impl)
+    logits = teacher_logits_loop(teacher, protos, 0.07, vmf)
+    target = torch.softmax(logits - center, dim=1)
+    torch.testing.assert_close(target, sinkhorn_plain(logits, iterations), rtol=0, atol=1e-12)
+    assert torch.equal(centering.last_center, center)
+
+
+def test_sinkhorn_marginals_after_enough_iterations() -> None:
+    teacher, protos = _batch(24, 6)
+    centering = make_centering("sinkhorn", 6, sinkhorn_iterations=300).double()
+    center = centering(teacher, protos, 0.1, True, "reference")
+    target = torch.softmax(teacher_logits_loop(teacher, protos, 0.1, True) - center, dim=1)
+    torch.testing.assert_close(target.sum(dim=1), torch.ones(24, dtype=torch.float64))
+    torch.testing.assert_close(target.sum(dim=0), torch.full((6,), 24 / 6, dtype=torch.float64))
+
+
+def test_sinkhorn_stays_finite_in_float32_where_exp_overflows() -> None:
+    # Large prototype norms with vMF push the logits past float32's exp range (~88.7).
+    gen = torch.Generator().manual_seed(1)
+    k, dim = 8, 64
+    protos = torch.nn.functional.normalize(torch.randn(k, dim, generator=gen), dim=1)
+    protos = protos * (10.0 + 10.0 * torch.rand(k, 1, generator=gen))
+    noise = 0.3 * torch.randn(2 * k, dim, generator=gen)
+    teacher = torch.nn.functional.normalize(protos.repeat(2, 1) + noise, dim=1)  # [2K, D]
+    logits32 = teacher_logits_loop(teacher, protos, 0.04, True)
+    assert torch.isinf(torch.exp(logits32)).any(), "precondition: plain exp(L) must overflow"
+    centering = make_centering("sinkhorn", k, sinkhorn_iterations=5)
+    center = centering(teacher, protos, 0.04, True, "reference")
+    assert center.dtype == torch.float32 and torch.isfinite(center).all()
+    target = torch.softmax(logits32 - center, dim=1)
+    assert torch.isfinite(target).all()
+    truth = sinkhorn_plain(teacher_logits_loop(teacher.double(), protos.double(), 0.04, True), 5)
+    torch.testing.assert_close(target.double(), truth, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("vmf", [False, True])
+def test_logit_centering_is_dino_ema(vmf: bool) -> None:
+    momentum, tau, k = 0.7, 0.05, 9
+    centering = make_centering("logit", k, momentum=momentum).double()
+    running = torch.zeros(k, dtype=torch.float64)
+    for step in range(3):
+        teacher, protos = _batch(5 + step, k, seed=step)
+        center = centering(teacher, protos, tau, vmf, "reference")
+        torch.testing.assert_close(center, running / tau, rtol=0, atol=1e-12)
+        # Unsharpened teacher output tau * L, with the vMF term when vmf (module docstring).
+        outputs = tau * teacher_logits_loop(teacher, protos, tau, vmf)
+        running = momentum * running + (1 - momentum) * outputs.mean(dim=0)
+    torch.testing.assert_close(centering.center, running, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_probability_centering_is_dino_vmf_ema(impl: str) -> None:
+    require_impl(impl)
+    momentum, tau, k = 0.9, 0.04, 11
+    centering = make_centering("probability", k, momentum=momentum).double()
+    running = torch.zeros(k, dtype=torch.float64)
+    for step in range(3):
+        teacher, protos = _batch(6, k, seed=step)
+        center = centering(teacher, protos, tau, True, impl)
+        torch.testing.assert_close(center, running, rtol=0, atol=1e-12)
+        probs = torch.softmax(teacher_logits_loop(teacher, protos, tau, True), dim=1)
+        running = momentum * running + (1 - momentum) * torch.log(probs.mean(dim=0))
+    torch.testing.assert_close(centering.center, running, rtol=0, atol=1e-12)
+
+
+def test_none_is_zero() -> None:
+    teacher, protos = _batch(4, 5)
+    center = make_centering("none", 5)(teacher, protos, 0.1, True, "reference")
+    assert torch.equal(center, torch.zeros(5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind", ["logit", "probability", "sinkhorn"])
+def test_state_lives_in_buffers(kind: str) -> None:
+    teacher, protos = _batch(6, 5)
+    trained = make_centering(kind, 5, momentum=0.5)
+    for _ in range(2):
+        trained(teacher.float(), protos.float(), 0.1, True, "reference")
+    state = trained.state_dict()
+    assert state and all(torch.count_nonzero(v) > 0 for v in state.values())
+    restored = make_centering(kind, 5, momentum=0.5)
+    restored.load_state_dict(state)
+    for name, value in restored.state_dict().items():
+        assert torch.equal(value, state[name])
+    again = trained(teacher.float(), protos.float(), 0.1, True, "reference")
+    torch.testing.assert_close(
+        restored(teacher.float(), protos.float(), 0.1, True, "reference"), again
+    )
+
+
+def test_me_max_matches_loop_value_and_gradients() -> None:
+    student, protos = _batch(9, 7)
+    student.requires_grad_(True)
+    protos.requires_grad_(True)
+    for vmf in (False, True):
+        got = me_max_penalty(student, protos, 0.1, vmf)
+        want = me_max_loop(student, protos, 0.1, vmf)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        grads = torch.autograd.grad(got, (student, protos))
+        want_grads = torch.autograd.grad(want, (student, protos))
+        for g, w in zip(grads, want_grads, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+
+
+def test_me_max_is_minus_log_k_at_the_uniform_mean() -> None:
+    student, protos = torch.zeros(4, DIM, dtype=torch.float64), _batch(1, 6)[1]
+    value = me_max_penalty(student, protos, 0.1, False)
+    torch.testing.assert_close(value, torch.tensor(-math.log(6), dtype=torch.float64))
+
+
+def test_bad_input_raises_value_error() -> None:
+    teacher, protos = _batch(4, 5)
+    with pytest.raises(ValueError, match="unknown centring kind"):
+        make_centering("mean", 5)
+    for momentum in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="momentum"):
+            make_centering("logit", 5, momentum=momentum)
+    with pytest.raises(ValueError, match="sinkhorn_iterations"):
+        make_centering("sinkhorn", 5, sinkhorn_iterations=0)
+    with pytest.raises(ValueError, match="num_prototypes"):
+        make_centering("probability", 0)
+    for kind in KINDS:
+        with pytest.raises(ValueError, match="num_prototypes=5"):
+            make_centering(kind, 5)(teacher, protos[:4], 0.1, False, "reference")
+    with pytest.raises(ValueError, match="teacher_temp"):
+        make_centering("logit", 5)(teacher, protos, 0.0, False, "reference")
+    with pytest.raises(ValueError, match="D="):
+        make_centering("logit", 5)(teacher[:, :8], protos, 0.1, False, "reference")
+
+
+# Two batches: the first split evenly over the ranks, the second 5 / 7, to check row weighting.
+SPLITS = [(6, 6), (5, 7)]
+
+
+def _run_all_kinds(batches, rank: int | None) -> dict[str, list[torch.Tensor]]:
+    """Centers from every kind over `batches`; `rank` picks this rank's rows (None: all rows)."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for kind in ("logit", "probability", "sinkhorn"):
+        centering = make_centering(kind, 7, momentum=0.6).double()
+        centers = []
+        for (teacher, protos), split in zip(batches, SPLITS, strict=True):
+            if rank is not None:
+                teacher = teacher.split(list(split))[rank]
+            centers.append(centering(teacher, protos, 0.07, True, "reference"))
+        centers.append(next(iter(centering.state_dict().values())))
+        out[kind] = centers
+    return out
+
+
+def _gloo_worker(rank: int, world: int, folder: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world
+    )
+    try:
+        batches = [_batch(sum(split), 7, seed=10 + i) for i, split in enumerate(SPLITS)]
+        torch.save(_run_all_kinds(batches, rank), f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_agree_with_one_process_on_the_whole_batch(tmp_path: Path) -> None:
+    mp.spawn(_gloo_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    batches = [_batch(sum(split), 7, seed=10 + i) for i, split in enumerate(SPLITS)]
+    whole = _run_all_kinds(batches, None)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        for kind, centers in whole.items():
+            for g, w in zip(got[kind], centers, strict=True):
+                torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
