@@ -1,0 +1,162 @@
+"""Convert a Dataset into FFCV or DALI output in OUT, crash-safely, then write the manifest.
+
+Order of work (see atomic.py for why): check OUT -> remove leftovers of an earlier attempt ->
+write every split under temporary names -> if any file was unreadable, abort (removing the
+temporaries) unless skip_bad -> rename all temporaries to their final names -> manifest.json.
+
+    FFCV:  OUT/<split>.beton
+    DALI:  OUT/<split>/shard-000000.tar + shard-000000.idx, ...
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import dali_writer, ffcv_writer
+from .atomic import clean_output_dir, find_temporaries, publish, temp_name
+from .manifest import build_manifest, read_manifest, split_entry, write_manifest
+from .sources import DataPrepError, Dataset, Sample
+
+FORMATS = ("ffcv", "dali")
+# Per split, in output order: labels, widths, heights, and the output files (relative to OUT).
+_Stats = tuple[list[int], list[int], list[int], list[str]]
+
+
+class BadFilesError(DataPrepError):
+    """Unreadable images were found and skip_bad was not set; nothing final was written."""
+
+    def __init__(self, bad: dict[str, str]) -> None:
+        self.bad = bad
+        lines = "\n".join(f"  {path}: {why}" for path, why in sorted(bad.items())[:50])
+        more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
+        super().__init__(
+            f"{len(bad)} unreadable or truncated image file(s):\n{lines}{more}\n"
+            "Fix or remove them, or pass --skip-bad to leave them out (they are then listed "
+            "in manifest.json)."
+        )
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    fmt: str
+    max_resolution: int = 512
+    jpeg_quality: int = 90
+    shard_size: int = 10000
+    workers: int = 1
+    skip_bad: bool = False
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if self.fmt not in FORMATS:
+            raise DataPrepError(f"format must be one of {FORMATS}, got {self.fmt!r}.")
+        if self.max_resolution < 1:
+            raise DataPrepError("--max-resolution must be a positive number of pixels.")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise DataPrepError("--jpeg-quality must be between 1 and 100.")
+        if self.shard_size < 1:
+            raise DataPrepError("--shard-size must be a positive number of images per shard.")
+        if self.workers < 1:
+            raise DataPrepError("--workers must be at least 1.")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def is_done(out: Path, options: ConvertOptions) -> bool:
+    """Validate OUT; True when it already holds a complete run and overwrite is off."""
+    if out.exists() and not out.is_dir():
+        raise DataPrepError(f"OUT {out} is a file: pass a directory (it is created if missing).")
+    if options.overwrite or not out.is_dir():
+        return False
+    return read_manifest(out) is not None
+
+
+def _write_ffcv_split(
+    out: Path, split: str, samples: list[Sample], options: ConvertOptions
+) -> tuple[_Stats, dict[str, str], list[Path]]:
+    temp = temp_name(out / f"{split}.beton")
+    bad_log = temp_name(out / f"{split}.bad.log")
+    args = (options.max_resolution, options.jpeg_quality, options.workers, bad_log)
+    ffcv_writer.write_beton(temp, samples, *args)
+    bad = ffcv_writer.read_bad_log(bad_log)
+    if bad and options.skip_bad:
+        log(f"{split}: rewriting without {len(bad)} unreadable file(s)")
+        kept = [s for s in samples if s.name not in bad]
+        bad_log.unlink()
+        ffcv_writer.write_beton(temp, kept, *args)
+    labels, widths, heights = ffcv_writer.beton_summary(temp)
+    stats = (labels.tolist(), widths.tolist(), heights.tolist(), [f"{split}.beton"])
+    return stats, bad, [temp]
+
+
+def _write_dali_split(
+    out: Path, split: str, samples: list[Sample], options: ConvertOptions
+) -> tuple[_Stats, dict[str, str], list[Path]]:
+    opts = (options.max_resolution, options.jpeg_quality, options.shard_size, options.workers)
+    result = dali_writer.write_shards(out / split, samples, opts, temp_name, desc=split)
+    files = [f"{split}/{stem}{ext}" for stem in result.shards for ext in (".tar", ".idx")]
+    temps = [temp_name(out / f) for f in files]
+    return (result.labels, result.widths, result.heights, files), result.bad, temps
+
+
+def convert(
+    load: Callable[[], Dataset],
+    out: Path,
+    options: ConvertOptions,
+    dataset_kind: str,
+    extra_options: dict[str, Any] | None = None,
+) -> Path:
+    """Load the dataset, write it to OUT in options.fmt, and return OUT."""
+    options.validate()
+    out = Path(out)
+    if is_done(out, options):
+        log(f"{out} already holds a complete conversion (manifest.json); pass --overwrite to redo.")
+        return out
+    dataset = load()  # validates the source before OUT is touched
+    out.mkdir(parents=True, exist_ok=True)
+    clean_output_dir(out)
+    write_split = _write_ffcv_split if options.fmt == "ffcv" else _write_dali_split
+    try:
+        splits: dict[str, dict[str, Any]] = {}
+        bad: dict[str, str] = {}
+        temps: list[Path] = []
+        for split, samples in dataset.splits.items():
+            stats, split_bad, split_temps = write_split(out, split, samples, options)
+            splits[split] = split_entry(dataset.classes, *stats)
+            bad.update(split_bad)
+            temps.extend(split_temps)
+        if bad and not options.skip_bad:
+            raise BadFilesError(bad)
+        if any(entry["count"] == 0 for entry in splits.values()):
+            raise DataPrepError(
+                f"no readable images in a split of {dataset.source}; nothing written."
+            )
+        publish(temps)
+    except BaseException:
+        for path in find_temporaries(out):
+            path.unlink(missing_ok=True)
+        raise
+    for path in find_temporaries(out):  # bad-file logs
+        path.unlink(missing_ok=True)
+    settings = {k: v for k, v in asdict(options).items() if k not in ("fmt", "overwrite")}
+    if options.fmt == "ffcv":
+        settings.pop("shard_size")
+    manifest = build_manifest(
+        fmt=options.fmt,
+        dataset=dataset_kind,
+        source=dataset.source,
+        options={**settings, **(extra_options or {})},
+        classes=dataset.classes,
+        splits=splits,
+        bad=bad,
+        out=out,
+    )
+    write_manifest(out, manifest)
+    total = sum(s["count"] for s in splits.values())
+    log(f"wrote {total} images ({options.fmt}) to {out}; {len(bad)} bad file(s) skipped")
+    return out
