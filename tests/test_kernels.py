@@ -1,0 +1,277 @@
+"""The three prototype-loss implementations against an independent float64 oracle.
+
+The oracle is written from the formulas (DESIGN.md, DINO-vMF eq. for the vMF logit) as plain
+loops over (student row, pair), one softmax at a time:
+
+    a_n = W_s y_n / tau_s + log C_p(||w_s|| / tau_s)
+    b_m = W_t y_m / tau_t + log C_p(||w_t|| / tau_t) - center
+    loss = sum_{n,p: t[n,p] >= 0} weight[n,p] * (logsumexp(a_n) - softmax(b_{t[n,p]}) . a_n)
+
+Low precision is judged relatively: an implementation's error against the oracle may be at most
+twice the error of the reference implementation run in that same precision, plus a small floor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from fastproto.kernels import prototype_cross_entropy, teacher_statistics
+from fastproto.kernels.chunked import (
+    prototype_cross_entropy_chunked,
+    teacher_statistics_chunked,
+)
+
+from fastproto.vmf import log_normalizer
+
+STUDENT_TEMP, TEACHER_TEMP = 0.1, 0.04
+FLOOR = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@dataclass
+class Case:
+    student: torch.Tensor  # [Ns, D]
+    teacher: torch.Tensor  # [Nt, D]
+    student_protos: torch.Tensor  # [K, D]
+    teacher_protos: torch.Tensor  # [K, D]
+    targets: torch.Tensor  # [Ns, P]
+    weights: torch.Tensor  # [Ns, P]
+    center: torch.Tensor  # [K]
+    vmf: bool
+
+    def cast(self, dtype: torch.dtype, device: str = "cpu") -> Case:
+        def f(x: torch.Tensor) -> torch.Tensor:
+            return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
+
+        return Case(f(self.student), f(self.teacher), f(self.student_protos),
+                    f(self.teacher_protos), f(self.targets), f(self.weights), f(self.center),
+                    self.vmf)  # fmt: skip
+
+
+def _protos(k: int, d: int) -> torch.Tensor:
+    """Prototypes with norms spread over [0.3, 2.5], so that the vMF term differs per row."""
+    w = torch.nn.functional.normalize(torch.randn(k, d, dtype=torch.float64), dim=1)
+    return w * torch.empty(k, 1, dtype=torch.float64).uniform_(0.3, 2.5)
+
+
+def make_case(ns: int, nt: int, k: int, d: int, p: int, vmf: bool, centred: bool,
+              identity: bool = False) -> Case:  # fmt: skip
+    unit = torch.nn.functional.normalize
+    student = unit(torch.randn(ns, d, dtype=torch.float64), dim=1)
+    teacher = unit(torch.randn(nt, d, dtype=torch.float64), dim=1)
+    if identity:  # iBOT: token i against token i, mask as weight
+        targets = torch.arange(ns)[:, None].expand(ns, p).clone()
+        weights = (torch.rand(ns, p) < 0.7).double()
+    else:
+        targets = torch.randint(-1, nt, (ns, p))
+        if ns > 1:
+            targets[0] = -1  # a student row with no teacher at all
+        weights = torch.rand(ns, p, dtype=torch.float64) + 0.1
+    center = torch.randn(k, dtype=torch.float64) if centred else torch.zeros(k, dtype=torch.float64)
+    return Case(student, teacher, _protos(k, d), _protos(k, d), targets, weights, center, vmf)
+
+
+def _vmf(protos: torch.Tensor, temp: float, on: bool) -> torch.Tensor:
+    if not on:
+        return torch.zeros(protos.shape[0], dtype=protos.dtype)
+    return log_normalizer(protos.norm(dim=1) / temp, protos.shape[1])
+
+
+def oracle(c: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plain-loop float64 truth: (loss, teacher mean probs [K], teacher row lse [Nt], probs)."""
+    vs = _vmf(c.student_protos, STUDENT_TEMP, c.vmf)
+    vt = _vmf(c.teacher_protos, TEACHER_TEMP, c.vmf)
+    teacher_probs, teacher_lse = [], []
+    for m in range(c.teacher.shape[0]):
+        b = c.teacher_protos @ c.teacher[m] / TEACHER_TEMP + vt - c.center  # [K]
+        top = b.max()
+        lse = top + torch.log(torch.exp(b - top).sum())
+        teacher_lse.append(lse)
+        teacher_probs.append(torch.exp(b - lse))
+    loss = torch.zeros((), dtype=torch.float64)
+    for n in range(c.student.shape[0]):
+        a = c.student_protos @ c.student[n] / STUDENT_TEMP + vs  # [K]
+        lse_a = a.max() + torch.log(torch.exp(a - a.max()).sum())
+        for p in range(c.targets.shape[1]):
+            m = int(c.targets[n, p])
+            if m >= 0:
+                loss = loss + c.weights[n, p] * (lse_a - (teacher_probs[m] * a).sum())
+    probs = torch.stack(teacher_probs)
+    return loss, probs.mean(dim=0), torch.stack(teacher_lse), probs
+
+
+def run(c: Case, impl: str, grad_scale: float, block: int | None = None) -> list[torch.Tensor]:
+    """(loss, d loss/d student, d loss/d student_protos, mean probs, teacher lse, column means)."""
+    ys = c.student.clone().requires_grad_()
+    ws = c.student_protos.clone().requires_grad_()
+    args = (ys, c.teacher, ws, c.teacher_protos, c.targets, c.weights, c.center,
+            STUDENT_TEMP, TEACHER_TEMP, c.vmf)  # fmt: skip
+    if block is None:
+        loss, mean_probs = prototype_cross_entropy(*args, impl=impl)
+        lse, col = teacher_statistics(c.teacher, c.teacher_protos, c.center, TEACHER_TEMP, c.vmf,
+                                      impl=impl)  # fmt: skip
+    else:
+        loss, mean_probs = prototype_cross_entropy_chunked(*args, block=block)
+        lse, col = teacher_statistics_chunked(c.teacher, c.teacher_protos, c.center,
+                                              TEACHER_TEMP, c.vmf, block=block)  # fmt: skip
+    gy, gw = torch.autograd.grad(loss * grad_scale, [ys, ws])
+    return [loss.detach(), gy, gw, mean_probs, lse, col]
+
+
+def truth(c: Case, grad_scale: float) -> list[torch.Tensor]:
+    ys = c.student.clone().requires_grad_()
+    ws = c.student_protos.clone().requires_grad_()
+    c64 = Case(ys, c.teacher, ws, *[getattr(c, f) for f in
+               ("teacher_protos", "targets", "weights", "center", "vmf")])  # fmt: skip
+    loss, mean_probs, lse, _ = oracle(c64)
+    loss = loss + 0.0 * (ys.sum() + ws.sum())  # a graph even when no pair is valid
+    gy, gw = torch.autograd.grad(loss * grad_scale, [ys, ws])
+    return [loss.detach(), gy, gw, mean_probs, lse, mean_probs]
+
+
+NAMES = ("loss", "grad_student", "grad_student_protos", "teacher_mean_probs", "row_lse", "col_mean")
+
+
+def max_err(got: list[torch.Tensor], want: list[torch.Tensor]) -> list[float]:
+    return [
+        float((g.double().cpu() - w.double().cpu()).abs().max())
+        for g, w in zip(got, want, strict=True)
+    ]
+
+
+def assert_close_rel(got: list[torch.Tensor], want: list[torch.Tensor], baseline: list[float],
+                     dtype: torch.dtype) -> None:  # fmt: skip
+    """Error at most 2x the same-precision reference's error, plus FLOOR relative to the scale."""
+    for name, g, w, err, base in zip(NAMES, got, want, max_err(got, want), baseline, strict=True):
+        assert torch.isfinite(g).all(), f"{name}: non-finite values"
+        scale = max(1.0, float(w.abs().max()))
+        limit = 2.0 * base + FLOOR[dtype] * scale
+        assert err <= limit, f"{name}: error {err:.3g} > limit {limit:.3g} (ref error {base:.3g})"
+
+
+# (Ns, Nt, K, D, P, identity pairing): 1s, primes, K below one Triton block (32), K an exact
+# multiple of it, K spanning several chunked blocks (16) and Triton blocks, D not a power of two.
+SHAPES = [
+    (1, 1, 1, 16, 1, False),
+    (5, 3, 7, 16, 1, False),
+    (13, 4, 37, 24, 2, False),
+    (17, 7, 97, 32, 3, False),
+    (8, 8, 64, 16, 1, True),
+    (3, 2, 131, 20, 2, False),
+]
+VARIANTS = [(False, False), (True, False), (True, True), (False, True)]  # (vmf, centred)
+
+
+def test_oracle_agrees_with_reference_in_float64() -> None:
+    for shape in SHAPES:
+        for vmf, centred in VARIANTS:
+            c = make_case(*shape[:5], vmf=vmf, centred=centred, identity=shape[5])
+            got, want = run(c, "reference", 1.3), truth(c, 1.3)
+            for name, err in zip(NAMES, max_err(got, want), strict=True):
+                assert err < 1e-9, f"{shape} vmf={vmf} centred={centred} {name}: {err}"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_chunked_float64_matches_oracle(shape: tuple, variant: tuple[bool, bool]) -> None:
+    c = make_case(*shape[:5], vmf=variant[0], centred=variant[1], identity=shape[5])
+    scale = float(torch.randn(()))
+    want = truth(c, scale)
+    for block in (16, 5, 4096):
+        for name, err in zip(NAMES, max_err(run(c, "chunked", scale, block), want), strict=True):
+            assert err < 1e-9, f"block={block} {name}: {err}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_low_precision_relative_to_reference(impl: str, dtype: torch.dtype, shape: tuple) -> None:
+    variants = VARIANTS if shape[2] == 97 else VARIANTS[1:3]  # every variant on one shape
+    for vmf, centred in variants:
+        c = make_case(*shape[:5], vmf=vmf, centred=centred, identity=shape[5])
+        scale = float(torch.randn(()))
+        want = truth(c, scale)
+        low = c.cast(dtype)
+        baseline = max_err(run(low, "reference", scale), want)
+        assert_close_rel(run(low, impl, scale), want, baseline, dtype)
+
+
+@pytest.mark.parametrize("impl", ["chunked", pytest.param("triton", marks=pytest.mark.slow)])
+def test_many_blocks_large_k(impl: str) -> None:
+    """K = 2053 (prime): 65 Triton blocks and K splits, 2 chunked blocks."""
+    c = make_case(3, 2, 2053, 16, 2, vmf=True, centred=True)
+    scale = float(torch.randn(()))
+    want = truth(c, scale)
+    low = c.cast(torch.float32)
+    baseline = max_err(run(low, "reference", scale), want)
+    assert_close_rel(run(low, impl, scale), want, baseline, torch.float32)
+
+
+def test_chunked_and_triton_agree_in_float32() -> None:
+    c = make_case(29, 11, 201, 48, 2, vmf=True, centred=True).cast(torch.float32)
+    a, b = run(c, "chunked", 0.7), run(c, "triton", 0.7)
+    for name, x, y in zip(NAMES, a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_auto_is_chunked_on_cpu_and_gradient_reaches_vmf_norm() -> None:
+    c = make_case(6, 3, 40, 16, 2, vmf=True, centred=False)
+    auto, chunked = run(c, "auto", 1.0), run(c, "chunked", 1.0)
+    for x, y in zip(auto, chunked, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    # scaling one prototype changes only its vMF term and its logits: the gradient along w_k
+    # must include d log C_p / d||w_k||, which vanishes when vmf is off
+    c_off = Case(*[getattr(c, f) for f in ("student", "teacher", "student_protos",
+                 "teacher_protos", "targets", "weights", "center")], vmf=False)  # fmt: skip
+    on, off = run(c, "chunked", 1.0)[2], run(c_off, "chunked", 1.0)[2]
+    radial = ((on - off) * c.student_protos).sum(dim=1)  # [K]
+    assert radial.abs().max() > 1e-3
+
+
+def test_rejects_bad_input() -> None:
+    c = make_case(4, 2, 8, 16, 1, vmf=False, centred=False)
+    args = (c.student, c.teacher, c.student_protos, c.teacher_protos, c.targets, c.weights,
+            c.center, STUDENT_TEMP, TEACHER_TEMP, False)  # fmt: skip
+    with pytest.raises(ValueError, match="impl must be one of"):
+        prototype_cross_entropy(*args, impl="fast")
+    with pytest.raises(ValueError, match="float64"):
+        prototype_cross_entropy(*args, impl="triton")
+    with pytest.raises(ValueError, match="block"):
+        prototype_cross_entropy_chunked(*args, block=0)
+
+
+# ---- GPU tier: the same comparisons at training sizes ------------------------------------
+
+GPU_SHAPES = [
+    # (Ns, Nt, K, D, P, identity): DINO CLS rows at batch 64, iBOT patch rows, huge K
+    (768, 128, 65536, 256, 2, False),
+    (768, 128, 262144, 256, 2, False),
+    (64 * 196, 64 * 196, 8192, 256, 1, True),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", GPU_SHAPES)
+def test_gpu_large_shapes(shape: tuple, dtype: torch.dtype) -> None:
+    c = make_case(*shape[:5], vmf=True, centred=True, identity=shape[5])
+    scale = 0.5
+    want = run(c.cast(torch.float64, "cuda"), "reference", scale)
+    low = c.cast(dtype, "cuda")
+    baseline = max_err(run(low, "reference", scale), want)
+    for impl in ("chunked", "triton"):
+        assert_close_rel(run(low, impl, scale), want, baseline, dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_offsets_past_two_to_the_31() -> None:
+    """Ns * K = 12544 * 262144 > 2^31: triton in float32 against chunked in float64."""
+    c = make_case(64 * 196, 64 * 196, 262144, 256, 1, vmf=True, centred=True, identity=True)
+    assert c.student.shape[0] * c.student_protos.shape[0] > 2**31
+    want = run(c.cast(torch.float64, "cuda"), "chunked", 1.0)
+    got = run(c.cast(torch.float32, "cuda"), "triton", 1.0)
+    for name, g, w in zip(NAMES, got, want, strict=True):
+        scale = max(1.0, float(w.abs().max()))
+        err = float((g.double() - w).abs().max())
+        assert err <= 1e-4 * scale, f"{name}: {err}"
