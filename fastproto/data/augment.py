@@ -1,0 +1,132 @@
+"""DINO's multi-crop photometric augmentation, batched on the device.
+
+For every crop, independently (p = probability, U = uniform):
+  1. horizontal flip                               p 0.5
+  2. colour jitter                                  p 0.8, in DINO's fixed order:
+       brightness f ~ U(0.6, 1.4), contrast f ~ U(0.6, 1.4),
+       saturation f ~ U(0.8, 1.2), hue d ~ U(-0.1, 0.1)
+     (torchvision's ColorJitter shuffles the four per call; we keep this one order)
+  3. greyscale                                      p 0.2
+  4. Gaussian blur, sigma ~ U(0.1, 2.0)             p 1.0 (global crop 1), 0.1 (global crop 2),
+                                                    0.5 (local crops); kernel ~ crop side / 10
+  5. solarise (x >= 128/255 -> 1 - x)               p 0.2 on global crop 2 only
+  6. normalise with ImageNet mean and std
+Global crop g uses the "crop 1" settings for even g and the "crop 2" settings for odd g.
+Every random quantity is drawn up front from one torch.Generator into `AugmentParams`
+([N] tensors), then applied with whole-batch tensor ops; the same generator state gives
+the same augmentation on any device. Input uint8 [N, 3, H, W]; output float32, normalised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastproto.data import color
+from fastproto.data.blur import blur_kernel_size, gaussian_blur
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SOLARISE_THRESHOLD = 128 / 255
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Per-sample draws for N crops (bool or float tensors [N], on the CPU)."""
+
+    flip: torch.Tensor
+    jitter: torch.Tensor
+    brightness: torch.Tensor
+    contrast: torch.Tensor
+    saturation: torch.Tensor
+    hue: torch.Tensor
+    grey: torch.Tensor
+    blur: torch.Tensor
+    sigma: torch.Tensor
+    solarise: torch.Tensor
+
+
+def sample_params(
+    n: int, blur_p: float, solarise_p: float, generator: torch.Generator | None = None
+) -> AugmentParams:
+    """Draw the parameters of N crops from `generator` (see the module docstring)."""
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
+
+    def coin(p: float) -> torch.Tensor:
+        return torch.rand(n, generator=generator) < p
+
+    return AugmentParams(
+        flip=coin(0.5), jitter=coin(0.8), brightness=u(0.6, 1.4), contrast=u(0.6, 1.4),
+        saturation=u(0.8, 1.2), hue=u(-0.1, 0.1), grey=coin(0.2), blur=coin(blur_p),
+        sigma=u(0.1, 2.0), solarise=coin(solarise_p),
+    )  # fmt: skip
+
+
+def _where(on: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    return torch.where(on.to(old.device).reshape(-1, 1, 1, 1), new, old)
+
+
+def apply_params(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
+    """Apply steps 1-5 to float RGB x [N, 3, H, W] in [0, 1] (no normalisation)."""
+    dev, dt = x.device, x.dtype
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=dev, dtype=dt)
+
+    x = _where(p.flip, x.flip(-1), x)
+    jit = color.hue(
+        color.saturation(
+            color.contrast(color.brightness(x, f(p.brightness)), f(p.contrast)), f(p.saturation)
+        ),
+        f(p.hue),
+    )
+    x = _where(p.jitter, jit, x)
+    x = _where(p.grey, color.grey(x).expand_as(x), x)
+    if bool(p.blur.any()):
+        x = _where(p.blur, gaussian_blur(x, f(p.sigma), blur_kernel_size(x.shape[-1])), x)
+    if bool(p.solarise.any()):
+        x = _where(p.solarise, color.solarise(x, SOLARISE_THRESHOLD), x)
+    return x
+
+
+class MultiCropAugment(nn.Module):
+    """uint8 crops [C, B, 3, S, S] -> augmented, normalised float32 crops of the same shape."""
+
+    def __init__(self, blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5),
+                 solarise_p: float = 0.2) -> None:  # fmt: skip
+        super().__init__()
+        self.blur_p = blur_p
+        self.solarise_p = solarise_p
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1))
+
+    def _crops(self, crops: torch.Tensor, blur_p: float, solarise_p: float,
+               generator: torch.Generator | None) -> torch.Tensor:  # fmt: skip
+        if crops.dtype != torch.uint8 or crops.dim() != 4 or crops.shape[1] != 3:
+            raise ValueError(f"expected uint8 crops [B, 3, S, S], got {crops.dtype} {crops.shape}")
+        params = sample_params(crops.shape[0], blur_p, solarise_p, generator)
+        x = apply_params(crops.float().div_(255.0), params)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def forward(
+        self, global_crops: torch.Tensor, local_crops: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Augment [G, B, 3, H, W] and [L, B, 3, h, w] uint8 crops (L may be 0)."""
+        first, second, local_p = self.blur_p
+        globals_out = [
+            self._crops(c, first if g % 2 == 0 else second,
+                        0.0 if g % 2 == 0 else self.solarise_p, generator)
+            for g, c in enumerate(global_crops)
+        ]  # fmt: skip
+        out_global = torch.stack(globals_out)
+        if local_crops.shape[0] == 0:
+            return out_global, local_crops.float()
+        num_local, b = local_crops.shape[:2]
+        flat = local_crops.reshape(num_local * b, *local_crops.shape[2:])
+        out_local = self._crops(flat, local_p, 0.0, generator).reshape(local_crops.shape)
+        return out_global, out_local
