@@ -110,7 +110,8 @@ class MultiCropAugment(nn.Module):
             raise ValueError(f"expected uint8 crops [B, 3, S, S], got {crops.dtype} {crops.shape}")
         params = sample_params(crops.shape[0], blur_p, solarise_p, generator)
         x = apply_params(crops.float().div_(255.0), params)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")  # [1, 3, 1, 1]
+        return (x - mean.to(x.device)) / std.to(x.device)
 
     def forward(
         self, global_crops: torch.Tensor, local_crops: torch.Tensor,

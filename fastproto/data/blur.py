@@ -1,7 +1,8 @@
 """Batched Gaussian blur with a different sigma per sample.
 
-Kernel (size k odd, radius r = k // 2): g_i = exp(-i^2 / (2 sigma^2)) / sum_j exp(-j^2 / (2 sigma^2)),
-i = -r..r, applied separably (rows, then columns) with reflect padding, as torchvision's
+Kernel (size k odd, radius r = k // 2), i = -r..r:
+    g_i = exp(-i^2 / (2 sigma^2)) / sum_j exp(-j^2 / (2 sigma^2)),
+applied separably (rows, then columns) with reflect padding, as torchvision's
 gaussian_blur does. Per-sample kernels become one grouped convolution: the batch of
 [N, 3, H, W] is viewed as [1, 3N, H, W] with 3N groups.
 """
