@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -56,18 +57,18 @@ def make_loader(
     root = Path(path)
     if not root.exists():
         raise ValueError(f"{root} does not exist; run `data_prep` first or fix the path")
-    common = dict(
+    common: dict[str, Any] = dict(
         split=split, batch_size=batch_size, recipe=recipe, rank=rank, world_size=world_size,
         seed=seed, workers=workers, drop_last=drop_last, device=dev,
     )  # fmt: skip
     if backend == "folder":
         from fastproto.data.folder import FolderLoader
 
-        return FolderLoader(root, **common)  # type: ignore[arg-type]
+        return FolderLoader(root, **common)
     if backend == "ffcv":
         from fastproto.data.ffcv_loader import FFCVLoader
 
-        return FFCVLoader(root, **common)  # type: ignore[arg-type]
+        return FFCVLoader(root, **common)
     from fastproto.data.dali_loader import DALILoader
 
     return DALILoader(root, **common)
