@@ -16,19 +16,26 @@ from fastproto.kernels import prototype_cross_entropy, teacher_statistics
 from fastproto.vmf import log_normalizer
 
 
-def logit_row(y: torch.Tensor, protos: torch.Tensor, tau: float, vmf: bool) -> torch.Tensor:
-    """Logits [K] of one embedding y [D]."""
-    row = torch.stack([torch.dot(w, y) for w in protos]) / tau
-    if vmf:
-        row = row + log_normalizer(protos.norm(dim=1) / tau, protos.shape[1])
-    return row
+def vmf_bias(protos: torch.Tensor, tau: float, vmf: bool) -> torch.Tensor:
+    """log C_p(||W[k]|| / tau) for every prototype [K] with vMF, else zeros."""
+    if not vmf:
+        return protos.new_zeros(protos.shape[0])
+    return log_normalizer(protos.norm(dim=1) / tau, protos.shape[1])
+
+
+def logit_row(
+    y: torch.Tensor, protos: torch.Tensor, tau: float, bias: torch.Tensor
+) -> torch.Tensor:
+    """Logits [K] of one embedding y [D]; `bias` [K] from `vmf_bias`."""
+    return torch.mv(protos, y) / tau + bias
 
 
 def teacher_logits_loop(
     teacher: torch.Tensor, protos: torch.Tensor, tau: float, vmf: bool
 ) -> torch.Tensor:
     """Uncentred teacher logits L [Nt, K], one row at a time."""
-    return torch.stack([logit_row(y, protos, tau, vmf) for y in teacher])
+    bias = vmf_bias(protos, tau, vmf)
+    return torch.stack([logit_row(y, protos, tau, bias) for y in teacher])
 
 
 def cross_entropy_row(target_probs: torch.Tensor, student_row: torch.Tensor) -> torch.Tensor:
@@ -50,6 +57,17 @@ def dino_loss_loop(
     """DINO: mean over pairs (teacher view g, student view c != g) of the batch-mean H(P_t, P_s)."""
     batch = teacher.shape[0] // num_global
     crops = student.shape[0] // batch
+    # One softmax per teacher row and one log_softmax per student row, then loop over pairs.
+    t_bias = vmf_bias(teacher_protos, teacher_temp, vmf)
+    s_bias = vmf_bias(student_protos, student_temp, vmf)
+    targets = [
+        torch.softmax(logit_row(y, teacher_protos, teacher_temp, t_bias) - center, dim=0)
+        for y in teacher
+    ]
+    log_probs = [
+        torch.log_softmax(logit_row(y, student_protos, student_temp, s_bias), dim=0)
+        for y in student
+    ]
     total = student.new_zeros(())
     pairs = 0
     for g in range(num_global):
@@ -58,20 +76,16 @@ def dino_loss_loop(
                 continue
             pair = student.new_zeros(())
             for i in range(batch):
-                t_row = logit_row(teacher[g * batch + i], teacher_protos, teacher_temp, vmf)
-                target = torch.softmax(t_row - center, dim=0)
-                s_row = logit_row(student[c * batch + i], student_protos, student_temp, vmf)
-                pair = pair + cross_entropy_row(target, s_row)
+                pair = pair - (targets[g * batch + i] * log_probs[c * batch + i]).sum()
             total = total + pair / batch
             pairs += 1
     return total / pairs
 
 
 def ibot_loss_loop(
-    student_patches: torch.Tensor,
-    teacher_patches: torch.Tensor,
-    image_index: torch.Tensor,
-    num_images: int,
+    student_tokens: torch.Tensor,
+    teacher_tokens: torch.Tensor,
+    masks: torch.Tensor,
     student_protos: torch.Tensor,
     teacher_protos: torch.Tensor,
     center: torch.Tensor,
@@ -79,21 +93,24 @@ def ibot_loss_loop(
     teacher_temp: float,
     vmf: bool,
 ) -> torch.Tensor:
-    """iBOT MIM: per image the mean over its masked tokens (0 if none), then mean over images."""
-    total = student_patches.new_zeros(())
-    for image in range(num_images):
-        per_image = student_patches.new_zeros(())
-        count = 0
-        for n in range(student_patches.shape[0]):
-            if int(image_index[n]) != image:
+    """iBOT MIM on full token grids [I, T, D] with masks [I, T] (DINO-vMF A.5, L_[MIM]).
+
+    Per image: sum_i m_i H(P_t(u_i), P_s(u_hat_i)) / max(sum_i m_i, 1); then the mean over images.
+    """
+    t_bias = vmf_bias(teacher_protos, teacher_temp, vmf)
+    s_bias = vmf_bias(student_protos, student_temp, vmf)
+    total = student_tokens.new_zeros(())
+    for image in range(student_tokens.shape[0]):
+        per_image = student_tokens.new_zeros(())
+        for i in range(student_tokens.shape[1]):
+            if not bool(masks[image, i]):
                 continue
-            t_row = logit_row(teacher_patches[n], teacher_protos, teacher_temp, vmf)
+            t_row = logit_row(teacher_tokens[image, i], teacher_protos, teacher_temp, t_bias)
             target = torch.softmax(t_row - center, dim=0)
-            s_row = logit_row(student_patches[n], student_protos, student_temp, vmf)
+            s_row = logit_row(student_tokens[image, i], student_protos, student_temp, s_bias)
             per_image = per_image + cross_entropy_row(target, s_row)
-            count += 1
-        total = total + per_image / max(count, 1)
-    return total / num_images
+        total = total + per_image / max(int(masks[image].sum()), 1)
+    return total / student_tokens.shape[0]
 
 
 def sinkhorn_plain(logits: torch.Tensor, iterations: int) -> torch.Tensor:
@@ -122,7 +139,8 @@ def me_max_loop(
     student: torch.Tensor, student_protos: torch.Tensor, student_temp: float, vmf: bool
 ) -> torch.Tensor:
     """sum_k pbar[k] log pbar[k] with pbar = mean over rows of softmax(student logits)."""
-    rows = [torch.softmax(logit_row(y, student_protos, student_temp, vmf), dim=0) for y in student]
+    bias = vmf_bias(student_protos, student_temp, vmf)
+    rows = [torch.softmax(logit_row(y, student_protos, student_temp, bias), dim=0) for y in student]
     mean = sum(rows) / len(rows)
     return (mean * torch.log(mean)).sum()
 

@@ -1,0 +1,13 @@
+"""Losses: DINO's [CLS] multi-crop loss, iBOT's masked-patch loss, KoLeo regularisers."""
+
+from fastproto.losses.dino import dino_loss, dino_pairing
+from fastproto.losses.ibot import ibot_patch_loss
+
+__all__ = ["dino_loss", "dino_pairing", "ibot_patch_loss"]
+
+try:  # koleo.py lands separately; the package must import without it.
+    from fastproto.losses.koleo import koleo_data, koleo_proto
+except ImportError:  # pragma: no cover - only before koleo.py exists
+    pass
+else:
+    __all__ += ["koleo_data", "koleo_proto"]

@@ -1,0 +1,86 @@
+"""iBOT's masked-image-modelling loss on the patch prototypes, on the masked tokens only.
+
+The masked tokens of all G*B global-crop images are gathered into one buffer (as DINOv2 does):
+student_patches [Nm, D] and teacher_patches [Nm, D], row n of each at the same position of the
+same crop, and image_index [Nm] giving that crop's image in 0 .. num_images - 1. With the centred,
+sharpened teacher P_t and the student P_s:
+
+    loss_j = 1 / max(n_j, 1) * sum_{n : image_index[n] = j} H(P_t(t_n), P_s(s_n))
+    loss   = 1 / num_images * sum_j loss_j
+
+so each image's loss is the mean over its n_j masked tokens and images without a masked token
+count as zero (iBOT divides each image's masked sum by max(count, 1), then averages over images
+and over the global crops, which is the mean over all num_images = G*B images). As a pairing
+table: P = 1, student row n against teacher row n with weight 1 / (n_j * num_images).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fastproto.kernels import prototype_cross_entropy
+
+
+def _check_patches(
+    student_patches: Tensor, teacher_patches: Tensor, image_index: Tensor, num_images: int
+) -> None:
+    if student_patches.dim() != 2 or student_patches.shape != teacher_patches.shape:
+        raise ValueError(
+            f"student_patches {tuple(student_patches.shape)} and teacher_patches "
+            f"{tuple(teacher_patches.shape)} must both be [Nm, D], row n the same masked token"
+        )
+    if image_index.shape != (student_patches.shape[0],) or image_index.dtype != torch.int64:
+        raise ValueError(
+            f"image_index must be int64 [Nm]=[{student_patches.shape[0]}], got "
+            f"{image_index.dtype} {tuple(image_index.shape)}"
+        )
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if image_index.numel() and (int(image_index.min()) < 0 or int(image_index.max()) >= num_images):
+        raise ValueError(
+            f"image_index must lie in [0, num_images-1]=[0, {num_images - 1}], found "
+            f"[{int(image_index.min())}, {int(image_index.max())}]"
+        )
+
+
+def ibot_patch_loss(
+    student_patches: Tensor,
+    teacher_patches: Tensor,
+    image_index: Tensor,
+    num_images: int,
+    student_protos: Tensor,
+    teacher_protos: Tensor,
+    center: Tensor,
+    student_temp: float,
+    teacher_temp: float,
+    vmf: bool,
+    impl: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """iBOT patch loss -> (loss scalar, teacher_mean_probs [K] over the Nm masked tokens).
+
+    With no masked token at all (Nm = 0) the loss is 0, still attached to the student and its
+    prototypes so every parameter takes part in backward, and teacher_mean_probs is uniform 1/K,
+    which leaves probability centring unchanged up to a constant.
+    """
+    _check_patches(student_patches, teacher_patches, image_index, num_images)
+    if student_patches.shape[0] == 0:
+        loss = (student_patches.sum() + student_protos.sum()) * 0.0
+        k = teacher_protos.shape[0]
+        return loss, teacher_protos.new_full((k,), 1.0 / k).detach()
+    counts = torch.bincount(image_index, minlength=num_images)  # [num_images]
+    per_token = 1.0 / (counts[image_index].to(student_patches.dtype) * num_images)  # [Nm]
+    targets = torch.arange(student_patches.shape[0], device=student_patches.device)[:, None]
+    return prototype_cross_entropy(
+        student_patches,
+        teacher_patches,
+        student_protos,
+        teacher_protos,
+        targets,
+        per_token[:, None],
+        center,
+        student_temp,
+        teacher_temp,
+        vmf,
+        impl,
+    )
