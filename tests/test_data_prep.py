@@ -338,3 +338,22 @@ def test_png_sources_are_not_trusted_to_be_rgb(tmp_path: Path) -> None:
     assert run_cli("imagenet", tmp_path / "src", "--to-dali", out) == 0
     ((got, _),) = read_dali_split(out / "train")
     assert np.abs(got.astype(int) - (40000 >> 8)).max() <= 2
+
+
+def test_cut_before_the_manifest_is_not_finished(
+    tree: FixtureTree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastproto.data_prep import convert
+
+    def no_manifest(out: Path, manifest: dict) -> None:  # type: ignore[type-arg]
+        raise OSError("disk full")
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(convert, "write_manifest", no_manifest)
+    with pytest.raises(OSError, match="disk full"):
+        run_cli("imagenet", tree.root, "--to-dali", out)
+    assert list(out.glob("*/shard-*.tar"))  # renamed, but without a manifest
+    assert "no complete manifest" in verify_output(out)[0]
+    monkeypatch.undo()
+    assert run_cli("imagenet", tree.root, "--to-dali", out) == 0  # redone, not "already done"
+    assert verify_output(out) == []
