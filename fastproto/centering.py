@@ -92,7 +92,10 @@ class Centering(nn.Module):
         vmf: bool,
         impl: str = "auto",
     ) -> Tensor:
-        """Center [K] for this batch (teacher [Nt, D], teacher_protos [K, D]); updates the state."""
+        """Center [K] for this batch (teacher [Nt, D], teacher_protos [K, D]); updates the state.
+
+        The EMA schemes return the center from before this batch, then fold the batch in.
+        """
         k = self.num_prototypes
         if teacher_protos.dim() != 2 or teacher_protos.shape[0] != k:
             raise ValueError(
@@ -101,8 +104,19 @@ class Centering(nn.Module):
                 f"with make_centering(kind, num_prototypes=K)"
             )
         check_teacher_inputs(teacher, teacher_protos, teacher_protos.new_zeros(k), teacher_temp)
+        # Statistics in at least float32: a bf16 teacher (autocast) would round the logs and
+        # the Sinkhorn updates; float64 inputs stay float64. Returned center has this dtype.
+        dtype = torch.promote_types(
+            torch.promote_types(teacher.dtype, teacher_protos.dtype), torch.float32
+        )
         with torch.no_grad():
-            return self._center(teacher.detach(), teacher_protos.detach(), teacher_temp, vmf, impl)
+            return self._center(
+                teacher.detach().to(dtype),
+                teacher_protos.detach().to(dtype),
+                teacher_temp,
+                vmf,
+                impl,
+            )
 
     def _center(
         self, teacher: Tensor, teacher_protos: Tensor, teacher_temp: float, vmf: bool, impl: str

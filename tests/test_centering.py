@@ -143,6 +143,33 @@ def test_state_lives_in_buffers(kind: str) -> None:
     )
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_without_a_process_group_nothing_is_all_reduced(kind: str, monkeypatch) -> None:
+    def forbidden(*args, **kwargs):
+        raise AssertionError("all_reduce called without a process group")
+
+    monkeypatch.setattr(dist, "all_reduce", forbidden)
+    teacher, protos = _batch(6, 5)
+    centering = make_centering(kind, 5).double()
+    for _ in range(2):
+        assert torch.isfinite(centering(teacher, protos, 0.1, True, "reference")).all()
+
+
+@pytest.mark.parametrize("kind", ["logit", "probability", "sinkhorn"])
+def test_bf16_teacher_is_centred_in_float32(kind: str) -> None:
+    teacher, protos = _batch(8, 5, dtype=torch.float32)
+    teacher = teacher.bfloat16()
+    from_bf16, from_float = (
+        make_centering(kind, 5, momentum=0.0),
+        make_centering(kind, 5, momentum=0.0),
+    )
+    for _ in range(2):
+        got = from_bf16(teacher, protos, 0.1, True, "reference")
+        want = from_float(teacher.float(), protos, 0.1, True, "reference")
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
 def test_me_max_matches_loop_value_and_gradients() -> None:
     student, protos = _batch(9, 7)
     student.requires_grad_(True)

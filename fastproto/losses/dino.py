@@ -90,8 +90,10 @@ def dino_loss(
             f"student has {student.shape[0]} rows, not a multiple of the batch size B={batch} "
             f"(teacher rows / num_global): stack the S crops of B images as [S*B, D]"
         )
+    # Weights in at least float32: 1 / (B * pairs) rounded to bf16 would bias the loss.
+    weight_dtype = torch.promote_types(student.dtype, torch.float32)
     targets, weights = dino_pairing(
-        student.shape[0] // batch, num_global, batch, student.device, student.dtype
+        student.shape[0] // batch, num_global, batch, student.device, weight_dtype
     )
     return prototype_cross_entropy(
         student,
