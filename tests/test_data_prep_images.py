@@ -80,3 +80,20 @@ def test_bad_files_raise(tmp_path: Path) -> None:
     for path in (truncated, not_image):
         with pytest.raises(OSError):
             load_rgb(path, max_resolution=512)
+
+
+def test_pa_in_memory_is_composited_on_white() -> None:
+    # PNG cannot store PA, but decoders of other formats can hand one over.
+    from fastproto.data_prep.images import to_rgb
+
+    index = np.arange(24, dtype=np.uint8).reshape(4, 6) % 3  # [4, 6] palette indices
+    palette = np.array([[200, 10, 10], [10, 200, 10], [10, 10, 200]], dtype=np.uint8)
+    pa = Image.fromarray(index).convert("P")
+    pa.putpalette(palette.reshape(-1).tolist())
+    pa = pa.convert("PA")
+    alpha = np.tile(np.array([0, 51, 102, 153, 204, 255], dtype=np.uint8), (4, 1))  # [4, 6]
+    pa.putalpha(Image.fromarray(alpha))
+    got = np.asarray(to_rgb(pa)).astype(np.float64)
+    a = alpha[..., None] / 255.0
+    want = palette[index] * a + 255.0 * (1.0 - a)
+    assert np.abs(got - want).max() <= 1.0
