@@ -20,10 +20,11 @@ nu log kappa terms cancel analytically: at nu = 0 it is Hankel's large-argument 
 the truncation error is about max_s |U_terms(s) / s^terms| / R^terms, small once R is large.
 
 Paths (all arithmetic in float64; kappa is one value per prototype, [K], so this is cheap):
-- dim >= EXPANSION_MIN_DIM: the expansion with `terms` polynomials for every kappa. Measured
-  worst error over kappa in [1e-3, 1e4] with terms = 4: 3.9e-7 at p = 32, 2.1e-8 at p = 64;
-  below p = 32 even four terms miss by more than 1e-6 near kappa = 0 (8e-6 at p = 16, 1.3e-2
-  at p = 4), so small p takes the exact path.
+- dim >= EXPANSION_MIN_DIM: the expansion with `terms` polynomials for every kappa. Its worst
+  error (at kappa -> 0, s -> 1) is about max_s |U_terms(s)| / nu^terms: with terms = 1 it is
+  5.6e-3 at p = 32, 2.7e-3 at p = 64, 6.6e-4 at p = 256; with terms = 4 it is 3.9e-7 at p = 32
+  and 2.1e-8 at p = 64 (docs/vmf_error.md). It grows as p falls (terms = 4: 1.3e-6 at p = 24,
+  8e-6 at p = 16, 1.3e-2 at p = 4), so below p = 32 the exact path takes over.
 - dim < EXPANSION_MIN_DIM: where R < SERIES_MAX_R the power series
       I_nu(kappa) = (kappa/2)^nu sum_k (kappa^2/4)^k / (k! Gamma(nu + k + 1)),
   summed in log space (all terms are positive, so there is no cancellation); elsewhere the

@@ -142,11 +142,14 @@ def test_differences_between_kappas_match_exact(dim: int) -> None:
 
 def test_monotone_decreasing() -> None:
     kappa = torch.logspace(-3, 5, 2001, dtype=torch.float64)
-    # Dense points across the series/expansion switch R = 64 of the small-dim path.
-    switch = torch.linspace(SERIES_MAX_R - 0.5, SERIES_MAX_R + 0.5, 1001, dtype=torch.float64)
     for dim in (*DIMS, 17, 31, 32):
+        # Dense points across the switch R = sqrt(nu^2 + kappa^2) = 64 of the small-dim path.
+        grids = [kappa]
+        if dim < EXPANSION_MIN_DIM:
+            at = math.sqrt(SERIES_MAX_R**2 - (dim / 2 - 1) ** 2)
+            grids.append(torch.linspace(at - 0.5, at + 0.5, 1001, dtype=torch.float64))
         for terms in (1, 4):
-            for grid in (kappa, switch):
+            for grid in grids:
                 values = log_normalizer(grid, dim, terms=terms)
                 steps = values.diff()
                 assert bool((steps <= 0).all()), (dim, terms)
@@ -252,3 +255,14 @@ def test_bad_kappa_type_and_infinity() -> None:
         log_normalizer(torch.tensor([math.inf]), 64)
     with pytest.raises(ValueError, match="torch.Tensor"):
         log_normalizer([1.0, 2.0], 64)  # type: ignore[arg-type]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_matches_cpu(dtype: torch.dtype) -> None:
+    kappa = torch.logspace(-3, 5, 101, dtype=dtype)
+    for dim in (3, 256):
+        cpu = log_normalizer(kappa, dim, terms=2)
+        gpu = log_normalizer(kappa.cuda(), dim, terms=2)
+        assert gpu.device.type == "cuda" and gpu.dtype == dtype
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-12, atol=1e-12)
