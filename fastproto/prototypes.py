@@ -97,15 +97,20 @@ def _match_earlier(block: torch.Tensor, reps: torch.Tensor, eps: float, chunk: i
 
 
 def _resolve_within(block: torch.Tensor, eps: float) -> torch.Tensor:
-    """Sequential greedy rule inside one block [B, D]: position of each row's representative."""
-    close = block @ block.T > 1.0 - eps  # [B, B]
+    """Sequential greedy rule inside one block [B, D]: position of each row's representative.
+
+    Only rows with a close later row can claim anything, so only they are visited in order;
+    every row still unclaimed afterwards is its own representative.
+    """
+    later = torch.triu(block @ block.T > 1.0 - eps, diagonal=1)  # [B, B], close and j > i
     owner = torch.full((block.shape[0],), -1, dtype=torch.long, device=block.device)
-    for i in range(block.shape[0]):
+    for i in later.any(dim=1).nonzero().squeeze(1).tolist():
         if owner[i] >= 0:
             continue
-        take = close[i] & (owner < 0)
-        take[i] = True  # a prototype is always within eps of itself
-        owner[take] = i
+        owner[i] = i
+        owner[later[i] & (owner < 0)] = i
+    unclaimed = owner < 0
+    owner[unclaimed] = unclaimed.nonzero().squeeze(1)
     return owner
 
 
