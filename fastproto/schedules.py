@@ -20,12 +20,19 @@ teacher EMA momentum cosine 0.996 -> 1.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 
-def _check_step(step: int) -> None:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be an int >= 0, got {step!r}")
+def _check_step(step: int) -> int:
+    """The step as a Python int (numpy and 0-d integer tensors accepted); ValueError if < 0."""
+    try:
+        value = operator.index(step)
+    except TypeError:
+        raise ValueError(f"step must be an integer >= 0, got {step!r}") from None
+    if isinstance(step, bool) or value < 0:
+        raise ValueError(f"step must be an integer >= 0, got {step!r}")
+    return value
 
 
 def _check_finite(**values: float) -> None:
@@ -55,7 +62,7 @@ class CosineSchedule:
             )
 
     def __call__(self, step: int) -> float:
-        _check_step(step)
+        step = _check_step(step)
         if step < self.warmup_steps:
             return self.warmup_start + (self.start - self.warmup_start) * step / self.warmup_steps
         if step >= self.total_steps:
@@ -78,7 +85,7 @@ class LinearWarmup:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
     def __call__(self, step: int) -> float:
-        _check_step(step)
+        step = _check_step(step)
         if step >= self.warmup_steps:
             return self.end
         return self.start + (self.end - self.start) * step / self.warmup_steps

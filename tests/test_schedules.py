@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import torch
 
 from fastproto.schedules import (
     CosineSchedule,
@@ -82,3 +84,10 @@ def test_bad_settings_are_refused() -> None:
         CosineSchedule(float("nan"), 0.0, total_steps=10)
     with pytest.raises(ValueError, match="step"):
         CosineSchedule(1.0, 0.0, total_steps=10)(-1)
+    with pytest.raises(ValueError, match="step"):
+        LinearWarmup(0.0, 1.0, warmup_steps=10)(2.5)  # type: ignore[arg-type]
+
+
+def test_integer_like_steps_are_accepted() -> None:
+    s = CosineSchedule(1.0, 0.0, total_steps=10)
+    assert s(np.int64(5)) == s(5) == s(torch.tensor(5))  # type: ignore[arg-type]
