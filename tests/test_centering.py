@@ -89,6 +89,22 @@ def test_sinkhorn_stays_finite_in_float32_where_exp_overflows() -> None:
     torch.testing.assert_close(target.double(), truth, rtol=0, atol=2e-3)
 
 
+@pytest.mark.parametrize("kind", ["probability", "sinkhorn"])
+def test_a_column_that_underflows_stays_finite(kind: str) -> None:
+    # Prototype 0 points away from every row: its float32 probability underflows to exactly 0.
+    teacher, protos = _batch(6, 4, dtype=torch.float32)
+    direction = torch.nn.functional.normalize(torch.randn(DIM), dim=0)
+    teacher = torch.nn.functional.normalize(direction + 0.2 * teacher, dim=1)
+    protos[0] = -5.0 * direction
+    logits = teacher_logits_loop(teacher, protos, 0.01, False)
+    assert (torch.softmax(logits, dim=1)[:, 0] == 0).all(), "precondition: the column underflows"
+    centering = make_centering(kind, 4, momentum=0.0)
+    for _ in range(2):
+        center = centering(teacher, protos, 0.01, False, "reference")
+        assert torch.isfinite(center).all()
+        assert torch.isfinite(torch.softmax(logits - center, dim=1)).all()
+
+
 @pytest.mark.parametrize("vmf", [False, True])
 def test_logit_centering_is_dino_ema(vmf: bool) -> None:
     momentum, tau, k = 0.7, 0.05, 9
