@@ -1,0 +1,167 @@
+"""The training loop, top to bottom: set up, resume, then epochs of steps, checkpointing as it goes.
+
+Position in the run is (epoch, batch_in_epoch): the next batch to train on. A checkpoint saves
+it with everything else, so a resumed run trains on exactly the batch the interrupted run would
+have trained on next. Every step reseeds the RNGs from (seed, step, rank), so augmentation,
+masks and drop path of a step do not depend on how the run got there (fresh or resumed).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastproto.config import TrainConfig, to_dict, to_toml
+from fastproto.data.base import Loader
+from fastproto.models import head_prototypes
+from fastproto.train import checkpoint as ckpt
+from fastproto.train import distributed
+from fastproto.train.inputs import InputMaker, make_train_loader
+from fastproto.train.metrics import MetricsLog, entropy, memory_mb
+from fastproto.train.progress import Progress
+from fastproto.train.setup import build_state, load_state_dict, network_signature, state_dict
+from fastproto.train.signals import StopFlag
+from fastproto.train.step import TrainState, train_step
+from fastproto.train.values import step_values
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    epoch: int
+    stopped_by_signal: bool
+    last_terms: dict[str, float]
+
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) from (seed, step, rank)."""
+    value = (seed * 1_000_003 + step * 7_919 + rank * 104_729) % 2**31
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+def save(state: TrainState, run_dir: Path, epoch: int, batch: int, is_main: bool) -> None:
+    """Checkpoint the position (epoch, next batch) and everything needed to continue from it."""
+    if is_main:
+        record = state_dict(state) | {
+            "epoch": epoch, "batch_in_epoch": batch, "rng": ckpt.rng_state(),
+            "signature": network_signature(state.config), "config": to_dict(state.config),
+        }  # fmt: skip
+        ckpt.save_checkpoint(run_dir, record, state.config.run.keep_last)
+    distributed.barrier()
+
+
+def resume(state: TrainState, run_dir: Path, required: bool) -> tuple[int, int]:
+    """Load the newest checkpoint in `run_dir` (if any) -> (epoch, batch_in_epoch) to start at."""
+    path = ckpt.latest_checkpoint(run_dir)
+    if path is None:
+        if required:
+            raise ValueError(f"--resume: no checkpoint-*.pt in {run_dir}; drop --resume to start")
+        return 0, 0
+    saved = ckpt.load_checkpoint(path, network_signature(state.config))
+    load_state_dict(state, saved)
+    ckpt.set_rng_state(saved["rng"])
+    return int(saved["epoch"]), int(saved["batch_in_epoch"])
+
+
+def prepare_run_dir(config: TrainConfig, is_main: bool) -> Path:
+    run_dir = Path(config.run.out)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(to_toml(config))
+    return run_dir
+
+
+def log_step(
+    log: MetricsLog, state: TrainState, terms: dict[str, float], probs: torch.Tensor,
+    values: object, images_per_s: float,
+) -> dict[str, float]:  # fmt: skip
+    record = dict(terms) | vars(values) | {
+        "images_per_s": images_per_s, "memory_mb": memory_mb(state.device),
+        "teacher_entropy": entropy(probs),
+    }  # fmt: skip
+    log.write("step", state.step, record)
+    return record
+
+
+def run_epoch(
+    state: TrainState, loader: Loader, inputs: InputMaker, epoch: int, start: int,
+    log: MetricsLog, progress: Progress, stop: StopFlag, run_dir: Path, is_main: bool,
+) -> tuple[bool, tuple[int, int]]:  # fmt: skip
+    """Train from batch `start` of `epoch` -> (stop now?, next position (epoch, batch))."""
+    cfg = state.config
+    steps_per_epoch = len(loader)
+    position = (epoch + 1, 0)
+    tick = time.perf_counter()
+    for index, batch in enumerate(loader, start=start):
+        seed_step(cfg.run.seed, state.step, inputs.rank)
+        global_crops, local_crops, masks = inputs(batch, epoch)
+        values = step_values(cfg, state.step, steps_per_epoch)
+        terms, probs = train_step(state, global_crops, local_crops, masks, values)
+        now = time.perf_counter()
+        rate = batch.batch_size * inputs.world_size / max(now - tick, 1e-9)
+        tick = now
+        progress.update(log_step(log, state, terms, probs, values, rate))
+        at_end = index + 1 == steps_per_epoch
+        position = (epoch + 1, 0) if at_end else (epoch, index + 1)
+        stopping = distributed.any_rank(stop.requested, state.device)
+        done = cfg.run.max_steps > 0 and state.step >= cfg.run.max_steps
+        if stopping or done or at_end or state.step % cfg.run.checkpoint_every == 0:
+            save(state, run_dir, *position, is_main)
+        if stopping or done:
+            return True, position
+    return False, position
+
+
+def train(config: TrainConfig, require_resume: bool = False) -> RunResult:
+    """Train as `config` says, resuming from the newest checkpoint in run.out if there is one."""
+    dist = distributed.setup(config.run.device)
+    run_dir = prepare_run_dir(config, dist.is_main)
+    loader = make_train_loader(config, dist)
+    seed_step(config.run.seed, 0, 0)  # every rank builds the same initial weights
+    state = build_state(config, dist)
+    epoch, start = resume(state, run_dir, require_resume)
+    inputs = InputMaker(config, dist)
+    log = MetricsLog(run_dir, dist.is_main)
+    progress = Progress(config, len(loader), state.step, dist.is_main)
+    stop = StopFlag().install()
+    stopped = config.run.max_steps > 0 and state.step >= config.run.max_steps
+    try:
+        while epoch < config.optim.epochs and not stopped:
+            loader.set_epoch(epoch)
+            loader.resume_from(start)
+            stopped, (next_epoch, start) = run_epoch(
+                state, loader, inputs, epoch, start, log, progress, stop, run_dir, dist.is_main
+            )
+            if next_epoch > epoch:
+                epoch_end(state, log, epoch, dist.is_main)
+            epoch = next_epoch
+    finally:
+        stop.restore()
+        progress.close()
+        log.close()
+        distributed.teardown()
+    return RunResult(run_dir, state.step, epoch, stop.requested, progress.last)
+
+
+def epoch_end(state: TrainState, log: MetricsLog, epoch: int, is_main: bool) -> None:
+    """Per-epoch record: unique prototypes M at eps 0.025 and the redundancy histogram."""
+    if not is_main:
+        return
+    from fastproto.prototypes import unique_prototypes
+
+    weights = head_prototypes(state.teacher.cls_head).detach().float().cpu()
+    report = unique_prototypes(weights, eps=0.025)
+    redundancy = torch.as_tensor(report.redundancy).long()
+    histogram = torch.bincount(redundancy).tolist() if redundancy.numel() else []
+    log.write("epoch", state.step, {
+        "epoch": epoch, "unique_prototypes": int(report.num_unique),
+        "num_prototypes": int(weights.shape[0]), "redundancy_histogram": histogram,
+    })  # fmt: skip

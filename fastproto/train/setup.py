@@ -1,0 +1,130 @@
+"""Building a run from its config: networks, optimizer, precision, centring, and the state.
+
+The student is wrapped in DistributedDataParallel when the process group has more than one
+rank; the teacher starts as an exact copy of the student (no drop path) and never gets
+gradients. AdamW parameter groups follow DINO: weights (ndim >= 2) are weight-decayed, biases,
+norm scales, tokens and position embeddings are not.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from fastproto.config import TrainConfig
+from fastproto.models import SSLNetwork, build_network
+from fastproto.train.distributed import DistInfo
+from fastproto.train.step import TrainState
+
+
+def network_signature(config: TrainConfig) -> dict[str, object]:
+    """What a checkpoint must share with the config to be resumed."""
+    h = config.head
+    return {
+        "arch": config.model.arch,
+        "num_prototypes": h.num_prototypes,
+        "norm": h.norm,
+        "hidden_dim": h.hidden_dim,
+        "bottleneck_dim": h.bottleneck_dim,
+        "num_layers": h.num_layers,
+        "shared_head": h.shared,
+        "method": config.method.name,
+    }
+
+
+def build_student(config: TrainConfig, drop_path: float | None = None) -> SSLNetwork:
+    h = config.head
+    return build_network(
+        config.model.arch, h.num_prototypes, h.norm, h.shared,
+        drop_path=config.model.drop_path if drop_path is None else drop_path,
+        mask_token=config.method.name == "ibot", hidden_dim=h.hidden_dim,
+        bottleneck_dim=h.bottleneck_dim, num_layers=h.num_layers,
+    )  # fmt: skip
+
+
+def param_groups(model: nn.Module) -> list[dict[str, object]]:
+    """Two AdamW groups: decayed weights, and everything 1-d or token-like without decay."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        plain = p.ndim <= 1 or name.endswith(("mask_token", "cls_token", "pos_embed"))
+        (no_decay if plain else decay).append(p)
+    return [
+        {"params": decay, "regularized": True},
+        {"params": no_decay, "regularized": False, "weight_decay": 0.0},
+    ]
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """None means float32 throughout; CPU runs in float32 unless asked otherwise."""
+    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
+        return None
+    if precision == "fp16":
+        if device.type == "cpu":
+            raise ValueError("run.precision=fp16 needs a GPU; use bf16 or fp32 on CPU")
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def build_state(config: TrainConfig, dist: DistInfo) -> TrainState:
+    """A fresh run's state on this process's device (resume loads into it afterwards)."""
+    from fastproto.centering import make_centering
+
+    student = build_student(config).to(dist.device)
+    teacher = copy.deepcopy(student)
+    for block in teacher.modules():  # the teacher never drops paths
+        if hasattr(block, "drop_prob"):
+            setattr(block, "drop_prob", 0.0)  # noqa: B010
+    teacher.requires_grad_(False)
+    teacher.eval()
+    student_ddp: nn.Module = student
+    if dist.distributed:
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        student_ddp = DistributedDataParallel(student, device_ids=ids)
+    optimizer = torch.optim.AdamW(param_groups(student), lr=0.0)
+    dtype = amp_dtype(config.run.precision, dist.device)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    m = config.method
+    k = config.head.num_prototypes
+
+    def centering() -> nn.Module:
+        module = make_centering(m.centering, k, m.center_momentum, m.sinkhorn_iterations)
+        return module.to(dist.device)
+
+    return TrainState(
+        config=config, student=student, student_ddp=student_ddp, teacher=teacher,
+        optimizer=optimizer, scaler=scaler, cls_centering=centering(),
+        patch_centering=centering(), amp_dtype=dtype, device=dist.device,
+    )  # fmt: skip
+
+
+def state_dict(state: TrainState) -> dict[str, object]:
+    """The unsharded training state (rank 0 writes it; any world size can read it)."""
+    return {
+        "student": state.student.state_dict(),
+        "teacher": state.teacher.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+        "cls_centering": state.cls_centering.state_dict(),
+        "patch_centering": state.patch_centering.state_dict(),
+        "step": state.step,
+    }
+
+
+def load_state_dict(state: TrainState, saved: dict[str, object]) -> None:
+    """Restore what `state_dict` saved into a freshly built state."""
+    state.student.load_state_dict(saved["student"])  # type: ignore[arg-type]
+    state.teacher.load_state_dict(saved["teacher"])  # type: ignore[arg-type]
+    state.optimizer.load_state_dict(saved["optimizer"])  # type: ignore[arg-type]
+    if state.scaler is not None and saved.get("scaler") is not None:
+        state.scaler.load_state_dict(saved["scaler"])  # type: ignore[arg-type]
+    state.cls_centering.load_state_dict(saved["cls_centering"])  # type: ignore[arg-type]
+    state.patch_centering.load_state_dict(saved["patch_centering"])  # type: ignore[arg-type]
+    state.step = int(saved["step"])  # type: ignore[call-overload]

@@ -1,0 +1,211 @@
+"""One training step: student and teacher forward, the loss terms, backward, update, EMA.
+
+Inputs are already augmented float crops, crop-major (rows c*B .. c*B+B-1 are crop c):
+    global_crops [G*B, 3, H, W], local_crops [L*B, 3, h, w] (or None), masks bool [G*B, H/p, W/p]
+    (iBOT only; masked patch tokens of the student's global crops are replaced by the mask token).
+
+    loss = dino(cls)                                       (fastproto.losses.dino_loss)
+         + patch_loss_weight * ibot(masked patch tokens)   (iBOT only)
+         + koleo_proto * sum over heads KoLeo(W)           (paper 1, KoLeo-proto)
+         + koleo_data * sum over global crops KoLeo(backbone CLS)   (DINOv2-style, off by default)
+
+The teacher sees the global crops unmasked; its patch tokens are read at the same masked
+positions. After backward: gradients are unscaled (fp16), clipped per parameter (as DINO and
+iBOT do), the last layer's gradients are dropped while it is frozen, the optimizer steps and the
+teacher moves to the EMA of the student.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fastproto.config import TrainConfig
+from fastproto.models import SSLNetwork, head_is_vmf, head_last_layer, head_prototypes
+
+
+@dataclass(frozen=True)
+class StepValues:
+    """Schedule values for one global step."""
+
+    lr: float
+    weight_decay: float
+    teacher_temp: float
+    momentum: float
+    freeze_last_layer: bool
+
+
+@dataclass
+class TrainState:
+    """Everything a step reads or updates; `student_ddp` is the DDP wrapper (or the student)."""
+
+    config: TrainConfig
+    student: SSLNetwork
+    student_ddp: nn.Module
+    teacher: SSLNetwork
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    cls_centering: nn.Module
+    patch_centering: nn.Module
+    amp_dtype: torch.dtype | None
+    device: torch.device
+    step: int = 0
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+def _autocast(state: TrainState) -> contextlib.AbstractContextManager[object]:
+    if state.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(state.device.type, dtype=state.amp_dtype)
+
+
+def _cls_loss(
+    state: TrainState, student_y: torch.Tensor, teacher_y: torch.Tensor, teacher_temp: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from fastproto.losses import dino_loss
+
+    m = state.config.method
+    head, teacher_head = state.student.cls_head, state.teacher.cls_head
+    w_s, w_t = head_prototypes(head).float(), head_prototypes(teacher_head).float().detach()
+    vmf = head_is_vmf(head)
+    center = state.cls_centering(teacher_y, w_t, teacher_temp, vmf, m.loss_impl)  # [K]
+    return dino_loss(
+        student_y, teacher_y, w_s, w_t, center, state.config.data.global_crops,
+        m.student_temp, teacher_temp, vmf, m.loss_impl,
+    )  # fmt: skip
+
+
+def _patch_loss(
+    state: TrainState,
+    student_p: torch.Tensor,
+    teacher_p: torch.Tensor,
+    masks: torch.Tensor,
+    teacher_temp: float,
+) -> torch.Tensor:
+    from fastproto.losses import ibot_patch_loss
+
+    m = state.config.method
+    head, teacher_head = state.student.patch_head, state.teacher.patch_head
+    w_s, w_t = head_prototypes(head).float(), head_prototypes(teacher_head).float().detach()
+    vmf = head_is_vmf(head)
+    center = state.patch_centering(teacher_p, w_t, teacher_temp, vmf, m.loss_impl)  # [K]
+    image_index = masks.flatten(1).nonzero()[:, 0]  # [Nm], the crop-image of each masked token
+    loss = ibot_patch_loss(
+        student_p, teacher_p, image_index, masks.shape[0], w_s, w_t, center,
+        m.student_temp, teacher_temp, vmf, m.loss_impl,
+    )  # fmt: skip
+    return loss[0] if isinstance(loss, tuple) else loss
+
+
+def compute_losses(
+    state: TrainState,
+    global_crops: torch.Tensor,
+    local_crops: torch.Tensor | None,
+    masks: torch.Tensor | None,
+    teacher_temp: float,
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """-> (total loss, loss terms as floats, batch-mean teacher distribution [K])."""
+    from fastproto.losses import koleo_data, koleo_proto
+
+    m = state.config.method
+    with torch.no_grad(), _autocast(state):
+        t_out = state.teacher(global_crops, None, masks, mask_input=False)
+    with _autocast(state):
+        s_out = state.student_ddp(global_crops, local_crops, masks, mask_input=True)
+    cls, mean_probs = _cls_loss(state, s_out.cls_y.float(), t_out.cls_y.float(), teacher_temp)
+    total, terms = cls, {"dino": float(cls.detach())}
+    if masks is not None and s_out.patch_y is not None and s_out.patch_y.shape[0] > 0:
+        assert t_out.patch_y is not None  # the teacher got the same masks
+        s_p, t_p = s_out.patch_y.float(), t_out.patch_y.float()
+        patch = _patch_loss(state, s_p, t_p, masks, teacher_temp)
+        total = total + m.patch_loss_weight * patch
+        terms["ibot"] = float(patch.detach())
+    if m.koleo_proto > 0:
+        reg = torch.stack(
+            [
+                koleo_proto(head_prototypes(h).float(), m.koleo_group_size)
+                for h in state.student.heads()
+            ]
+        ).sum()
+        total = total + m.koleo_proto * reg
+        terms["koleo_proto"] = float(reg.detach())
+    if m.koleo_data > 0:
+        chunks = s_out.cls_features.float().chunk(state.config.data.global_crops)
+        reg_d = torch.stack([koleo_data(c) for c in chunks]).sum()
+        total = total + m.koleo_data * reg_d
+        terms["koleo_data"] = float(reg_d.detach())
+    terms["loss"] = float(total.detach())
+    return total, terms, mean_probs
+
+
+def set_schedule(optimizer: torch.optim.Optimizer, values: StepValues) -> None:
+    """lr on every group; weight decay only on the groups that are regularised."""
+    for group in optimizer.param_groups:
+        group["lr"] = values.lr
+        if group.get("regularized", True):
+            group["weight_decay"] = values.weight_decay
+
+
+def clip_per_parameter(parameters: list[nn.Parameter], max_norm: float) -> float:
+    """Scale each gradient to norm <= max_norm (DINO's clip_gradients); -> the total norm."""
+    norms = []
+    for p in parameters:
+        if p.grad is None:
+            continue
+        norm = p.grad.detach().norm()
+        norms.append(norm)
+        if max_norm > 0:
+            p.grad.mul_((max_norm / (norm + 1e-6)).clamp(max=1.0))
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+def optimize(state: TrainState, total: torch.Tensor, values: StepValues) -> float:
+    """Backward, unscale, clip, freeze the last layer if asked, step, EMA; -> grad norm."""
+    from fastproto.ema import ema_update_
+
+    opt = state.optimizer
+    set_schedule(opt, values)
+    opt.zero_grad(set_to_none=True)
+    if state.scaler is not None:
+        state.scaler.scale(total).backward()
+        state.scaler.unscale_(opt)
+    else:
+        total.backward()
+    params = [p for p in state.student.parameters() if p.requires_grad]
+    grad_norm = clip_per_parameter(params, state.config.optim.clip_grad)
+    if values.freeze_last_layer:
+        for head in state.student.heads():
+            for p in head_last_layer(head):
+                p.grad = None
+    if state.scaler is not None:
+        state.scaler.step(opt)
+        state.scaler.update()
+    else:
+        opt.step()
+    with torch.no_grad():
+        ema_update_(state.teacher, state.student, values.momentum)
+    return grad_norm
+
+
+def train_step(
+    state: TrainState,
+    global_crops: torch.Tensor,
+    local_crops: torch.Tensor | None,
+    masks: torch.Tensor | None,
+    values: StepValues,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """One optimisation step on prepared crops; -> (loss terms, teacher mean probs [K])."""
+    total, terms, mean_probs = compute_losses(
+        state, global_crops, local_crops, masks, values.teacher_temp
+    )
+    if not torch.isfinite(total):
+        raise FloatingPointError(
+            f"the loss is {terms['loss']} at step {state.step} (terms {terms}); lower optim.lr, "
+            "raise method.student_temp, or resume from an earlier checkpoint"
+        )
+    terms["grad_norm"] = optimize(state, total, values)
+    state.step += 1
+    return terms, mean_probs
