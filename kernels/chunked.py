@@ -135,10 +135,10 @@ class _ChunkedLoss(torch.autograd.Function):
                 grad_w[blk] = g.T @ st.ys
             if grad_b is not None:
                 grad_b[blk] = g.sum(dim=0)
-        scale = grad_loss.to(cd)
-        out_y = None if grad_y is None else (grad_y * (scale * inv_ts)).to(ys.dtype)
-        out_w = None if grad_w is None else (grad_w * (scale * inv_ts)).to(ws.dtype)
-        out_b = None if grad_b is None else (grad_b * scale).to(bs.dtype)
+        scale = grad_loss.to(cd)  # in place below: no second [K, D] buffer
+        out_y = None if grad_y is None else grad_y.mul_(scale * inv_ts).to(ys.dtype)
+        out_w = None if grad_w is None else grad_w.mul_(scale * inv_ts).to(ws.dtype)
+        out_b = None if grad_b is None else grad_b.mul_(scale).to(bs.dtype)
         return out_y, out_w, out_b, None, None, None, None, None, None, None, None
 
 

@@ -14,8 +14,12 @@ inputs: a sum over Ns*P rows of ~log K overflows float16 at iBOT sizes).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from fastproto.kernels.reference import prototype_bias
+
+from fastproto.vmf import log_normalizer
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -23,9 +27,34 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+class _RowNorm(torch.autograd.Function):
+    """||w_k|| [K] whose backward allocates one [K, D] tensor (torch.norm's allocates two)."""
+
+    @staticmethod
+    def forward(ctx: Any, protos: torch.Tensor) -> torch.Tensor:
+        norms = torch.linalg.vector_norm(protos, dim=1)  # [K]
+        ctx.save_for_backward(protos, norms)
+        return norms
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        protos, norms = ctx.saved_tensors
+        # d||w||/dw = w / ||w||; a zero prototype gets a zero gradient instead of nan
+        return protos * torch.where(norms > 0, grad / norms, 0.0)[:, None].to(protos.dtype)
+
+
 def student_bias(protos: torch.Tensor, temp: float, vmf: bool) -> torch.Tensor:
-    """vMF log-normaliser of the student prototypes [K] in the compute dtype, with autograd."""
-    return prototype_bias(protos.to(compute_dtype(protos.dtype)), temp, vmf)
+    """vMF log-normaliser of the student prototypes [K] in the compute dtype, with autograd.
+
+    Same value as reference.prototype_bias; the norm's backward is the lean one above, because
+    the streaming paths are judged on their peak memory and a [K, D] temporary is 64 MiB at
+    K = 65536.
+    """
+    cd = compute_dtype(protos.dtype)
+    if not vmf:
+        return torch.zeros(protos.shape[0], dtype=cd, device=protos.device)
+    kappa = _RowNorm.apply(protos).to(cd) / temp
+    return log_normalizer(kappa, protos.shape[1])
 
 
 def teacher_bias(
