@@ -2,6 +2,19 @@
 
 Examples:
     fastproto env                       # versions of python, torch, triton, timm, ffcv, DALI, GPU
+    fastproto train                     # the demo: Fashion-MNIST, tiny ViT, ~10 min on 2 CPU cores
+
+    # a tiny CPU run on your own data (converted with `data_prep`), then resume it by rerunning
+    fastproto train --config demo --data data/fmnist --epochs 1 --batch-size 64 --K 256 \
+        --out runs/tiny run.max_steps=20 run.device=cpu
+    fastproto train --config demo --data data/fmnist --out runs/tiny --resume
+
+    # iBOT-vMF + KoLeo-proto, ViT-S/16 on ImageNet (paper 1, Table 6), 8 GPUs, K = 65536
+    torchrun --nproc_per_node 8 -m fastproto train --config vit_small_ibot \
+        --data data/in1k-ffcv --K 65536 --out runs/ibot-k64k optim.lr=2e-3
+
+    fastproto eval knn --checkpoint runs/tiny/checkpoint-000000020.pt --data data/fmnist
+    fastproto prototypes runs/tiny/checkpoint-000000020.pt
 """
 
 from __future__ import annotations
@@ -24,6 +37,127 @@ def _add_env(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+# flag -> dotted config key; flags are applied after the recipe, `key=value` items after them.
+TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--data": ("data.path", str, "dataset directory (omit to run the Fashion-MNIST demo)"),
+    "--backend": ("data.backend", str, "loader backend: ffcv, dali or folder"),
+    "--arch": ("model.arch", str, "backbone, e.g. vit_small_patch16_224, vit_pico_patch4_28"),
+    "--method": ("method.name", str, "dino (CLS loss only) or ibot (adds the masked patch loss)"),
+    "--K": ("head.num_prototypes", int, "number of prototypes K"),
+    "--norm": ("head.norm", str, "prototype normalisation: vmf, l2 or free"),
+    "--centering": ("method.centering", str, "probability, logit, sinkhorn or none"),
+    "--koleo-proto": ("method.koleo_proto", float, "KoLeo-proto weight lambda (0 turns it off)"),
+    "--koleo-data": ("method.koleo_data", float, "KoLeo on the batch CLS tokens, weight"),
+    "--epochs": ("optim.epochs", int, "number of epochs"),
+    "--batch-size": ("optim.batch_size", int, "global batch size over all processes"),
+    "--out": ("run.out", str, "run directory (checkpoints, metrics.jsonl, config.toml)"),
+    "--loss-impl": ("method.loss_impl", str, "prototype loss: auto, triton, chunked, reference"),
+}
+
+
+def train_overrides(args: argparse.Namespace) -> list[str]:
+    """The flags given on the command line as `key=value` overrides, then the raw items."""
+    items = []
+    for flag, (key, _, _) in TRAIN_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            items.append(f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}")
+    return items + list(args.overrides)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "train", help="train DINO/iBOT-vMF (without --data: the Fashion-MNIST demo)"
+    )
+    parser.add_argument(
+        "--config", help="recipe TOML (a path, or a bundled name: demo, vit_small_ibot)"
+    )
+    for flag, (_, kind, text) in TRAIN_FLAGS.items():
+        parser.add_argument(flag, type=kind, default=None, help=text)
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="require a checkpoint in --out and continue from it (rerunning also resumes)",
+    )  # fmt: skip
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-3"
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        from fastproto.config import load_config
+
+        overrides = train_overrides(args)
+        demo = args.data is None and not any(o.startswith("data.path=") for o in overrides)
+        config = load_config(args.config or ("demo" if demo else None), overrides)
+        if demo:
+            from fastproto.train.demo import run_demo
+
+            run_demo(config, args.resume)
+            return 0
+        from fastproto.train.loop import train
+
+        result = train(config, args.resume)
+        print(f"step {result.step}, epoch {result.epoch}: run directory {result.run_dir}")
+        return 0
+
+    parser.set_defaults(func=run)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("eval", help="kNN, linear probe or few-shot on frozen teacher features")
+    parser.add_argument("kind", choices=("knn", "linear", "fewshot"), help="evaluation protocol")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint-*.pt file of a run")
+    parser.add_argument("--data", required=True, help="dataset directory with train and val")
+    parser.add_argument("--backend", help="loader backend (default: the run's)")
+    parser.add_argument("--out", help="JSON file to write (default: next to the checkpoint)")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        import torch
+
+        from fastproto.train.reports import evaluate_checkpoint, write_json
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        ckpt = Path(args.checkpoint)
+        result = evaluate_checkpoint(args.kind, ckpt, args.data, args.backend, device)
+        out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}.eval-{args.kind}.json")
+        write_json(result, out)
+        print(result["result"])
+        print(f"written to {out}")
+        return 0
+
+    parser.set_defaults(func=run)
+
+
+def _add_prototypes(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("prototypes", help="unique prototypes M, redundancy, PNG plots")
+    parser.add_argument("checkpoint", help="checkpoint-*.pt file of a run")
+    parser.add_argument("--eps", type=float, default=0.025, help="cosine-distance threshold")
+    parser.add_argument("--out", help="directory for the JSON and PNGs (default: the run's)")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from fastproto.train.reports import plot_report, prototype_report, write_json
+
+        ckpt = Path(args.checkpoint)
+        report = prototype_report(ckpt, args.eps)
+        out_dir = Path(args.out) if args.out else ckpt.parent / f"{ckpt.stem}.prototypes"
+        write_json(report, out_dir / "prototypes.json")
+        plots = plot_report(report, out_dir)
+        for name in ("cls", "patch"):
+            if name in report:
+                h = report[name]
+                print(
+                    f"{name}: M = {h['unique']} unique of K = {h['num_prototypes']} at eps "
+                    f"{args.eps}; largest duplicate set {h['largest_duplicate_set']}"
+                )
+        print(f"written to {out_dir} ({len(plots)} plots)")
+        return 0
+
+    parser.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastproto",
@@ -33,9 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_env(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_prototypes(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    """Run a subcommand; a ValueError (bad input, bad checkpoint) prints its message, exit 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ValueError as err:
+        parser.exit(2, f"fastproto {args.command}: error: {err}\n")

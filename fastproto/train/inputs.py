@@ -67,11 +67,23 @@ class InputMaker:
         self.grid = config.data.global_size // patch
 
     def masks(self, num: int) -> torch.Tensor:
-        """bool [num, grid, grid] block masks with iBOT's per-image prediction ratio."""
-        from fastproto.data.masks import block_masks
+        """bool [num, grid, grid] block masks; iBOT's per-image choice among the pred ratios.
+
+        Each (ratio, variance) pair of method.pred_ratio / pred_ratio_var is one option; every
+        image takes one option uniformly at random (Table 6: ratio 0 or U(0.1, 0.5)).
+        """
+        from fastproto.data.masking import block_masks
 
         m = self.config.method
-        return block_masks(num, self.grid, m.pred_ratio, m.pred_ratio_var).to(self.device)
+        grid = (self.grid, self.grid)
+        options = torch.stack(
+            [
+                block_masks(num, grid, r, v)
+                for r, v in zip(m.pred_ratio, m.pred_ratio_var, strict=True)
+            ]
+        )  # [options, num, grid, grid]
+        choice = torch.randint(0, options.shape[0], (num,))  # [num]
+        return options[choice, torch.arange(num)].to(self.device)
 
     def __call__(
         self, batch: Batch, epoch: int
