@@ -1,20 +1,27 @@
 """Prototype cross-entropy streamed over K in blocks: PyTorch twin of the Triton kernels.
 
 Same math as kernels/reference.py, never an [Ns, K] or [Nt, K] tensor: only [N, block] tiles.
+With a[n, k] = <w_s[k], y_s[n]> / tau_s + bias_s[k], q[m] = softmax_k(b[m]) and the pair table
+(t[n, p], weight[n, p]):
 
-    a[n, k] = <w_s[k], y_s[n]> / tau_s + bias_s[k]      (tile [Ns, block])
-    q[m, k] = softmax_k(<w_t[k], y_t[m]> / tau_t + bias_t[k])   (tile [Nt, block])
-    Q[n, k] = sum_p pair_w[n, p] q[rows[n, p], k]       (tile [Ns, block])
-    W[n]    = sum_p pair_w[n, p]
-    loss    = sum_n W[n] lse_k(a[n]) - sum_{n,k} Q[n, k] a[n, k]
-    dL/da   = G[n, k] = W[n] softmax_k(a[n])[k] - Q[n, k]
+    W[n] = sum_p weight[n, p]                                  [Ns]
+    loss = sum_n W[n] lse_k(a[n]) - sum_{n,p} weight[n, p] <q[t[n, p]], a[n]>
+    dL/da[n, k] = W[n] softmax_k(a[n])[k] - sum_p weight[n, p] q[t[n, p], k]
+
+The teacher side enters only through q, so the pairing folds into teacher-row quantities that
+one pass over K accumulates, and no [Ns, block] target tile is ever formed:
+
+    V = q @ w_s [Nt, D],  u = q @ bias_s [Nt]      so <q[m], a[n]> = <y_s[n], V[m]>/tau_s + u[m]
+    Z[m] = sum_{(n,p): t=m} weight y_s[n] [Nt, D],  c[m] = sum_{(n,p): t=m} weight [Nt]
+    dL/dy_s = (W softmax(a)) @ w_s / tau_s - sum_p weight V[t] / tau_s
+    dL/dw_s = ((W softmax(a))^T @ y_s - q^T @ Z) / tau_s,    dL/dbias_s = W^T softmax(a) - q^T c
 
 Forward: pass 1 gets the teacher row log-sum-exp; pass 2 the student log-sum-exp (online, as in
-flash attention), the cross term sum(Q * a) and the teacher column sums. Backward recomputes the
-tiles (as Cut Cross-Entropy and fused linear cross-entropy do) and forms
-dL/dy_s = G @ w_s / tau_s, dL/dw_s = G^T @ y_s / tau_s, dL/dbias_s = column sums of G.
-The vMF bias is computed outside the autograd.Function, so its own autograd carries the bias
-gradient on to ||w_s[k]||.
+flash attention), the teacher column sums, V, u and the teacher part of the prototype gradient
+(q^T Z, q^T c: parameter-sized, and it becomes the gradient buffer). Backward recomputes only the
+student tiles (as Cut Cross-Entropy and fused linear cross-entropy do). The vMF bias is
+computed outside the autograd.Function, so its own autograd carries the bias gradient on to
+||w_s[k]||.
 """
 
 from __future__ import annotations
@@ -25,8 +32,15 @@ from typing import Any
 import torch
 from fastproto.kernels.common import compute_dtype, pair_table, student_bias, teacher_bias
 
-# Prototypes per block (CPU timings: bench/results/prototype_loss_cpu.md).
-DEFAULT_BLOCK = 2048
+# Elements per [N, block] logit tile (16 MiB in float32): large tiles keep the matmuls efficient,
+# a fixed budget keeps memory flat in N (CPU timings: bench/results/prototype_loss_cpu.md).
+TILE_ELEMENTS = 1 << 22
+MIN_BLOCK = 256
+
+
+def default_block(n_rows: int) -> int:
+    """Prototypes per block for `n_rows` student or teacher rows."""
+    return max(MIN_BLOCK, TILE_ELEMENTS // max(n_rows, 1))
 
 
 def _blocks(k: int, block: int) -> Iterator[slice]:
@@ -47,36 +61,55 @@ def _row_lse(rows: torch.Tensor, protos: torch.Tensor, bias: torch.Tensor, inv_t
     for blk in _blocks(protos.shape[0], block):
         logits = _tile(rows, protos[blk], bias[blk], inv_temp)  # [N, block]
         new_max = torch.maximum(run_max, logits.amax(dim=1))
-        run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(logits - new_max[:, None]).sum(
-            1
-        )
+        logits -= new_max[:, None]
+        run_sum = run_sum * torch.exp(run_max - new_max) + logits.exp_().sum(dim=1)
         run_max = new_max
     return run_max + torch.log(run_sum)
 
 
-def _target_tile(q: torch.Tensor, rows: torch.Tensor, pair_w: torch.Tensor) -> torch.Tensor:
-    """Q tile [Ns, block]: the weighted sum of each student row's paired teacher probabilities."""
-    out = q.new_zeros(rows.shape[0], q.shape[1])
+def _scatter_pairs(values: torch.Tensor, rows: torch.Tensor, pair_w: torch.Tensor,
+                   n_teacher: int) -> torch.Tensor:  # fmt: skip
+    """sum over pairs (n, p) with t[n, p] = m of weight * values[n] -> [Nt, ...]."""
+    out = values.new_zeros((n_teacher, *values.shape[1:]))
     for p in range(rows.shape[1]):
-        out.addcmul_(q.index_select(0, rows[:, p]), pair_w[:, p, None])
+        w = pair_w[:, p].reshape(-1, *([1] * (values.dim() - 1)))
+        out.index_add_(0, rows[:, p], values * w)
     return out
 
 
-class _Stream:
-    """The saved inputs of one call, and the per-block tiles both passes recompute."""
+def _gather_pairs(values: torch.Tensor, rows: torch.Tensor, pair_w: torch.Tensor) -> torch.Tensor:
+    """sum_p weight[n, p] * values[t[n, p]] -> [Ns, ...]."""
+    out = values.new_zeros((rows.shape[0], *values.shape[1:]))
+    for p in range(rows.shape[1]):
+        w = pair_w[:, p].reshape(-1, *([1] * (values.dim() - 1)))
+        out += values.index_select(0, rows[:, p]) * w
+    return out
 
-    def __init__(self, ys, ws, bs, yt, wt, bt, rows, pair_w, inv_ts, inv_tt, lse_t) -> None:
-        self.ys, self.ws, self.bs, self.yt, self.wt, self.bt = ys, ws, bs, yt, wt, bt
-        self.rows, self.pair_w, self.inv_ts, self.inv_tt, self.lse_t = (
-            rows, pair_w, inv_ts, inv_tt, lse_t,
-        )  # fmt: skip
 
-    def student(self, blk: slice) -> torch.Tensor:
-        return _tile(self.ys, self.ws[blk], self.bs[blk], self.inv_ts)  # [Ns, block]
-
-    def teacher_probs(self, blk: slice) -> torch.Tensor:
-        b = _tile(self.yt, self.wt[blk], self.bt[blk], self.inv_tt)  # [Nt, block]
-        return torch.exp(b - self.lse_t[:, None])
+def _teacher_pass(ys, ws, bs, yt, wt, bt, rows, pair_w, lse_t, inv_ts, inv_tt, block, need_w):
+    """Student lse [Ns], column sums [K], V [Nt, D], u [Nt] and (need_w) q^T Z [K, D], q^T c [K]."""
+    k, nt = ws.shape[0], yt.shape[0]
+    z = _scatter_pairs(ys, rows, pair_w, nt) if need_w else None  # [Nt, D]
+    c = _scatter_pairs(pair_w.new_ones(ys.shape[0]), rows, pair_w, nt)  # [Nt]
+    run_max = ys.new_full((ys.shape[0],), float("-inf"))
+    run_sum = ys.new_zeros(ys.shape[0])
+    col_sum, v, u = ys.new_empty(k), yt.new_zeros(nt, ws.shape[1]), yt.new_zeros(nt)
+    qz = torch.empty(k, ws.shape[1], dtype=ys.dtype, device=ws.device) if need_w else None
+    qc = ys.new_empty(k)
+    for blk in _blocks(k, block):
+        a = _tile(ys, ws[blk], bs[blk], inv_ts)  # [Ns, block]
+        new_max = torch.maximum(run_max, a.amax(dim=1))
+        a -= new_max[:, None]
+        run_sum = run_sum * torch.exp(run_max - new_max) + a.exp_().sum(dim=1)
+        run_max = new_max
+        q = _tile(yt, wt[blk], bt[blk], inv_tt).sub_(lse_t[:, None]).exp_()  # [Nt, block]
+        col_sum[blk] = q.sum(dim=0)
+        v.addmm_(q, ws[blk].to(ys.dtype))
+        u.addmv_(q, bs[blk])
+        qc[blk] = q.T @ c
+        if qz is not None and z is not None:
+            torch.mm(q.T, z, out=qz[blk])
+    return run_max + torch.log(run_sum), col_sum, v, u, qz, qc
 
 
 class _ChunkedLoss(torch.autograd.Function):
@@ -85,58 +118,44 @@ class _ChunkedLoss(torch.autograd.Function):
                 targets, weights, inv_ts: float, inv_tt: float, block: int):  # fmt: skip
         cd = compute_dtype(student.dtype)
         rows, pair_w = pair_table(targets, weights, cd)
-        yt, bt = teacher.detach().to(cd), bias_t.detach().to(cd)
-        lse_t = _row_lse(yt, teacher_protos.detach(), bt, inv_tt, block)  # [Nt]
-        st = _Stream(student.detach().to(cd), student_protos.detach(), bias_s.detach(), yt,
-                     teacher_protos.detach(), bt, rows, pair_w, inv_ts, inv_tt, lse_t)  # fmt: skip
-        k = student_protos.shape[0]
-        run_max = st.ys.new_full((st.ys.shape[0],), float("-inf"))
-        run_sum = st.ys.new_zeros(st.ys.shape[0])
-        cross = st.ys.new_zeros(())
-        col_sum = st.ys.new_empty(k)
-        for blk in _blocks(k, block):
-            a = st.student(blk)  # [Ns, block]
-            q = st.teacher_probs(blk)  # [Nt, block]
-            col_sum[blk] = q.sum(dim=0)
-            cross += (_target_tile(q, rows, pair_w) * a).sum()
-            new_max = torch.maximum(run_max, a.amax(dim=1))
-            run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(a - new_max[:, None]).sum(
-                1
-            )
-            run_max = new_max
-        lse_s = run_max + torch.log(run_sum)  # [Ns]
-        loss = (pair_w.sum(dim=1) * lse_s).sum() - cross
-        ctx.save_for_backward(student, student_protos, bias_s, teacher, teacher_protos, bias_t,
-                              targets, weights, lse_s, lse_t)  # fmt: skip
-        ctx.temps, ctx.block = (inv_ts, inv_tt), block
+        ys, ws, bs = student.detach().to(cd), student_protos.detach(), bias_s.detach()
+        yt, wt, bt = teacher.detach().to(cd), teacher_protos.detach(), bias_t.detach().to(cd)
+        lse_t = _row_lse(yt, wt, bt, inv_tt, block)  # [Nt]
+        need_w = ctx.needs_input_grad[1]
+        lse_s, col_sum, v, u, qz, qc = _teacher_pass(
+            ys, ws, bs, yt, wt, bt, rows, pair_w, lse_t, inv_ts, inv_tt, block, need_w
+        )
+        row_w = pair_w.sum(dim=1)  # [Ns]
+        cross = (ys * _gather_pairs(v, rows, pair_w)).sum() * inv_ts + (pair_w * u[rows]).sum()
+        loss = (row_w * lse_s).sum() - cross
+        ctx.save_for_backward(student, student_protos, bias_s, rows, pair_w, lse_s, v, qz, qc)
+        ctx.inv_ts, ctx.block = inv_ts, block
         mean_probs = col_sum / teacher.shape[0]
         ctx.mark_non_differentiable(mean_probs)
         return loss, mean_probs
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, _grad_probs: torch.Tensor):
-        ys, ws, bs, yt, wt, bt, targets, weights, lse_s, lse_t = ctx.saved_tensors
+        student, ws, bs, rows, pair_w, lse_s, v, qz, qc = ctx.saved_tensors
         need_y, need_w, need_b = ctx.needs_input_grad[:3]
-        cd = lse_s.dtype
-        rows, pair_w = pair_table(targets, weights, cd)
-        inv_ts, inv_tt = ctx.temps
-        st = _Stream(ys.to(cd), ws, bs, yt.to(cd), wt, bt, rows, pair_w, inv_ts, inv_tt, lse_t)
-        row_w = pair_w.sum(dim=1, keepdim=True)  # [Ns, 1]
-        grad_y = torch.zeros_like(st.ys) if need_y else None
-        grad_w = torch.zeros(ws.shape, dtype=cd, device=ws.device) if need_w else None
-        grad_b = torch.zeros(bs.shape, dtype=cd, device=bs.device) if need_b else None
+        cd, inv_ts = lse_s.dtype, ctx.inv_ts
+        ys = student.to(cd)
+        # W[n] softmax(a[n]) = exp(a[n] - (lse[n] - log W[n])); rows with W = 0 give exp(-inf) = 0
+        shift = (lse_s - torch.log(pair_w.sum(dim=1)))[:, None]  # [Ns, 1]
+        grad_y = -_gather_pairs(v, rows, pair_w) if need_y else None  # [Ns, D]
+        grad_w = qz.neg_() if need_w else None  # [K, D], reuses the saved buffer
+        grad_b = -qc if need_b else None  # [K]
         for blk in _blocks(ws.shape[0], ctx.block):
-            a = st.student(blk)  # [Ns, block]
-            g = torch.exp(a - lse_s[:, None]).mul_(row_w)
-            g -= _target_tile(st.teacher_probs(blk), rows, pair_w)  # G = dL/da [Ns, block]
+            a = _tile(ys, ws[blk], bs[blk], inv_ts)  # [Ns, block]
+            p = a.sub_(shift).exp_()  # W[n] softmax(a[n]) on this block
             if grad_y is not None:
-                grad_y.addmm_(g, ws[blk].to(cd))
+                grad_y.addmm_(p, ws[blk].to(cd))
             if grad_w is not None:
-                grad_w[blk] = g.T @ st.ys
+                grad_w[blk].addmm_(p.T, ys)
             if grad_b is not None:
-                grad_b[blk] = g.sum(dim=0)
+                grad_b[blk] += p.sum(dim=0)
         scale = grad_loss.to(cd)  # in place below: no second [K, D] buffer
-        out_y = None if grad_y is None else grad_y.mul_(scale * inv_ts).to(ys.dtype)
+        out_y = None if grad_y is None else grad_y.mul_(scale * inv_ts).to(student.dtype)
         out_w = None if grad_w is None else grad_w.mul_(scale * inv_ts).to(ws.dtype)
         out_b = None if grad_b is None else grad_b.mul_(scale).to(bs.dtype)
         return out_y, out_w, out_b, None, None, None, None, None, None, None, None
@@ -153,9 +172,11 @@ def prototype_cross_entropy_chunked(
     student_temp: float,
     teacher_temp: float,
     vmf: bool,
-    block: int = DEFAULT_BLOCK,
+    block: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss (scalar) and teacher_mean_probs [K], streaming over K in `block`-sized pieces."""
+    if block is None:
+        block = default_block(max(student.shape[0], teacher.shape[0]))
     if block < 1:
         raise ValueError(f"block must be a positive number of prototypes, got {block}")
     bias_s = student_bias(student_protos, student_temp, vmf)  # [K], autograd through ||w_s||
@@ -173,9 +194,11 @@ def teacher_statistics_chunked(
     center: torch.Tensor,
     teacher_temp: float,
     vmf: bool,
-    block: int = DEFAULT_BLOCK,
+    block: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row log-sum-exp [Nt] and column mean probabilities [K] of the teacher logits."""
+    if block is None:
+        block = default_block(teacher.shape[0])
     if block < 1:
         raise ValueError(f"block must be a positive number of prototypes, got {block}")
     with torch.no_grad():
