@@ -10,8 +10,10 @@ FFCV reuses its output buffers, so every batch is copied out into fresh tensors
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import numpy as np
@@ -92,6 +94,24 @@ class FFCVLoader(Loader):
                 label = torch.from_numpy(np.asarray(labels).reshape(-1).astype(np.int64))
                 yield Batch(glob, local, label, torch.from_numpy(indices.astype(np.int64)))
         finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
+            _stop(iterator)
+
+
+def _stop(iterator: Any) -> None:
+    """Stop FFCV's prefetch thread before releasing its memory (also when we stop early).
+
+    The thread may be blocked handing a batch (or its end marker) to a full queue, so the
+    queue is drained while waiting for it to exit.
+    """
+    event = getattr(iterator, "terminate_event", None)
+    if event is not None:
+        event.set()
+    queue = getattr(iterator, "output_queue", None)
+    while getattr(iterator, "is_alive", lambda: False)():
+        if queue is not None:
+            with contextlib.suppress(Empty):
+                queue.get_nowait()
+        iterator.join(timeout=0.05)
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
