@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from fastproto.kernels.common import compute_dtype, pair_table, student_bias, teacher_bias
 
-# Elements per [N, block] logit tile (16 MiB in float32): large tiles keep the matmuls efficient,
+# Elements per [N, block] logit tile (8 MiB in float32): large tiles keep the matmuls efficient,
 # a fixed budget keeps memory flat in N (CPU timings: bench/results/prototype_loss_cpu.md).
-TILE_ELEMENTS = 1 << 22
+TILE_ELEMENTS = 1 << 21
 MIN_BLOCK = 256
 
 
