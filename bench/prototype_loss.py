@@ -288,19 +288,19 @@ def main(argv: list[str] | None = None) -> None:
     dtype = getattr(torch, args.dtype)
     default_impls = "reference,chunked,triton" if device.type == "cuda" else "reference,chunked"
     impls = (args.impl or default_impls).split(",")
+    default_out = RESULTS_DIR / f"prototype_loss_{device_slug(device)}.csv"
+    out = args.out or (None if args.smoke else default_out)
     results = []
     for p in select(args):
         for impl in impls:
             t, mib = run_one(p, impl, device, args, dtype)
             results.append((p, impl, t, mib))
             print(f"  {p.name:20} {impl:9} {t.p50 * 1e3:10.2f} ms {mib:9.1f} MiB", flush=True)
+            if out is not None:  # row by row: a run cut short keeps what it measured
+                append_rows(out, csv_rows(results[-1:], device, dtype))
     print(f"\nprototype loss, forward + backward, {args.dtype}, {device_name(device)}")
     print("\n".join(report(results, device, dtype)))
-    out = args.out or (
-        None if args.smoke else RESULTS_DIR / f"prototype_loss_{device_slug(device)}.csv"
-    )
     if out is not None:
-        append_rows(out, csv_rows(results, device, dtype))
         print(f"appended {2 * len(results)} rows to {out}")
 
 
