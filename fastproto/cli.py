@@ -176,7 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand; a ValueError (bad input, bad checkpoint) prints its message, exit 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value items may come anywhere after `train`, also after flags (argparse alone would
+    # only take them in one run), so leftovers that look like key=value join the overrides.
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if stray or (extra and args.command != "train"):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args))
     except ValueError as err:

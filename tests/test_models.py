@@ -1,0 +1,84 @@
+"""The masked-token ViT and the student/teacher network around it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastproto.models import ARCHS, MaskedViT, build_network
+
+
+def test_shapes_for_global_and_local_crops() -> None:
+    vit = MaskedViT("vit_pico_patch4_28")
+    cls, patches = vit(torch.randn(3, 3, 28, 28))
+    assert cls.shape == (3, 64) and patches.shape == (3, 49, 64)
+    cls, patches = vit(torch.randn(2, 3, 12, 12))  # local crops: position table resampled
+    assert cls.shape == (2, 64) and patches.shape == (2, 9, 64)
+
+
+def test_fully_masked_input_ignores_the_image() -> None:
+    """With every patch replaced by the mask token, the image content cannot reach the output."""
+    vit = MaskedViT("vit_pico_patch4_28").eval()
+    with torch.no_grad():
+        vit.mask_token.normal_()
+    mask = torch.ones(2, 7, 7, dtype=torch.bool)
+    a = vit(torch.randn(2, 3, 28, 28), mask)
+    b = vit(torch.randn(2, 3, 28, 28), mask)
+    assert torch.allclose(a[0], b[0], atol=1e-6) and torch.allclose(a[1], b[1], atol=1e-6)
+    unmasked = vit(torch.randn(2, 3, 28, 28))
+    assert not torch.allclose(unmasked[0], a[0], atol=1e-3)
+
+
+def test_mask_changes_only_through_masked_positions() -> None:
+    """Changing pixels of a masked patch leaves the output unchanged; an unmasked one does not."""
+    vit = MaskedViT("vit_pico_patch4_28").eval()
+    x = torch.randn(1, 3, 28, 28)
+    mask = torch.zeros(1, 7, 7, dtype=torch.bool)
+    mask[0, 0, 0] = True  # the top-left 4x4 patch
+    y = x.clone()
+    y[..., :4, :4] += 5.0
+    z = x.clone()
+    z[..., 4:8, 4:8] += 5.0
+    with torch.no_grad():
+        base, same, other = vit(x, mask)[0], vit(y, mask)[0], vit(z, mask)[0]
+    assert torch.allclose(base, same, atol=1e-6)
+    assert not torch.allclose(base, other, atol=1e-3)
+
+
+def test_network_gathers_only_masked_patch_tokens() -> None:
+    net = build_network("vit_pico_patch4_28", 16, "vmf", True, hidden_dim=32, bottleneck_dim=8)
+    mask = torch.rand(4, 7, 7) < 0.3
+    out = net(torch.randn(4, 3, 28, 28), torch.randn(6, 3, 12, 12), mask, mask_input=True)
+    assert out.cls_y.shape == (10, 8)  # 4 global + 6 local crops
+    assert out.patch_y is not None and out.patch_y.shape == (int(mask.sum()), 8)
+    assert torch.allclose(out.cls_y.norm(dim=1), torch.ones(10), atol=1e-5)
+    assert out.cls_features.shape == (4, 64)
+    assert net.patch_head is net.cls_head and len(net.heads()) == 1
+
+
+def test_separate_heads_are_both_registered() -> None:
+    net = build_network("vit_pico_patch4_28", 16, "l2", False, hidden_dim=32, bottleneck_dim=8)
+    assert net.patch_head is not net.cls_head and len(net.heads()) == 2
+    names = {n.split(".")[0] for n, _ in net.named_parameters()}
+    assert names == {"backbone", "cls_head", "patch_head_separate"}
+
+
+def test_bad_arch_and_k_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown arch 'vit_huge'.*vit_pico_patch4_28"):
+        MaskedViT("vit_huge")
+    with pytest.raises(ValueError, match="K must be >= 1"):
+        build_network("vit_pico_patch4_28", 0, "vmf", True)
+    with pytest.raises(ValueError, match="without a mask token"):
+        MaskedViT("vit_pico_patch4_28", mask_token=False)(
+            torch.randn(1, 3, 28, 28), torch.ones(1, 7, 7, dtype=torch.bool)
+        )
+
+
+def test_arch_table_matches_timm_vit_small() -> None:
+    """Our ViT-S/16 has the parameter count of timm's vit_small_patch16_224 (21.7 M, no head)."""
+    import timm
+
+    ours = MaskedViT("vit_small_patch16_224", mask_token=False)
+    ref = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+    assert ARCHS["vit_small_patch16_224"][:3] == (384, 12, 6)
