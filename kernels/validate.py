@@ -13,6 +13,8 @@ def _require(condition: bool, message: str) -> None:
 def check_teacher_inputs(
     teacher: torch.Tensor, teacher_protos: torch.Tensor, center: torch.Tensor, teacher_temp: float
 ) -> None:
+    for name, t in (("teacher", teacher), ("teacher_protos", teacher_protos), ("center", center)):
+        _require(t.is_floating_point(), f"{name} must be a floating tensor, got {t.dtype}")
     _require(teacher.dim() == 2, f"teacher must be [Nt, D], got shape {tuple(teacher.shape)}")
     _require(teacher.shape[0] >= 1, "teacher has no rows: pass at least one teacher embedding")
     _require(
@@ -42,6 +44,13 @@ def check_loss_inputs(
     teacher_temp: float,
 ) -> None:
     check_teacher_inputs(teacher, teacher_protos, center, teacher_temp)
+    for name, t in (("student", student), ("student_protos", student_protos), ("weights", weights)):
+        _require(t.is_floating_point(), f"{name} must be a floating tensor, got {t.dtype}")
+    devices = {t.device for t in (student, teacher, student_protos, teacher_protos, targets,
+                                  weights, center)}  # fmt: skip
+    _require(
+        len(devices) == 1, f"all tensors must be on one device, got {sorted(map(str, devices))}"
+    )
     _require(student.dim() == 2, f"student must be [Ns, D], got shape {tuple(student.shape)}")
     _require(
         student_protos.shape == teacher_protos.shape,

@@ -239,6 +239,10 @@ def test_rejects_bad_input() -> None:
         prototype_cross_entropy(*args, impl="triton")
     with pytest.raises(ValueError, match="block"):
         prototype_cross_entropy_chunked(*args, block=0)
+    with pytest.raises(ValueError, match="floating"):
+        prototype_cross_entropy(c.student.long(), *args[1:], impl="chunked")
+    with pytest.raises(ValueError, match="targets must lie"):
+        prototype_cross_entropy(*args[:4], c.targets + 5, *args[5:], impl="chunked")
 
 
 # ---- GPU tier: the same comparisons at training sizes ------------------------------------
