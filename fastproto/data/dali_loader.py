@@ -65,7 +65,7 @@ def to_torch(out: Any) -> torch.Tensor:
     """A DALI TensorList of HWC crops -> uint8 [B, 3, S, S] (copied)."""
     if hasattr(out, "as_cpu"):
         out = out.as_cpu()
-    hwc = torch.from_numpy(np.array(out.as_tensor()))  # [B, S, S, 3]
+    hwc = torch.from_numpy(np.asarray(out.as_tensor()))  # [B, S, S, 3], a view until permuted
     return hwc.permute(0, 3, 1, 2).contiguous()
 
 
