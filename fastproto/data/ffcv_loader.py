@@ -5,7 +5,8 @@ one JPEG decode per image, every crop cut from it). The traversal order is ours,
 FFCV's: each epoch the loader hands FFCV this rank's shuffled shard (from
 `fastproto.data.order`), already cut at the resume point, so skipped batches are never read.
 FFCV reuses its output buffers, so every batch is copied out into fresh tensors
-(which is also where the HWC crops become CHW).
+(which is also where the HWC crops become CHW). FFCV also sets torch's global thread count
+to its worker count; the loader puts the caller's count back.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class FFCVLoader(Loader):
         from fastproto.data.ffcv_decode import MultiCropDecode
 
         self.decode = MultiCropDecode(recipe, seed)
+        threads = torch.get_num_threads()  # FFCV sets torch's thread count to its own
         self.ffcv: Any = FfcvLoader(
             str(find_beton(path, split)),
             batch_size=batch_size,
@@ -74,6 +76,7 @@ class FFCVLoader(Loader):
         )  # fmt: skip
         self.fixed_order = _FixedOrder()
         self.ffcv.traversal_order = self.fixed_order
+        torch.set_num_threads(threads)
 
     def _iterate(self, batches: list[np.ndarray], epoch: int) -> Iterator[Batch]:
         if not batches:
@@ -85,9 +88,12 @@ class FFCVLoader(Loader):
         g, s = self.recipe.num_global, self.recipe.global_size
         num_local, ls = self.recipe.num_local, self.recipe.local_size
         split = g * s * s * 3
+        threads = torch.get_num_threads()
         iterator = iter(self.ffcv)
         try:
             for indices, (flat, labels) in zip(batches, iterator, strict=True):
+                # FFCV's iterator and its thread reset torch's thread count: put it back.
+                torch.set_num_threads(threads)
                 crops = torch.from_numpy(np.asarray(flat))  # [B, sum of crop bytes], reused
                 glob = crops_from_hwc(crops[:, :split], g, s)
                 local = crops_from_hwc(crops[:, split:], num_local, ls)
