@@ -1,12 +1,16 @@
 """Launchers, autograd.Function and public entry points of the Triton prototype loss.
 
-Math and notation: kernels/chunked.py (the PyTorch twin) and kernels/triton_kernels.py.
+Math and notation: kernels/chunked.py (the PyTorch twin, same algebra) and
+kernels/triton_kernels.py. With q = softmax(b) and the pair table folded into teacher rows:
 
-Forward:  lse_t [Nt] and lse_s [Ns] from _row_lse_kernel (partials [S, N] merged here),
-          col_sum [K] and per-K-block cross sums from _columns_kernel;
-          loss = sum_n W[n] lse_s[n] - sum(cross).
-Backward: dW_s [K, D], dbias_s [K] from _grad_protos_kernel; dY_s partials [S, Ns, D] from
-          _grad_rows_kernel, summed here. Scratch memory is O(S * N * D + K), never O(N * K).
+Forward:  lse_t [Nt], lse_s [Ns]              _row_lse_kernel (partials [S, N] merged here)
+          V = q @ w_s [Nt, D], u = q @ bias_s   _row_mix_kernel on teacher rows
+          col_sum [K], q^T Z [K, D], q^T c [K]  _column_mix_kernel on teacher rows
+          loss = sum_n W[n] lse_s[n] - sum_{n,p} weight (<y_s[n], V[t]>/tau_s + u[t])
+Backward: p = W softmax(a) = exp(a - (lse_s - log W))
+          dL/dw_s = (p^T y_s - q^T Z)/tau_s, dL/dbias_s = p^T 1 - q^T c   _column_mix_kernel
+          dL/dy_s = (p @ w_s - sum_p weight V[t])/tau_s                    _row_mix_kernel
+Scratch memory is O(S * N * D + K * D), never O(N * K); q^T Z is the prototype gradient buffer.
 
 Inputs may be float32, float16 or bfloat16 (accumulation in float32). Block sizes are fixed, not
 autotuned: the interpreter cannot autotune, and nothing here queries the GPU at import time.
@@ -21,10 +25,9 @@ import torch
 import triton
 from fastproto.kernels.common import pair_table, student_bias, teacher_bias
 from fastproto.kernels.triton_kernels import (
-    _columns_kernel,
-    _grad_protos_kernel,
-    _grad_rows_kernel,
+    _column_mix_kernel,
     _row_lse_kernel,
+    _row_mix_kernel,
 )
 
 MAX_DIM = 1024  # a whole row of D is held in one tile
@@ -83,17 +86,59 @@ def _check_input(dim: int, dtype: torch.dtype) -> None:
         )
 
 
-def _columns(ys, ws, bs, yt, wt, bt, lse_t, rows, pair_w, inv_ts: float, inv_tt: float,
-             cfg: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Teacher column sums [K] and the total cross term sum(Q * a) (0-dim)."""
-    k = wt.shape[0]
-    col_sum = torch.empty(k, dtype=torch.float32, device=wt.device)
-    k_blocks = triton.cdiv(k, cfg["BLOCK_K"])
-    cross = torch.empty(k_blocks, dtype=torch.float32, device=wt.device)
-    _columns_kernel[(k_blocks,)](ys, ws, bs, yt, wt, bt, lse_t, rows, pair_w, col_sum, cross,
-                                 ys.shape[0], yt.shape[0], k, wt.shape[1], rows.shape[1],
-                                 inv_ts, inv_tt, **cfg)  # fmt: skip
-    return col_sum, cross.sum()
+def _row_mix(rows, protos, bias, shift, mix, mix_b, inv_temp: float, cfg: dict[str, Any]):
+    """sum_k exp(logit[n, k] - shift[n]) * (mix[k], mix_b[k]) -> ([N, D], [N]) float32."""
+    n, k, d = rows.shape[0], protos.shape[0], protos.shape[1]
+    n_splits, per_split = _splits(n, k, cfg)
+    out = torch.empty(n_splits, n, d, dtype=torch.float32, device=rows.device)  # [S, N, D]
+    out_b = torch.empty(n_splits, n, dtype=torch.float32, device=rows.device)  # [S, N]
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), n_splits)
+    _row_mix_kernel[grid](rows, protos, bias, shift, mix, mix_b, out, out_b, n, k, d, inv_temp,
+                          per_split, **cfg)  # fmt: skip
+    return out.sum(dim=0), out_b.sum(dim=0)
+
+
+def _column_mix(rows, protos, bias, shift, mix, mix_v, inv_temp: float, cfg: dict[str, Any],
+                minus=None):  # fmt: skip
+    """sum_n exp(logit[n, k] - shift[n]) * (mix[n], 1, mix_v[n]) -> ([K, D] or None, [K], [K]).
+
+    mix=None skips the [K, D] sum. With minus=(m [K, D] or None, v [K]) the first two sums are
+    returned as (sum - m, sum - v), written into m and v (the backward's gradient buffers).
+    """
+    k, d = protos.shape
+    dev = protos.device
+    if minus is None:
+        out_m = None if mix is None else torch.empty(k, d, dtype=torch.float32, device=dev)
+        out_1 = torch.empty(k, dtype=torch.float32, device=dev)
+    else:
+        out_m, out_1 = minus
+    has_m = mix is not None and out_m is not None
+    out_2 = torch.empty(k, dtype=torch.float32, device=dev)
+    grid = (triton.cdiv(k, cfg["BLOCK_K"]),)
+    _column_mix_kernel[grid](rows, protos, bias, shift, mix if has_m else rows, mix_v,
+                             out_m if has_m else out_2, out_1, out_2, rows.shape[0], k, d,
+                             inv_temp, **cfg, HAS_M=has_m,
+                             SUBTRACT_FROM_OUT=minus is not None)  # fmt: skip
+    return (out_m if has_m else None), out_1, out_2
+
+
+def _scatter_pairs(values: torch.Tensor, rows: torch.Tensor, pair_w: torch.Tensor,
+                   n_teacher: int) -> torch.Tensor:  # fmt: skip
+    """sum over pairs (n, p) with t[n, p] = m of weight * values[n] -> [Nt, ...] float32."""
+    out = torch.zeros((n_teacher, *values.shape[1:]), dtype=torch.float32, device=values.device)
+    for p in range(rows.shape[1]):
+        w = pair_w[:, p].reshape(-1, *([1] * (values.dim() - 1)))
+        out.index_add_(0, rows[:, p], values.float() * w)
+    return out
+
+
+def _gather_pairs(values: torch.Tensor, rows: torch.Tensor, pair_w: torch.Tensor) -> torch.Tensor:
+    """sum_p weight[n, p] * values[t[n, p]] -> [Ns, ...]."""
+    out = values.new_zeros((rows.shape[0], *values.shape[1:]))
+    for p in range(rows.shape[1]):
+        w = pair_w[:, p].reshape(-1, *([1] * (values.dim() - 1)))
+        out += values.index_select(0, rows[:, p]) * w
+    return out
 
 
 class _TritonLoss(torch.autograd.Function):
@@ -105,39 +150,40 @@ class _TritonLoss(torch.autograd.Function):
         yt, wt = teacher.detach().contiguous(), teacher_protos.detach().contiguous()
         bs, bt = bias_s.detach().float().contiguous(), bias_t.detach().float().contiguous()
         rows, pair_w = pair_table(targets, weights, torch.float32)
+        nt = yt.shape[0]
         lse_t = _row_lse(yt, wt, bt, inv_tt, cfg)  # [Nt]
         lse_s = _row_lse(ys, ws, bs, inv_ts, cfg)  # [Ns]
-        col_sum, cross = _columns(ys, ws, bs, yt, wt, bt, lse_t, rows, pair_w, inv_ts, inv_tt, cfg)
-        loss = (pair_w.sum(dim=1) * lse_s).sum() - cross
-        ctx.save_for_backward(ys, ws, bs, yt, wt, bt, rows, pair_w, lse_s, lse_t)
-        ctx.temps, ctx.cfg = (inv_ts, inv_tt), cfg
-        mean_probs = col_sum / teacher.shape[0]
+        v, u = _row_mix(yt, wt, bt, lse_t, ws, bs, inv_tt, cfg)  # [Nt, D], [Nt]
+        z = _scatter_pairs(ys, rows, pair_w, nt).to(ys.dtype) if ctx.needs_input_grad[1] else None
+        c = _scatter_pairs(torch.ones_like(lse_s), rows, pair_w, nt)  # [Nt]
+        qz, col_sum, qc = _column_mix(yt, wt, bt, lse_t, z, c, inv_tt, cfg)
+        row_w = pair_w.sum(dim=1)  # [Ns]
+        cross = (ys.float() * _gather_pairs(v, rows, pair_w)).sum() * inv_ts
+        loss = (row_w * lse_s).sum() - cross - (pair_w * u[rows]).sum()
+        ctx.save_for_backward(ys, ws, bs, rows, pair_w, lse_s, v, qz, qc)
+        ctx.inv_ts, ctx.cfg = inv_ts, cfg
+        mean_probs = col_sum / nt
         ctx.mark_non_differentiable(mean_probs)
         return loss, mean_probs
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, _grad_probs: torch.Tensor):
-        ys, ws, bs, yt, wt, bt, rows, pair_w, lse_s, lse_t = ctx.saved_tensors
-        inv_ts, inv_tt = ctx.temps
-        cfg = ctx.cfg
-        ns, k, d, p = ys.shape[0], ws.shape[0], ws.shape[1], rows.shape[1]
-        row_w = pair_w.sum(dim=1).contiguous()  # [Ns]
-        args = (ys, ws, bs, yt, wt, bt, lse_s, lse_t, rows, pair_w, row_w)
+        ys, ws, bs, rows, pair_w, lse_s, v, qz, qc = ctx.saved_tensors
+        inv_ts, cfg = ctx.inv_ts, ctx.cfg
+        # W[n] softmax(a[n]) = exp(a[n] - shift[n]); rows with W = 0 get shift = inf, p = 0
+        shift = (lse_s - torch.log(pair_w.sum(dim=1))).contiguous()  # [Ns]
         scale = grad_loss.float()
         out_y = out_w = out_b = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            dw = torch.empty(k, d, dtype=torch.float32, device=ws.device)
-            db = torch.empty(k, dtype=torch.float32, device=ws.device)
-            k_grid = (triton.cdiv(k, cfg["BLOCK_K"]),)
-            _grad_protos_kernel[k_grid](*args, dw, db, ns, k, d, p, inv_ts, inv_tt, **cfg)
-            out_w = (dw * (scale * inv_ts)).to(ws.dtype)
-            out_b = db * scale
+            dummy = torch.zeros_like(lse_s)
+            mix = ys if ctx.needs_input_grad[1] else None
+            dw, db, _ = _column_mix(ys, ws, bs, shift, mix, dummy, inv_ts, cfg, minus=(qz, qc))
+            out_w = None if dw is None else dw.mul_(scale * inv_ts).to(ws.dtype)
+            out_b = db.mul_(scale)
         if ctx.needs_input_grad[0]:
-            n_splits, per_split = _splits(ns, k, cfg)
-            dy = torch.empty(n_splits, ns, d, dtype=torch.float32, device=ys.device)
-            grid = (triton.cdiv(ns, cfg["BLOCK_N"]), n_splits)
-            _grad_rows_kernel[grid](*args, dy, ns, k, d, p, inv_ts, inv_tt, per_split, **cfg)
-            out_y = (dy.sum(dim=0) * (scale * inv_ts)).to(ys.dtype)
+            dy, _ = _row_mix(ys, ws, bs, shift, ws, bs, inv_ts, cfg)  # [Ns, D]
+            dy -= _gather_pairs(v, rows, pair_w)
+            out_y = dy.mul_(scale * inv_ts).to(ys.dtype)
         return out_y, out_w, out_b, None, None, None, None, None, None, None
 
 
@@ -179,10 +225,6 @@ def teacher_statistics_triton(
         bt = teacher_bias(teacher_protos, center, teacher_temp, vmf).float().contiguous()
         inv_tt = 1.0 / teacher_temp
         lse_t = _row_lse(yt, wt, bt, inv_tt, cfg)
-        # no student rows: the columns kernel only sums teacher probabilities
-        # (one-element placeholders: a null data pointer would be refused at launch)
-        empty_rows = torch.zeros(1, 1, dtype=torch.int64, device=yt.device)
-        empty_w = torch.zeros(1, 1, dtype=torch.float32, device=yt.device)
-        col_sum, _ = _columns(yt[:0], wt, bt, yt, wt, bt, lse_t, empty_rows, empty_w,
-                              1.0, inv_tt, cfg)  # fmt: skip
+        ones = torch.ones_like(lse_t)
+        _, col_sum, _ = _column_mix(yt, wt, bt, lse_t, None, ones, inv_tt, cfg)
     return lse_t, col_sum / teacher.shape[0]
