@@ -266,3 +266,51 @@ def test_backends_agree_on_order_and_pixels(converted: dict[str, Path]) -> None:
         assert torch.equal(other.indices, ref.indices) and torch.equal(other.labels, ref.labels)
         diff = (other.global_crops.double() - ref.global_crops.double()).abs().mean()
         assert diff < 4.0, (backend, diff)
+
+
+# ---- round trip of data_prep's fixture tree (modes, formats, EXIF) ---------------------------
+
+FULL = MultiCropRecipe(
+    num_global=1, global_size=40, global_scale=(1.0, 1.0), num_local=0, ratio=(0.25, 4.0)
+)
+
+
+@pytest.fixture(scope="module")
+def fixture_tree(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from image_fixtures import write_imagenet_tree
+
+    return write_imagenet_tree(tmp_path_factory.mktemp("fixtures"), per_class={"train": 5})
+
+
+@pytest.mark.parametrize(
+    "backend,tol", [("folder", 1.0), pytest.param("ffcv", 8.0, marks=pytest.mark.slow),
+                    pytest.param("dali", 8.0, marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_full_image_round_trip(backend: str, tol: float, fixture_tree, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Scale 1: every crop is the whole image; compare with the fixture's expected pixels."""
+    path = fixture_tree.root
+    if backend != "folder":
+        pytest.importorskip("nvidia.dali" if backend == "dali" else "ffcv")
+        from fastproto.data_prep.prepare import prepare_imagenet
+
+        path = prepare_imagenet(fixture_tree.root, tmp_path / backend, backend)
+    ordered = fixture_tree.ordered("train")
+    loader = make_loader(path, backend, 5, FULL, workers=0 if backend == "folder" else 1)
+    seen = 0
+    for batch in loader:
+        for j, i in enumerate(batch.indices.tolist()):
+            image = ordered[i]
+            assert batch.labels[j].item() == fixture_tree.label(image)
+            h, w = image.expected.shape[:2]
+            hw = (np.array([h]), np.array([w]))
+            top, left, ch, cw = sample_windows(FULL, 0, 0, np.array([i]), *hw)[0, 0].tolist()
+            assert ch >= h - 1 and cw >= w - 1  # the whole image (up to rounding)
+            want = Image.fromarray(image.expected).resize(
+                (40, 40), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch)
+            )
+            got = batch.global_crops[0, j].permute(1, 2, 0).double().numpy()
+            err = np.abs(got - np.asarray(want, dtype=np.float64)).mean()
+            limit = tol if image.lossless else max(tol, 4.0)  # the JPEG files differ themselves
+            assert err < limit, (image.mode, image.path.name, err)
+            seen += 1
+    assert seen == len(ordered)

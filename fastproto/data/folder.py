@@ -1,11 +1,14 @@
 """The torchvision baseline: ImageFolder + DataLoader, one PIL decode per image.
 
 `path` is a class-folder tree (`path/<class>/<image>`) or an ImageNet-style root holding
-`path/<split>/<class>/<image>`. Each worker decodes an image once with PIL, converts it
-to RGB and cuts all G + L crops from it with `Image.resize(box=window)` (bilinear,
-antialiased when shrinking, as torchvision's RandomResizedCrop does on PIL images). The
-windows come from `fastproto.data.crops`, keyed by (seed, epoch, index, crop), so this
-backend cuts exactly the windows the FFCV and DALI backends cut.
+`path/<split>/<class>/<image>`. Each worker decodes an image once with PIL and turns it
+into upright RGB with data_prep's rules (EXIF orientation, 16-bit grey, alpha on white), so
+the pixels match what data_prep writes for the FFCV and DALI backends; the files taken are
+those data_prep takes (its extension list), in the same order. It then cuts all G + L
+crops with `Image.resize(box=window)` (bilinear, antialiased when shrinking, as
+torchvision's RandomResizedCrop does on PIL images). The windows come from
+`fastproto.data.crops`, keyed by (seed, epoch, index, crop), so this backend cuts exactly
+the windows the FFCV and DALI backends cut.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from fastproto.data.base import Loader
 from fastproto.data.batch import Batch
 from fastproto.data.crops import crop_params, fill_windows
 from fastproto.data.recipe import MultiCropRecipe
+from fastproto.data_prep.images import has_image_extension, to_rgb
 
 Key = tuple[int, int]  # (split index, epoch)
 Sample = tuple[list[torch.Tensor], int, int]  # (crops [3, S, S] each, label, index)
@@ -37,7 +41,7 @@ def find_image_folder(path: Path, split: str) -> ImageFolder:
             f"{path} is not a folder; pass a class-folder tree or a root with {split}/"
         )
     try:
-        return ImageFolder(str(root))
+        return ImageFolder(str(root), is_valid_file=lambda f: has_image_extension(Path(f)))
     except FileNotFoundError as err:
         raise ValueError(f"{root} holds no class folders with images: {err}") from err
 
@@ -71,7 +75,7 @@ class MultiCropFolder(Dataset[Sample]):
         index, epoch = key
         file, label = self.folder.samples[index]
         with Image.open(file) as raw:
-            image = raw.convert("RGB")
+            image = to_rgb(raw)
         windows = np.empty((self.recipe.num_crops, 4), dtype=np.int32)
         fill_windows(self.seed, epoch, index, image.height, image.width, self.params, windows)
         return cut_crops(image, windows, self.recipe), label, index
