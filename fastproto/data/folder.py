@@ -122,20 +122,24 @@ class FolderLoader(Loader):
             len(self.dataset), batch_size, recipe, rank, world_size, seed, drop_last, device
         )
         self.workers = workers
+        # One DataLoader for all epochs (persistent workers, as a tuned torchvision setup
+        # would use); each epoch only swaps the batches its sampler hands out.
+        self.sampler = KeySampler([], 0)
+        self.loader = DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=partial(collate, num_global=recipe.num_global, local_size=recipe.local_size),
+            pin_memory=device.type == "cuda",
+            prefetch_factor=4 if workers > 0 else None,
+            persistent_workers=workers > 0,
+        )
 
     @property
     def classes(self) -> list[str]:
         return self.dataset.folder.classes
 
     def _iterate(self, batches: list[np.ndarray], epoch: int) -> Iterator[Batch]:
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=KeySampler(batches, epoch),
-            num_workers=self.workers,
-            collate_fn=partial(
-                collate, num_global=self.recipe.num_global, local_size=self.recipe.local_size
-            ),
-            pin_memory=self.device.type == "cuda",
-            prefetch_factor=4 if self.workers > 0 else None,
-        )
-        yield from loader
+        self.sampler.batches = batches
+        self.sampler.epoch = epoch
+        yield from self.loader
