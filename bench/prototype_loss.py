@@ -9,9 +9,10 @@ Presets follow iBOT ViT-S/16 (paper 1, Table 12: GPU memory vs K at batch 64 and
 
 for K in 1024 ... 1048576 and B in {64, 100}. Each (preset, impl) prints time (median of
 repeats; triton.testing.do_bench on GPU) and peak extra memory: on CUDA max_memory_allocated
-above the inputs; on CPU each run is a fresh child process and the figure is its peak RSS after
-the step minus its peak RSS after making the inputs. The table ends with the slope of memory in
-K (MB per 1024 prototypes, least squares), the figure paper 1 reports as ~800 MB for the whole
+above the inputs; on CPU each run is a fresh child process (glibc mmap threshold fixed at 1 MiB)
+and the figure is its peak RSS after the step minus its peak RSS after making the inputs. The
+table ends with the slope of memory in K (MB per 1024 prototypes, least squares), the figure
+paper 1 reports as ~800 MB for the whole
 iBOT step; on GPU it adds achieved TFLOP/s (2 K D (3 Ns + Nt) useful flops) and GB/s
 (parameters, embeddings and their gradients, each moved once) against the device's limits.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -150,7 +152,11 @@ def measure_in_child(p: Preset, impl: str, dtype: torch.dtype, warmup: int,
     """CPU: run `measure` in a fresh process so that its peak RSS belongs to this run alone."""
     cmd = [sys.executable, __file__, "--child", p.name, "--impl", impl, "--dtype", str(dtype)[6:],
            "--warmup", str(warmup), "--repeats", str(repeats)]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    # glibc raises its mmap threshold after each large free (up to 32 MiB), after which freed
+    # tiles stay in the heap and fragmentation shows up as peak RSS growing with the number of
+    # blocks; a fixed threshold returns large blocks to the system, so RSS tracks live memory
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         print(out.stderr[-2000:], file=sys.stderr)
         return Timing(math.nan, math.nan, math.nan), math.nan

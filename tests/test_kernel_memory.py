@@ -10,6 +10,7 @@ parameter-sized gradients, so its extra memory must be under a fifth of the refe
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -41,6 +42,9 @@ print(json.dumps({"extra_kib": after - before, "loss": float(loss)}))
 def _extra_memory(impl: str) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT.replace("IMPL", repr(impl))],
+        # a fixed mmap threshold: freed tiles go back to the system instead of fragmenting the
+        # heap, so peak RSS measures live memory (see bench/prototype_loss.py)
+        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)},
         capture_output=True,
         text=True,
         check=True,
