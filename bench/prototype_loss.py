@@ -12,9 +12,9 @@ repeats; triton.testing.do_bench on GPU) and peak extra memory: on CUDA max_memo
 above the inputs; on CPU each run is a fresh child process (glibc mmap threshold fixed at 1 MiB)
 and the figure is its peak RSS after the step minus its peak RSS after making the inputs. The
 table ends with the slope of memory in K (MB per 1024 prototypes, least squares), the figure
-paper 1 reports as ~800 MB for the whole
-iBOT step; on GPU it adds achieved TFLOP/s (2 K D (3 Ns + Nt) useful flops) and GB/s
-(parameters, embeddings and their gradients, each moved once) against the device's limits.
+paper 1 reports as ~800 MB for the whole iBOT step; on GPU it adds achieved TFLOP/s
+(2 K D (3 Ns + Nt) useful flops) and GB/s (parameters, embeddings and their gradients, each
+moved once) against the device's limits.
 
     python bench/prototype_loss.py --smoke                       # CI: tiny, CPU, seconds
     python bench/prototype_loss.py --device cpu --max-k 65536 --batch 64 --rows cls
