@@ -27,6 +27,13 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     return "triton" if device.type == "cuda" else "chunked"
 
 
+def _auto_dtype(chosen: str, impl: str, dtype: torch.dtype) -> str:
+    """ "auto" falls back to chunked for float64, which the Triton kernels do not take."""
+    if impl == "auto" and chosen == "triton" and dtype == torch.float64:
+        return "chunked"
+    return chosen
+
+
 def _require_triton_device(device: torch.device) -> None:
     """Triton needs CUDA tensors, or CPU tensors under the interpreter (TRITON_INTERPRET=1)."""
     if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
@@ -74,7 +81,7 @@ def prototype_cross_entropy(
         teacher_temp,
         vmf,
     )
-    chosen = resolve_impl(impl, student.device)
+    chosen = _auto_dtype(resolve_impl(impl, student.device), impl, student.dtype)
     if chosen == "reference":
         return prototype_cross_entropy_reference(*args)
     if chosen == "chunked":
@@ -95,7 +102,7 @@ def teacher_statistics(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher row log-sum-exp [Nt] and column mean probabilities [K]."""
     check_teacher_inputs(teacher, teacher_protos, center, teacher_temp)
-    chosen = resolve_impl(impl, teacher.device)
+    chosen = _auto_dtype(resolve_impl(impl, teacher.device), impl, teacher.dtype)
     args = (teacher, teacher_protos, center, teacher_temp, vmf)
     if chosen == "reference":
         return teacher_statistics_reference(*args)

@@ -47,6 +47,8 @@ def _config(dim: int, dtype: torch.dtype) -> dict[str, Any]:
         "BLOCK_D": max(16, triton.next_power_of_2(dim)),
         "CAST_FP32": interp,
         "IEEE": interp or dtype == torch.float32,
+        # a [BLOCK_K, BLOCK_D] float32 accumulator (64 x 256) needs 8 warps' registers
+        "num_warps": 4 if interp else 8,
     }
 
 
