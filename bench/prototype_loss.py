@@ -10,7 +10,7 @@ Presets follow iBOT ViT-S/16 (paper 1, Table 12: GPU memory vs K at batch 64 and
 for K in 1024 ... 1048576 and B in {64, 100}. Each (preset, impl) prints time (median of
 repeats; triton.testing.do_bench on GPU) and peak extra memory: on CUDA max_memory_allocated
 above the inputs; on CPU each run is a fresh child process (glibc mmap threshold fixed at 1 MiB)
-and the figure is its peak RSS after the step minus its peak RSS after making the inputs. The
+and the figure is its peak RSS (VmHWM, reset after making the inputs) minus the RSS then. The
 table ends with the slope of memory in K (MB per 1024 prototypes, least squares), the figure
 paper 1 reports as ~800 MB for the whole iBOT step; on GPU it adds achieved TFLOP/s
 (2 K D (3 Ns + Nt) useful flops) and GB/s (parameters, embeddings and their gradients, each
@@ -123,8 +123,26 @@ def step_fn(p: Preset, impl: str, device: torch.device, dtype: torch.dtype) -> C
     return step
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux VmHWM); False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident set size in MiB: VmHWM where readable, else ru_maxrss (KiB on Linux)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def measure(p: Preset, impl: str, device: torch.device, dtype: torch.dtype, warmup: int,
@@ -141,9 +159,10 @@ def measure(p: Preset, impl: str, device: torch.device, dtype: torch.dtype, warm
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         return time_call(step, device, warmup, repeats), peak
     step = step_fn(p, impl, device, dtype)
-    before = _rss_mib()
+    _reset_peak_rss()  # else the peak of imports and input making hides a smaller step
+    before = _peak_rss_mib()
     step()
-    peak = _rss_mib() - before
+    peak = _peak_rss_mib() - before
     return time_call(step, device, warmup, repeats), peak
 
 
