@@ -112,11 +112,18 @@ def cell(rows: list[Row], value: Callable[[Row], float | None]) -> Cell:
 
 
 def group(rows: list[Row], names: tuple[str, ...]) -> dict[tuple[Any, ...], list[Row]]:
-    """Rows by their values of `names`, keys sorted."""
+    """Rows by their values of `names`, keys sorted (numbers numerically)."""
     out: dict[tuple[Any, ...], list[Row]] = {}
     for row in rows:
         out.setdefault(row.key(names), []).append(row)
-    return dict(sorted(out.items(), key=lambda item: tuple(map(str, item[0]))))
+    return dict(sorted(out.items(), key=lambda item: tuple(map(_order, item[0]))))
+
+
+def _order(value: Any) -> tuple[int, float, str]:
+    """Numbers in numeric order (32 before 128), then text."""
+    if isinstance(value, int | float):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
 
 
 def reference_slice(rows: list[Row], vary: tuple[str, ...]) -> tuple[list[Row], dict[str, Any]]:
