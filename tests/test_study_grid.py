@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 from pathlib import Path
 
 import pytest
 
 from fastproto.config import load_config
+from fastproto.study.commands import add_study_commands
 from fastproto.study.grid import load_grid, parse_grid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,3 +120,21 @@ def test_cpu_grid_has_the_planned_runs() -> None:
     assert len(grid.runs) == 24 + 4 + 11
     for spec in grid.runs:  # every run resolves to a valid config
         load_config(grid.recipe, grid.overrides + list(spec.overrides))
+
+
+def test_sweep_command_dry_run_and_bad_grid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser(prog="fastproto")
+    add_study_commands(parser.add_subparsers(dest="command", required=True))
+    grid = str(REPO / "docs" / "results" / "grid_cpu.toml")
+    args = parser.parse_args(["sweep", "--grid", grid, "--out", str(tmp_path), "--dry-run"])
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "39 runs" and len(lines) == 40
+    assert not (tmp_path / "results").exists()  # a dry run writes nothing
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[axes]\nnum_prototypes = []\n")
+    args = parser.parse_args(["sweep", "--grid", str(bad), "--out", str(tmp_path)])
+    assert args.func(args) == 2
+    assert "axis 'num_prototypes'" in capsys.readouterr().err
