@@ -159,3 +159,12 @@ def test_report_command_through_a_parser(tmp_path: Path, capsys: pytest.CaptureF
     assert "no run JSON files" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["sweep", "--out", "x"])  # --grid is required
+
+
+def test_incomplete_ok_record_is_named(tmp_path: Path) -> None:
+    write_fixture(tmp_path, RUNS[:2])
+    broken = record(RUNS[2])
+    del broken["metrics"]["unique_prototypes"]
+    (tmp_path / "results" / "b256s0.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="b256s0.json says status ok but lacks"):
+        build_report(tmp_path)

@@ -232,6 +232,16 @@ def _appendix(records: list[tuple[str, dict[str, Any]]], rows: dict[str, Row]) -
     return lines + [""]
 
 
+def _row(file: str, record: dict[str, Any]) -> Row:
+    try:
+        return to_row(file, record)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{file} says status ok but lacks a field the report needs ({err!r}); "
+            "delete it and rerun the sweep to redo that run"
+        ) from err
+
+
 def build_report(folder: Path, out: Path | None = None) -> Path:
     """Write the markdown report (default folder/report.md) and its PNGs (next to it, figures/)."""
     records = load_records(folder)
@@ -239,7 +249,7 @@ def build_report(folder: Path, out: Path | None = None) -> Path:
         raise ValueError(f"no run JSON files in {folder}/results or {folder}; run a sweep first")
     out = out or folder / "report.md"
     figures = out.parent / "figures"
-    rows = {file: to_row(file, rec) for file, rec in records if rec.get("status") == "ok"}
+    rows = {file: _row(file, rec) for file, rec in records if rec.get("status") == "ok"}
     ok = list(rows.values())
     substituted = any("centering_substitute" in rec for _, rec in records)
     scaling, scaling_rows = _scaling(ok, figures)
