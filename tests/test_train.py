@@ -68,7 +68,7 @@ def _params(path: Path) -> dict[str, torch.Tensor]:
 def test_resume_follows_the_uninterrupted_run(data_dirs: dict[str, Path], tmp_path: Path) -> None:
     """4 steps in a row vs 2 steps, stop, resume for 2 (crossing an epoch boundary: 3 per epoch)."""
     whole, split = tmp_path / "whole", tmp_path / "split"
-    train(tiny_config(data_dirs["ffcv"], whole, "run.max_steps=4"))
+    train(tiny_config(data_dirs["ffcv"], whole, "run.max_steps=4", "run.knn_every_epochs=1"))
     train(tiny_config(data_dirs["ffcv"], split, "run.max_steps=2"))
     train(tiny_config(data_dirs["ffcv"], split, "run.max_steps=4"))
     a = read_metrics(whole / "metrics.jsonl")
@@ -82,6 +82,10 @@ def test_resume_follows_the_uninterrupted_run(data_dirs: dict[str, Path], tmp_pa
         torch.testing.assert_close(pb[name], value, rtol=1e-5, atol=1e-6, msg=name)
     saved = load_checkpoint(latest_checkpoint(split))  # type: ignore[arg-type]
     assert (saved["epoch"], saved["batch_in_epoch"]) == (1, 1)  # 3 batches per epoch
+    (epoch,) = read_metrics(whole / "metrics.jsonl", kind="epoch")  # written after step 3
+    assert epoch["step"] == 3 and 1 <= epoch["unique_prototypes"] <= 32
+    assert sum(i * n for i, n in enumerate(epoch["redundancy_histogram"])) == 32  # sum r_m = K
+    assert all(0.0 <= acc <= 1.0 for acc in epoch["knn_top1"].values())
 
 
 def _cli_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:

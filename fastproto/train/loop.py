@@ -152,7 +152,8 @@ def train(config: TrainConfig, require_resume: bool = False) -> RunResult:
 
 
 def epoch_end(state: TrainState, log: MetricsLog, epoch: int, is_main: bool) -> None:
-    """Per-epoch record: unique prototypes M at eps 0.025 and the redundancy histogram."""
+    """Per-epoch record: unique prototypes M at eps 0.025, the redundancy histogram, and kNN
+    accuracy (train vs val split, teacher CLS) every run.knn_every_epochs epochs if asked."""
     if not is_main:
         return
     from fastproto.prototypes import unique_prototypes
@@ -161,7 +162,22 @@ def epoch_end(state: TrainState, log: MetricsLog, epoch: int, is_main: bool) -> 
     report = unique_prototypes(weights, eps=0.025)
     redundancy = torch.as_tensor(report.redundancy).long()
     histogram = torch.bincount(redundancy).tolist() if redundancy.numel() else []
-    log.write("epoch", state.step, {
+    record: dict[str, object] = {
         "epoch": epoch, "unique_prototypes": int(report.num_unique),
         "num_prototypes": int(weights.shape[0]), "redundancy_histogram": histogram,
-    })  # fmt: skip
+    }  # fmt: skip
+    every = state.config.run.knn_every_epochs
+    if every > 0 and (epoch + 1) % every == 0:
+        record["knn_top1"] = knn_now(state)
+    log.write("epoch", state.step, record)
+
+
+def knn_now(state: TrainState) -> dict[str, float]:
+    """Weighted kNN (k 10/20, T 0.07) of the current teacher, train split against val split."""
+    from fastproto.evaluation import knn_classify
+    from fastproto.train.features import split_features
+
+    cfg, dev = state.config, state.device
+    train_set = split_features(state.teacher, cfg, cfg.data.path, "train", dev)
+    val_set = split_features(state.teacher, cfg, cfg.data.path, "val", dev)
+    return {str(k): v for k, v in knn_classify(*train_set, *val_set, k=(10, 20)).items()}
