@@ -24,18 +24,22 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def data_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Fashion-MNIST, 24 images per split, in each layout the loaders read."""
+    """Fashion-MNIST, 24 images per split, in each layout the loaders read (the folder tree:
+    mixed modes, formats and sizes, 3 classes x 8 train images)."""
     from fastproto.data_prep.prepare import prepare_fashion_mnist
+    from image_fixtures import write_imagenet_tree
 
     root = tmp_path_factory.mktemp("fmnist")
-    return {fmt: prepare_fashion_mnist(root / fmt, fmt, limit=24) for fmt in ("ffcv", "dali")}
+    dirs = {fmt: prepare_fashion_mnist(root / fmt, fmt, limit=24) for fmt in ("ffcv", "dali")}
+    dirs["folder"] = write_imagenet_tree(root / "folder", per_class={"train": 8, "val": 2}).root
+    return dirs
 
 
 def tiny_config(data: Path, out: Path, *extra: str):  # type: ignore[no-untyped-def]
     return load_config("demo", [f"data.path={str(data)!r}", f"run.out={str(out)!r}", *TINY, *extra])
 
 
-@pytest.mark.parametrize("backend", ["ffcv", "dali"])
+@pytest.mark.parametrize("backend", ["ffcv", "dali", "folder"])
 @pytest.mark.parametrize("method", ["dino", "ibot"])
 def test_a_few_steps_end_to_end(
     data_dirs: dict[str, Path], tmp_path: Path, backend: str, method: str
