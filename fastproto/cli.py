@@ -20,6 +20,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 
 
@@ -96,7 +97,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         from fastproto.train.loop import train
 
         result = train(config, args.resume)
-        print(f"step {result.step}, epoch {result.epoch}: run directory {result.run_dir}")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"step {result.step}, epoch {result.epoch}: run directory {result.run_dir}")
         return 0
 
     parser.set_defaults(func=run)
