@@ -39,17 +39,22 @@ def _interpreting() -> bool:
 
 
 def _config(dim: int, dtype: torch.dtype) -> dict[str, Any]:
-    """Block sizes and dot flags; under the interpreter every dot runs in float32."""
-    interp = _interpreting()
-    return {
-        "BLOCK_N": 16 if interp else 64,
-        "BLOCK_K": 32 if interp else 64,
-        "BLOCK_D": max(16, triton.next_power_of_2(dim)),
-        "CAST_FP32": interp,
-        "IEEE": interp or dtype == torch.float32,
-        # a [BLOCK_K, BLOCK_D] float32 accumulator (64 x 256) needs 8 warps' registers
-        "num_warps": 4 if interp else 8,
-    }
+    """Block sizes, launch options and dot flags for embeddings of width `dim` and `dtype`.
+
+    Under the interpreter every dot runs in float32 on small blocks. Compiled, a program holds a
+    [BLOCK_N or BLOCK_K, BLOCK_D] input tile and a float32 accumulator of that size: blocks
+    shrink as D grows and for float32 inputs, and loads are not multi-buffered for float32
+    (num_stages=1), so the tiles fit in an H100's 228 KiB of shared memory per SM.
+    """
+    block_d = max(16, triton.next_power_of_2(dim))
+    if _interpreting():
+        return {"BLOCK_N": 16, "BLOCK_K": 32, "BLOCK_D": block_d, "CAST_FP32": True,
+                "IEEE": True}  # fmt: skip
+    half = dtype != torch.float32
+    block = max(16, (64 if half else 32) // max(1, block_d // 256))
+    return {"BLOCK_N": block, "BLOCK_K": block, "BLOCK_D": block_d, "CAST_FP32": False,
+            "IEEE": not half, "num_warps": 8 if block_d >= 256 else 4,
+            "num_stages": 2 if half else 1}  # fmt: skip
 
 
 def _splits(n_rows: int, k: int, cfg: dict[str, Any]) -> tuple[int, int]:
