@@ -13,6 +13,7 @@ twice the error of the reference implementation run in that same precision, plus
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -145,6 +146,8 @@ def assert_close_rel(got: list[torch.Tensor], want: list[torch.Tensor], baseline
     """Error at most 2x the same-precision reference's error, plus FLOOR relative to the scale."""
     for name, g, w, err, base in zip(NAMES, got, want, max_err(got, want), baseline, strict=True):
         assert torch.isfinite(g).all(), f"{name}: non-finite values"
+        # a float16 reference overflows on large sums (loss > 65504): judge by the floor alone
+        base = base if math.isfinite(base) else 0.0
         scale = max(1.0, float(w.abs().max()))
         limit = 2.0 * base + FLOOR[dtype] * scale
         assert err <= limit, f"{name}: error {err:.3g} > limit {limit:.3g} (ref error {base:.3g})"
