@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_prototypes(sub)
+    from fastproto.study.commands import add_study_commands
+
+    add_study_commands(sub)
     return parser
 
 
