@@ -222,9 +222,8 @@ def run_one(p: Preset, impl: str, device: torch.device, args: argparse.Namespace
     if device.type == "cpu" and not args.smoke:
         return measure_in_child(p, impl, dtype, args.warmup, args.repeats)
     try:
-        t, mib = measure(p, impl, device, dtype, args.warmup, args.repeats)
-        # in-process CPU peaks include earlier runs' peaks: not this run's figure
-        return t, (math.nan if device.type == "cpu" else mib)
+        # in-process on CPU (--smoke): the peak is reset per run, heap reuse may blur it
+        return measure(p, impl, device, dtype, args.warmup, args.repeats)
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return nan
