@@ -80,6 +80,14 @@ def _row_lse(rows: torch.Tensor, protos: torch.Tensor, bias: torch.Tensor, inv_t
     return top + torch.log((run_sum * torch.exp(run_max - top)).sum(dim=0))
 
 
+def _common_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The promoted dtype of the embeddings and prototypes."""
+    out = tensors[0].dtype
+    for t in tensors[1:]:
+        out = torch.promote_types(out, t.dtype)
+    return out
+
+
 def _check_input(dim: int, dtype: torch.dtype) -> None:
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(
@@ -152,9 +160,12 @@ class _TritonLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, student, student_protos, bias_s, teacher, teacher_protos, bias_t,
                 targets, weights, inv_ts: float, inv_tt: float):  # fmt: skip
-        cfg = _config(student.shape[1], student.dtype)
-        ys, ws = student.detach().contiguous(), student_protos.detach().contiguous()
-        yt, wt = teacher.detach().contiguous(), teacher_protos.detach().contiguous()
+        # one dtype for every dot (e.g. float16 embeddings under autocast, float32 prototypes)
+        dt = _common_dtype(student, student_protos, teacher, teacher_protos)
+        cfg = _config(student.shape[1], dt)
+        ys, ws = student.detach().to(dt).contiguous(), student_protos.detach().to(dt).contiguous()
+        yt, wt = teacher.detach().to(dt).contiguous(), teacher_protos.detach().to(dt).contiguous()
+        ctx.dtypes = (student.dtype, student_protos.dtype)
         bs, bt = bias_s.detach().float().contiguous(), bias_t.detach().float().contiguous()
         rows, pair_w = pair_table(targets, weights, torch.float32)
         nt = yt.shape[0]
@@ -185,12 +196,12 @@ class _TritonLoss(torch.autograd.Function):
             dummy = torch.zeros_like(lse_s)
             mix = ys if ctx.needs_input_grad[1] else None
             dw, db, _ = _column_mix(ys, ws, bs, shift, mix, dummy, inv_ts, cfg, minus=(qz, qc))
-            out_w = None if dw is None else dw.mul_(scale * inv_ts).to(ws.dtype)
+            out_w = None if dw is None else dw.mul_(scale * inv_ts).to(ctx.dtypes[1])
             out_b = db.mul_(scale)
         if ctx.needs_input_grad[0]:
             dy, _ = _row_mix(ys, ws, bs, shift, ws, bs, inv_ts, cfg)  # [Ns, D]
             dy -= _gather_pairs(v, rows, pair_w)
-            out_y = dy.mul_(scale * inv_ts).to(ys.dtype)
+            out_y = dy.mul_(scale * inv_ts).to(ctx.dtypes[0])
         return out_y, out_w, out_b, None, None, None, None, None, None, None
 
 
@@ -207,7 +218,7 @@ def prototype_cross_entropy_triton(
     vmf: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss (float32 scalar) and teacher_mean_probs [K] (float32) from fused Triton kernels."""
-    _check_input(student.shape[1], student.dtype)
+    _check_input(student.shape[1], _common_dtype(student, student_protos, teacher, teacher_protos))
     bias_s = student_bias(student_protos, student_temp, vmf).float()  # [K], autograd via ||w_s||
     bias_t = teacher_bias(teacher_protos, center, teacher_temp, vmf).float()  # [K]
     loss, mean_probs = _TritonLoss.apply(
@@ -225,10 +236,11 @@ def teacher_statistics_triton(
     vmf: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row log-sum-exp [Nt] and column mean probabilities [K] (float32) of the teacher logits."""
-    _check_input(teacher.shape[1], teacher.dtype)
+    _check_input(teacher.shape[1], _common_dtype(teacher, teacher_protos))
     with torch.no_grad():
-        cfg = _config(teacher.shape[1], teacher.dtype)
-        yt, wt = teacher.contiguous(), teacher_protos.contiguous()
+        dt = _common_dtype(teacher, teacher_protos)
+        cfg = _config(teacher.shape[1], dt)
+        yt, wt = teacher.to(dt).contiguous(), teacher_protos.to(dt).contiguous()
         bt = teacher_bias(teacher_protos, center, teacher_temp, vmf).float().contiguous()
         inv_tt = 1.0 / teacher_temp
         lse_t = _row_lse(yt, wt, bt, inv_tt, cfg)

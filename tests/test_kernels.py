@@ -211,6 +211,18 @@ def test_many_blocks_large_k(impl: str) -> None:
     assert_close_rel(run(low, impl, scale), want, baseline, torch.float32)
 
 
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+def test_mixed_dtypes_float16_rows_float32_prototypes(impl: str) -> None:
+    """Autocast hands float16 embeddings and float32 prototypes; gradients keep their dtypes."""
+    c = make_case(9, 4, 45, 16, 2, vmf=True, centred=True).cast(torch.float32)
+    rest = ("student_protos", "teacher_protos", "targets", "weights", "center", "vmf")
+    mixed = Case(c.student.half(), c.teacher.half(), *[getattr(c, f) for f in rest])
+    got, want = run(mixed, impl, 1.0), run(mixed.cast(torch.float32), "reference", 1.0)
+    assert got[1].dtype == torch.float16 and got[2].dtype == torch.float32
+    for name, x, y in zip(NAMES, got, want, strict=True):
+        torch.testing.assert_close(x.float(), y, rtol=1e-3, atol=1e-3, msg=name)
+
+
 def test_chunked_and_triton_agree_in_float32() -> None:
     c = make_case(29, 11, 201, 48, 2, vmf=True, centred=True).cast(torch.float32)
     a, b = run(c, "chunked", 0.7), run(c, "triton", 0.7)
