@@ -1,0 +1,44 @@
+"""Launch configuration of the compiled Triton path, checked without a GPU.
+
+The interpreter tier never sees the compiled block sizes, so their arithmetic is checked here:
+K splits cover K exactly with no empty split, and one program's tiles fit in shared memory.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fastproto.kernels import triton_loss
+
+SHARED_MEMORY = 228 * 1024  # bytes per SM on H100 and H200
+
+
+def compiled_config(monkeypatch: pytest.MonkeyPatch, dim: int, dtype: torch.dtype) -> dict:
+    monkeypatch.setattr(triton_loss, "_interpreting", lambda: False)
+    return triton_loss._config(dim, dtype)
+
+
+@pytest.mark.parametrize("n_rows", [1, 17, 768, 25088])
+@pytest.mark.parametrize("k", [1, 31, 64, 1000, 65536, 1048577])
+def test_splits_cover_k_without_empty_split(n_rows: int, k: int) -> None:
+    cfg = {"BLOCK_N": 64, "BLOCK_K": 64}
+    n_splits, per_split = triton_loss._splits(n_rows, k, cfg)
+    assert per_split % cfg["BLOCK_K"] == 0
+    assert n_splits * per_split >= k  # every prototype is in a split
+    assert (n_splits - 1) * per_split < k  # the last split is not empty
+
+
+@pytest.mark.parametrize("dim", [16, 100, 256, 512, 1024])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_compiled_tiles_fit_shared_memory(
+    monkeypatch: pytest.MonkeyPatch, dim: int, dtype: torch.dtype
+) -> None:
+    cfg = compiled_config(monkeypatch, dim, dtype)
+    size = torch.finfo(dtype).bits // 8
+    block = max(cfg["BLOCK_N"], cfg["BLOCK_K"])
+    # a resident row tile, then two streamed operand tiles per stage (logit protos and mix)
+    tiles = block * cfg["BLOCK_D"] * size * (1 + 2 * cfg["num_stages"])
+    assert tiles <= SHARED_MEMORY, cfg
+    assert cfg["BLOCK_D"] >= dim and cfg["BLOCK_N"] >= 16 and cfg["BLOCK_K"] >= 16
+    assert cfg["IEEE"] == (dtype == torch.float32)
+    assert not cfg["CAST_FP32"]
