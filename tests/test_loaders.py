@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import math
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,6 +165,15 @@ def test_two_ranks_disjoint_complete_and_reshuffled(n: int, drop_last: bool) -> 
     if n % 2 == 0:
         assert union == set(range(n))
     assert not np.array_equal(r0, rank_order(n, 5, 1, 0, 2, drop_last))
+
+
+def test_unsigned_image_count_pads_like_a_python_int() -> None:
+    # FFCV reports dataset lengths as numpy uint64, where -(-n // w) wraps around.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unsigned = rank_order(np.uint64(11), 5, 0, 1, np.uint64(2), drop_last=False)
+    assert np.array_equal(unsigned, rank_order(11, 5, 0, 1, 2, drop_last=False))
+    assert len(unsigned) == 6
 
 
 def test_folder_loader_ranks_see_disjoint_halves(image_root: Path) -> None:

@@ -35,6 +35,8 @@ def rank_order(
     num_images: int, seed: int, epoch: int, rank: int, world_size: int, drop_last: bool
 ) -> np.ndarray:
     """int64 [n]: the split indices that `rank` reads in `epoch`, in reading order."""
+    # Python ints: a numpy unsigned count (FFCV reports lengths as uint64) would wrap in -(-n // w).
+    num_images, world_size = int(num_images), int(world_size)
     perm = epoch_permutation(num_images, seed, epoch)
     if drop_last:
         perm = perm[: (num_images // world_size) * world_size]
