@@ -239,7 +239,9 @@ def me_max_penalty(
 
     Materialised: holds the student logits and log-probabilities, [Ns, K] each. The batch mean
     is taken in the log domain (logsumexp over rows), so it is finite even when some mean
-    probability underflows. Per rank: it is not all-reduced.
+    probability underflows. Distributed: the mean prediction is over the global batch (each
+    rank's row sum is all-reduced with its gradient), so every rank gets the same penalty and,
+    after DDP's gradient averaging, the gradient of the one global penalty.
     """
     if student.dim() != 2 or student.shape[0] < 1:
         raise ValueError(f"student must be [Ns, D] with Ns >= 1, got {tuple(student.shape)}")
@@ -253,4 +255,11 @@ def me_max_penalty(
     logits = student_logits(student, student_protos, student_temp, vmf)  # [Ns, K]
     log_probs = torch.log_softmax(logits, dim=1)  # [Ns, K]
     log_mean = torch.logsumexp(log_probs, dim=0) - math.log(student.shape[0])  # [K]
-    return (log_mean.exp() * log_mean).sum()
+    if not _distributed():
+        return (log_mean.exp() * log_mean).sum()
+    from torch.distributed.nn.functional import all_reduce
+
+    rows = log_mean.new_tensor(float(student.shape[0]))
+    dist.all_reduce(rows)  # global row count; no gradient needed
+    mean = all_reduce(log_mean.exp() * student.shape[0]) / rows  # [K], global mean prediction
+    return (mean * _safe_log(mean)).sum()

@@ -49,6 +49,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--centering": ("method.centering", str, "probability, logit, sinkhorn or none"),
     "--koleo-proto": ("method.koleo_proto", float, "KoLeo-proto weight lambda (0 turns it off)"),
     "--koleo-data": ("method.koleo_data", float, "KoLeo on the batch CLS tokens, weight"),
+    "--me-max": ("method.me_max", float, "ME-MAX penalty weight (use with --centering none)"),
     "--epochs": ("optim.epochs", int, "number of epochs"),
     "--batch-size": ("optim.batch_size", int, "global batch size over all processes"),
     "--out": ("run.out", str, "run directory (checkpoints, metrics.jsonl, config.toml)"),

@@ -68,6 +68,9 @@ class MethodConfig:
     koleo_proto: float = 0.1
     koleo_group_size: int = 2048
     koleo_data: float = 0.0
+    # ME-MAX (paper 1 section 3): weight of -H(batch-mean student CLS prediction); usually with
+    # centering "none". It materialises the student CLS logits [crops * B, K].
+    me_max: float = 0.0
     student_temp: float = 0.1
     teacher_temp: float = 0.07
     warmup_teacher_temp: float = 0.04
@@ -245,6 +248,10 @@ def validate(config: TrainConfig) -> None:
     for key, value in positive.items():
         if value < 1 if isinstance(value, int) else value <= 0:
             raise ValueError(f"{key} must be positive (>= 1 for counts), got {value}")
+    for key in ("koleo_proto", "koleo_data", "me_max"):
+        weight = getattr(config.method, key)
+        if weight < 0:
+            raise ValueError(f"method.{key} is a loss weight and must be >= 0 (0 turns it off)")
     if config.data.local_crops < 0:
         raise ValueError(f"data.local_crops must be >= 0, got {config.data.local_crops}")
     momentum = config.method.center_momentum

@@ -245,6 +245,20 @@ def _run_all_kinds(batches, rank: int | None) -> dict[str, list[torch.Tensor]]:
     return out
 
 
+ME_MAX_SPLIT = (5, 3)  # uneven: the global mean must weight ranks by their rows
+
+
+def _me_max_value_and_grads(rank: int | None) -> list[torch.Tensor]:
+    """[penalty, grad of its student rows, grad of the prototypes] on this rank's rows."""
+    student, protos = _batch(sum(ME_MAX_SPLIT), 6, seed=3)
+    if rank is not None:
+        student = student.split(list(ME_MAX_SPLIT))[rank]
+    student.requires_grad_(True)
+    protos.requires_grad_(True)
+    value = me_max_penalty(student, protos, 0.1, True)
+    return [value.detach(), *torch.autograd.grad(value, (student, protos))]
+
+
 def _gloo_worker(rank: int, world: int, folder: str) -> None:
     dist.init_process_group(
         "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world
@@ -252,6 +266,7 @@ def _gloo_worker(rank: int, world: int, folder: str) -> None:
     try:
         batches = [_batch(sum(split), 7, seed=10 + i) for i, split in enumerate(SPLITS)]
         torch.save(_run_all_kinds(batches, rank), f"{folder}/rank{rank}.pt")
+        torch.save(_me_max_value_and_grads(rank), f"{folder}/me_max{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -265,3 +280,13 @@ def test_two_gloo_ranks_agree_with_one_process_on_the_whole_batch(tmp_path: Path
         for kind, centers in whole.items():
             for g, w in zip(got[kind], centers, strict=True):
                 torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+    # ME-MAX: every rank sees the global penalty; its row gradients are the global ones times
+    # the world size, which DDP's averaging of parameter gradients divides out again.
+    value, rows_grad, protos_grad = _me_max_value_and_grads(None)
+    per_rank = [torch.load(tmp_path / f"me_max{rank}.pt") for rank in range(2)]
+    for rank, (v, g_rows, _) in enumerate(per_rank):
+        torch.testing.assert_close(v, value, rtol=0, atol=1e-12)
+        mine = rows_grad.split(list(ME_MAX_SPLIT))[rank]
+        torch.testing.assert_close(g_rows / 2, mine, rtol=1e-10, atol=1e-12)
+    averaged = (per_rank[0][2] + per_rank[1][2]) / 2
+    torch.testing.assert_close(averaged, protos_grad, rtol=1e-10, atol=1e-12)

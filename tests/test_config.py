@@ -76,6 +76,8 @@ def test_recipe_then_override_order() -> None:
         ("head.norm=cosine", "head.norm must be one of"),
         ("method.centering=batch", "method.centering must be one of"),
         ("run.keep_last=0", "run.keep_last must be positive"),
+        ("method.me_max=-1", "method.me_max is a loss weight"),
+        ("method.koleo_proto=-0.1", "method.koleo_proto is a loss weight"),
     ],
 )
 def test_bad_values_are_refused(override: str, message: str) -> None:

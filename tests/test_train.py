@@ -62,6 +62,19 @@ def test_a_few_steps_end_to_end(
     assert resolved == config  # the run directory holds the resolved config
 
 
+def test_me_max_joins_the_loss_without_centring(data_dirs: dict[str, Path], tmp_path: Path) -> None:
+    config = tiny_config(
+        data_dirs["ffcv"], tmp_path, "method.name='dino'", "method.centering='none'",
+        "method.me_max=0.5", "run.max_steps=2",
+    )  # fmt: skip
+    train(config)
+    for row in read_metrics(tmp_path / "metrics.jsonl"):
+        # -H(mean prediction) lies in [-log K, 0]; the total is the weighted sum of the terms
+        assert -torch.log(torch.tensor(32.0)) - 1e-6 <= row["me_max"] <= 0
+        want = row["dino"] + 0.1 * row["koleo_proto"] + 0.5 * row["me_max"]
+        assert row["loss"] == pytest.approx(want, rel=1e-5)
+
+
 def _params(path: Path) -> dict[str, torch.Tensor]:
     saved = load_checkpoint(path)
     return {f"s.{k}": v for k, v in saved["student"].items()} | {

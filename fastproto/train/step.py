@@ -8,6 +8,7 @@ Inputs are already augmented float crops, crop-major (rows c*B .. c*B+B-1 are cr
          + patch_loss_weight * ibot(masked patch tokens)   (iBOT only)
          + koleo_proto * sum over heads KoLeo(W)           (paper 1, KoLeo-proto)
          + koleo_data * sum over global crops KoLeo(backbone CLS)   (DINOv2-style, off by default)
+         + me_max * -H(mean student CLS prediction)          (ME-MAX, off by default)
 
 The teacher sees the global crops unmasked; its patch tokens are read at the same masked
 positions. After backward: gradients are unscaled (fp16), clipped per parameter (as DINO and
@@ -137,8 +138,21 @@ def compute_losses(
         reg_d = torch.stack([koleo_data(c) for c in chunks]).sum()
         total = total + m.koleo_data * reg_d
         terms["koleo_data"] = float(reg_d.detach())
+    if m.me_max > 0:
+        reg_m = _me_max(state, s_out.cls_y.float())
+        total = total + m.me_max * reg_m
+        terms["me_max"] = float(reg_m.detach())
     terms["loss"] = float(total.detach())
     return total, terms, mean_probs
+
+
+def _me_max(state: TrainState, student_y: torch.Tensor) -> torch.Tensor:
+    """ME-MAX penalty on the student's CLS predictions, student_y [S*B, D]."""
+    from fastproto.centering import me_max_penalty
+
+    head = state.student.cls_head
+    protos = head_prototypes(head).float()  # [K, D]
+    return me_max_penalty(student_y, protos, state.config.method.student_temp, head_is_vmf(head))
 
 
 def set_schedule(optimizer: torch.optim.Optimizer, values: StepValues) -> None:
