@@ -58,10 +58,12 @@ def test_overrides_resolve_to_the_settings() -> None:
     assert (config.optim.batch_size, config.run.seed) == (48, 3)
 
 
-def test_me_max_maps_to_an_existing_centring() -> None:
+def test_me_max_is_the_penalty_without_teacher_centring() -> None:
     (spec,) = parse_grid({"axes": {"centering": ["me-max"]}}).runs
     config = load_config("demo", list(spec.overrides))
-    assert config.method.centering == "none"  # the trainer has no ME-MAX option yet
+    assert config.method.centering == "none" and config.method.me_max == 1.0
+    (other,) = parse_grid({"axes": {"centering": ["sinkhorn"]}}).runs
+    assert load_config("demo", list(other.overrides)).method.me_max == 0.0
 
 
 def test_ids_are_deterministic_unique_and_follow_the_base() -> None:

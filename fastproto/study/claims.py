@@ -120,7 +120,7 @@ def vmf_probability_best(rows: list[Row]) -> Claim:
     return Claim(title, rule, SUPPORTED if ok else REJECTED, evidence)
 
 
-def probability_small_batch(rows: list[Row], substituted: bool = False) -> Claim:
+def probability_small_batch(rows: list[Row]) -> Claim:
     title = "Probability centring beats Sinkhorn-Knopp and ME-MAX at small batch"
     rule = "at the smallest batch, mean kNN(probability) > mean kNN of sinkhorn and of me-max"
     if not rows:
@@ -132,7 +132,5 @@ def probability_small_batch(rows: list[Row], substituted: bool = False) -> Claim
     if "probability" not in knn or not others:
         return Claim(title, rule, MISSING, [f"batch {smallest}: centrings {sorted(knn)}"])
     evidence = [f"batch {smallest}, {c}: {_pct(knn[c])}" for c in ["probability", *others]]
-    if substituted:
-        evidence.append("me-max runs trained without teacher centring (no ME-MAX in the trainer)")
     ok = all(knn["probability"] > knn[c] for c in others)
     return Claim(title, rule, SUPPORTED if ok else REJECTED, evidence)

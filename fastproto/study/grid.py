@@ -127,17 +127,20 @@ def canonical(settings: dict[str, Any]) -> dict[str, Any]:
     return {name: out[name] for name in AXES if name in out}
 
 
-def centering_value(name: str) -> str:
-    """The trainer's method.centering for a grid centring; ME-MAX falls back to 'none'.
+ME_MAX_WEIGHT = 1.0  # MSN's weight of the ME-MAX penalty
 
-    The trainer has no ME-MAX option yet (only the penalty function exists); until it has one,
-    an 'me-max' run trains without teacher centring and its JSON says so (centering_substitute).
+
+def centering_overrides(name: str) -> list[str]:
+    """The trainer settings for a grid centring.
+
+    'me-max' is ME-MAX as paper 1 compares it: no teacher centring, and the penalty
+    -H(batch-mean student prediction) with weight ME_MAX_WEIGHT (method.me_max).
     """
-    supported = CHOICES["method.centering"]
-    for candidate in (name, name.replace("-", "_")):
-        if candidate in supported:
-            return candidate
-    return "none"
+    if name == "me-max":
+        return ['method.centering="none"', f"method.me_max={ME_MAX_WEIGHT!r}"]
+    if name not in CHOICES["method.centering"]:
+        raise ValueError(f"unknown centring {name!r}; choose one of {CENTERINGS}")
+    return [f'method.centering="{name}"']
 
 
 def settings_overrides(settings: dict[str, Any]) -> list[str]:
@@ -156,7 +159,7 @@ def settings_overrides(settings: dict[str, Any]) -> list[str]:
     if "norm" in settings:
         out.append(f'head.norm="{settings["norm"]}"')
     if "centering" in settings:
-        out.append(f'method.centering="{centering_value(settings["centering"])}"')
+        out += centering_overrides(settings["centering"])
     if "batch_size" in settings:
         out.append(f"optim.batch_size={settings['batch_size']}")
     if "seed" in settings:

@@ -251,7 +251,6 @@ def build_report(folder: Path, out: Path | None = None) -> Path:
     figures = out.parent / "figures"
     rows = {file: _row(file, rec) for file, rec in records if rec.get("status") == "ok"}
     ok = list(rows.values())
-    substituted = any("centering_substitute" in rec for _, rec in records)
     scaling, scaling_rows = _scaling(ok, figures)
     norm_cent, norm_rows = _norm_centering(ok)
     batch, batch_rows = _batch(ok, figures)
@@ -260,7 +259,7 @@ def build_report(folder: Path, out: Path | None = None) -> Path:
         hyp.koleo_keeps(scaling_rows),
         hyp.koleo_knn(scaling_rows),
         hyp.vmf_probability_best(norm_rows),
-        hyp.probability_small_batch(batch_rows, substituted),
+        hyp.probability_small_batch(batch_rows),
     ]
     counts = {s: sum(rec.get("status") == s for _, rec in records) for s in ("ok", "failed")}
     lines = [
@@ -272,12 +271,6 @@ def build_report(folder: Path, out: Path | None = None) -> Path:
         "number of unique prototypes at eps = 0.025 (paper 1, definition 4.1).",
         "",
     ]
-    if substituted:
-        lines += [
-            "Note: the trainer has no ME-MAX option; runs labelled me-max trained without "
-            "teacher centring (centering_substitute in their JSON).",
-            "",
-        ]
     lines += _claims_section(found) + scaling + _lambda_table(ok) + _share(ok, figures)
     lines += norm_cent + batch + _appendix(records, rows)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ A Row takes the run's settings from its resolved config (what actually trained):
     K = head.num_prototypes, norm = head.norm, batch = optim.batch_size, seed = run.seed,
     regulariser = koleo-proto if method.koleo_proto > 0, koleo-data if method.koleo_data > 0,
                   else none; lam = that weight (0 for none),
-    centering = the grid's centring name (so 'me-max' stays 'me-max' when it was substituted).
+    centering = the grid's centring name ('me-max' for runs with the ME-MAX penalty).
 
 A cell is the rows that differ only by seed: mean and sample standard deviation over seeds.
 """

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from fastproto.config import TrainConfig, load_config, to_dict
-from fastproto.study.grid import Grid, RunSpec, centering_value
+from fastproto.study.grid import Grid, RunSpec
 
 TrainFn = Callable[[TrainConfig], Any]
 EvaluateFn = Callable[[Path, str, torch.device, dict[str, Any]], dict[str, Any]]
@@ -162,10 +162,6 @@ def run_one(
         "overrides": grid.overrides + list(spec.overrides), "recipe": grid.recipe,
         "commit": commit, "status": "running", "started": _now(), "timings": {},
     }  # fmt: skip
-    if "centering" in spec.settings:
-        used = centering_value(spec.settings["centering"])
-        if used != spec.settings["centering"]:
-            record["centering_substitute"] = used
     write_json_atomic(record, path)
     start = time.perf_counter()
     try:
