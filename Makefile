@@ -35,7 +35,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy fastproto
+	$(VENV)/bin/mypy fastproto kernels data_prep
 
 # pytest exits 5 when it collected nothing: say so loudly rather than pass.
 pytest: install
