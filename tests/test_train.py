@@ -140,3 +140,23 @@ def test_corrupt_or_incompatible_checkpoint_is_refused(
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ValueError, match=rf"{path.name} is corrupt or truncated"):
         train(tiny_config(data_dirs["ffcv"], tmp_path, "run.max_steps=2"))
+
+
+def test_demo_reports_knn_after_training_and_at_initialisation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fastproto.train.demo import run_demo
+
+    monkeypatch.setenv("FASTPROTO_CACHE", str(tmp_path / "cache"))
+    config = load_config("demo", [f"run.out={str(tmp_path / 'run')!r}", *TINY, "run.max_steps=2"])
+    summary = run_demo(config, images=40)
+    assert (tmp_path / "cache" / "fashion-mnist-ffcv-40" / "manifest.json").exists()
+    saved = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
+    assert saved["data"]["path"].endswith("fashion-mnist-ffcv-40")
+    for key in ("knn_top1", "knn_top1_at_init"):
+        assert set(summary[key]) == {"10", "20"}
+        assert all(0.0 <= v <= 1.0 for v in summary[key].values())
+    assert summary["step"] == 2 and 1 <= summary["unique_prototypes"] <= 32
+    out = capsys.readouterr().out
+    assert "after training: k=10" in out and "at initialisation: k=10" in out
+    assert f"unique prototypes M = {summary['unique_prototypes']} of K = 32" in out
