@@ -42,7 +42,17 @@ pytest: install
 	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest ran zero tests" >&2; fi; exit $$rc
 
-test: lint typecheck pytest
+# Every benchmark once on tiny shapes (CPU, about a minute), so CI sees that they still run;
+# their CSV output goes to a scratch folder, never into bench/results/.
+bench-smoke: install
+	scratch=$$(mktemp -d); \
+	$(PY) bench/prototype_loss.py --smoke --out $$scratch/prototype_loss.csv && \
+	$(PY) bench/loader_throughput.py --smoke && \
+	$(PY) bench/train_memory.py --smoke --out $$scratch/train_memory.csv && \
+	$(PY) bench/vmf_error.py --smoke; \
+	rc=$$?; rm -rf $$scratch; exit $$rc
+
+test: lint typecheck pytest bench-smoke
 
 test-gpu: install
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
