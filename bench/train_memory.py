@@ -108,7 +108,7 @@ def main() -> int:
     if device.type == "cpu":
         args.precision = "fp32"
     preset = PRESETS["smoke" if args.smoke else "full"]
-    rows, mem_points = [], {}
+    mem_points: dict[tuple[int, str], list[tuple[int, float]]] = {}
     print(f"{'B':>4} {'K':>7} {'impl':>9} {'paper GB':>9} {'ours GB':>8} {'img/s':>8}")
     for batch in preset["batches"]:
         for impl in args.impls.split(","):
@@ -121,12 +121,14 @@ def main() -> int:
                     continue
                 peak, timing = got
                 rate = batch / timing.p50
-                rows.append(make_row("train_step_ibot_vits16", impl, shape, "images_per_s",
-                                     "img/s", rate, device))  # fmt: skip
+                rows = [make_row("train_step_ibot_vits16", impl, shape, "images_per_s",
+                                 "img/s", rate, device)]  # fmt: skip
                 if peak is not None:
                     rows.append(make_row("train_step_ibot_vits16", impl, shape, "peak_memory",
                                          "GB", peak, device))  # fmt: skip
                     mem_points.setdefault((batch, impl), []).append((k, peak))
+                # appended per point, so a run cut short by a time budget keeps what it measured
+                append_rows(Path(args.out), rows)
                 ours = f"{peak:.1f}" if peak is not None else "-"
                 print(f"{batch:>4} {k:>7} {impl:>9} {paper or '':>9} {ours:>8} {rate:>8.1f}")
     for (batch, impl), points in mem_points.items():
@@ -136,7 +138,6 @@ def main() -> int:
         if paper_points:
             slope = slope_per_1024(paper_points)
             print(f"paper 1 Table 12 slope B={batch}: {slope:.3f} GB per 1024 prototypes")
-    append_rows(Path(args.out), rows)
     return 0
 
 
