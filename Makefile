@@ -10,7 +10,7 @@ APT_PACKAGES := build-essential pkg-config libopencv-dev libturbojpeg0-dev datas
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install test lint typecheck pytest demo test-gpu bench-smoke clean
+.PHONY: install test lint typecheck pytest demo test-gpu bench-smoke study clean
 
 $(STAMPS)/venv:
 	python3 -m venv $(VENV)
@@ -59,6 +59,14 @@ test-gpu: install
 
 demo: install
 	$(VENV)/bin/fastproto train
+
+# The CPU-scale prototype-scaling study (about an hour on 2 cores; rerun to resume), its report
+# and the run records, into docs/results/study_cpu/.
+study: install
+	$(VENV)/bin/fastproto sweep --grid docs/results/grid_cpu.toml --out runs/study_cpu
+	$(VENV)/bin/fastproto report runs/study_cpu --out docs/results/study_cpu/report.md
+	mkdir -p docs/results/study_cpu/results
+	cp runs/study_cpu/results/*.json docs/results/study_cpu/results/
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
