@@ -41,19 +41,6 @@ def ensure_demo_data(backend: str, limit: int = DEMO_IMAGES_PER_SPLIT) -> Path:
     return prepare_fashion_mnist(out, backend, limit=limit)
 
 
-def knn_accuracy(
-    network: SSLNetwork, config: TrainConfig, data_path: str, device: torch.device
-) -> dict[str, float]:
-    """Weighted kNN top-1 (k = 10, 20; temperature 0.07) of the network's backbone features."""
-    from fastproto.evaluation import knn_classify
-    from fastproto.train.features import split_features
-
-    train_f, train_y = split_features(network, config, data_path, "train", device)
-    val_f, val_y = split_features(network, config, data_path, "val", device)
-    knn = knn_classify(train_f, train_y, val_f, val_y, k=(10, 20), temperature=0.07)
-    return {str(k): v for k, v in knn.items()}
-
-
 def initial_network(config: TrainConfig, device: torch.device) -> SSLNetwork:
     """The network a fresh run of `config` starts from (the trainer's seeding, rank 0)."""
     from fastproto.train.loop import seed_step
@@ -67,7 +54,7 @@ def evaluate_run(run_dir: Path, data_path: str, device: torch.device) -> dict[st
     """kNN accuracy and unique prototypes M of the newest checkpoint in `run_dir`, with the
     kNN accuracy of the same network at initialisation beside it (the baseline to beat)."""
     from fastproto.prototypes import unique_prototypes
-    from fastproto.train.features import teacher_from_checkpoint
+    from fastproto.train.features import knn_accuracy, teacher_from_checkpoint
 
     path = latest_checkpoint(run_dir)
     if path is None:

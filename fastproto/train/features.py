@@ -70,6 +70,19 @@ def split_features(
     )
 
 
+def knn_accuracy(
+    network: SSLNetwork, config: TrainConfig, path: str, device: torch.device
+) -> dict[str, float]:
+    """Weighted kNN top-1 (k = 10, 20; temperature 0.07, as DINO) of the backbone's CLS
+    features, train split against val split; keys "10" and "20"."""
+    from fastproto.evaluation import knn_classify
+
+    train_f, train_y = split_features(network, config, path, "train", device)
+    val_f, val_y = split_features(network, config, path, "val", device)
+    knn = knn_classify(train_f, train_y, val_f, val_y, k=(10, 20), temperature=0.07)
+    return {str(k): v for k, v in knn.items()}
+
+
 def teacher_from_checkpoint(
     path: Path, device: torch.device
 ) -> tuple[TrainConfig, SSLNetwork, dict[str, object]]:

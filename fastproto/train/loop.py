@@ -174,10 +174,7 @@ def epoch_end(state: TrainState, log: MetricsLog, epoch: int, is_main: bool) -> 
 
 def knn_now(state: TrainState) -> dict[str, float]:
     """Weighted kNN (k 10/20, T 0.07) of the current teacher, train split against val split."""
-    from fastproto.evaluation import knn_classify
-    from fastproto.train.features import split_features
+    from fastproto.train.features import knn_accuracy
 
-    cfg, dev = state.config, state.device
-    train_set = split_features(state.teacher, cfg, cfg.data.path, "train", dev)
-    val_set = split_features(state.teacher, cfg, cfg.data.path, "val", dev)
-    return {str(k): v for k, v in knn_classify(*train_set, *val_set, k=(10, 20)).items()}
+    cfg = state.config
+    return knn_accuracy(state.teacher, cfg, cfg.data.path, state.device)
