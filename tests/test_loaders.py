@@ -7,10 +7,8 @@ should have cut, computed here independently as a linear function of the output 
 
 from __future__ import annotations
 
-import gc
 import math
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +24,6 @@ RECIPE = MultiCropRecipe(global_size=32, local_size=16, num_local=2)
 SIZES = [(48, 64), (72, 56), (60, 60), (96, 50), (50, 90), (64, 80), (80, 64), (56, 72)]
 NUM_IMAGES = 16
 BATCH = 4
-
-
-@pytest.fixture(autouse=True)
-def _collect_after_each_test() -> Iterator[None]:
-    # Loader objects (FFCV threads, numba dispatchers) run finalisers when collected; collect
-    # here so they do not run inside an unrelated later import or parse.
-    yield
-    gc.collect()
 
 
 def _gradient(h: int, w: int, label: int) -> np.ndarray:
