@@ -4,7 +4,8 @@ Data: the first N Fashion-MNIST test images (Debian's dataset-fashion-mnist; syn
 the same kind when it is missing) upscaled to random sizes between 256 and 500 px per side,
 tinted per class and given a faint texture, saved as JPEG (quality 90) in an ImageNet-style
 tree, then converted by data_prep to a .beton (FFCV) and webdataset shards (DALI). All three
-backends cut the same recipe (2 x 224 + 10 x 96 by default) with the same crop windows.
+backends cut the same recipe (2 x 224 + 10 x 96 by default) with the same crop windows, in
+each resize mode of the recipe (`--resize`; DALI only in "antialias").
 
 Per backend and worker count: one short warm-up (FFCV compiles its pipeline), then `--epochs`
 timed epochs; the table shows the median with the 20th/80th percentiles. A second table
@@ -30,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import RESULTS_DIR, Row, Timing, append_rows, make_row, percentiles  # noqa: E402
 
 from fastproto.data import MultiCropRecipe, make_loader  # noqa: E402
-from fastproto.data.crops import sample_windows  # noqa: E402
+from fastproto.data.crops import bilinear_suffices, sample_windows  # noqa: E402
+from fastproto.data.recipe import RESIZE_MODES  # noqa: E402
 
 BACKENDS = ("folder", "ffcv", "dali")
 FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
@@ -94,6 +96,7 @@ def time_epochs(loader, epochs: int) -> tuple[Timing, int]:  # type: ignore[no-u
 
 
 def _per_image_ms(fn: Callable[[], object], count: int) -> float:
+    fn()  # warm-up: compiles numba code, fills caches
     start = time.perf_counter()
     for _ in range(count):
         fn()
@@ -101,7 +104,13 @@ def _per_image_ms(fn: Callable[[], object], count: int) -> float:
 
 
 def breakdown(tree: Path, recipe: MultiCropRecipe, count: int) -> dict[str, tuple[float, float]]:
-    """Single-thread ms per image: (decode, crop + resize of all crops) per backend's library."""
+    """Single-thread ms per image: (decode, crop + resize of all crops) per backend's library.
+
+    The folder column cuts with the folder backend's own `cut_crops` (PIL resize or, in the
+    fast mode, PIL's bilinear transform; both include the copy into a tensor).
+    """
+    from fastproto.data.folder import cut_crops
+
     files = sorted((tree / "train").rglob("*.jpg"))[:count]
     data = [np.frombuffer(f.read_bytes(), np.uint8) for f in files]
     pil = [Image.open(f).convert("RGB") for f in files]
@@ -118,65 +127,80 @@ def breakdown(tree: Path, recipe: MultiCropRecipe, count: int) -> dict[str, tupl
 
     def pil_crops() -> None:
         i = next(it) % len(files)
-        for c, (t, left, h, w) in enumerate(win[i].tolist()):
-            pil[i].resize((sizes[c], sizes[c]), Image.Resampling.BILINEAR,
-                          box=(left, t, left + w, t + h))  # fmt: skip
+        cut_crops(pil[i], win[i], recipe)
 
-    out["folder (PIL)"] = (_per_image_ms(pil_decode, count), _per_image_ms(pil_crops, count))
+    out[f"folder (PIL) resize={recipe.resize}"] = (
+        _per_image_ms(pil_decode, count), _per_image_ms(pil_crops, count),
+    )  # fmt: skip
     try:
         from ffcv.libffcv import imdecode, resize_crop
+
+        from fastproto.data.cv_linear import load_cv_resize, make_linear_resize, new_headers
     except ImportError:
         return out
     scratch = [np.empty((h, w, 3), np.uint8) for h, w in zip(hs, ws, strict=True)]
     crops = [np.empty((size, size, 3), np.uint8) for size in sizes]
+    linear, headers = make_linear_resize(load_cv_resize()), new_headers()
 
     def ffcv_decode() -> None:
         i = next(it) % len(files)
         imdecode(data[i], scratch[i], hs[i], ws[i], hs[i], ws[i], 0, 0, 1, 1, False, False)
 
-    def ffcv_crops() -> None:
+    def ffcv_crops() -> None:  # the choice MultiCropDecode makes per crop
         i = next(it) % len(files)
         for c, (t, left, h, w) in enumerate(win[i].tolist()):
-            resize_crop(scratch[i], t, t + h, left, left + w, crops[c])
+            if recipe.resize == "fast" and bilinear_suffices(h, w, sizes[c]):
+                linear(scratch[i], t, left, h, w, crops[c], headers)
+            else:
+                resize_crop(scratch[i], t, t + h, left, left + w, crops[c])
 
-    out["ffcv (libffcv imdecode, resize_crop)"] = (
+    out[f"ffcv (libffcv imdecode, crop-resize) resize={recipe.resize}"] = (
         _per_image_ms(ffcv_decode, count), _per_image_ms(ffcv_crops, count),
     )  # fmt: skip
     return out
 
 
 def run(args: argparse.Namespace) -> list[Row]:
-    recipe = MultiCropRecipe(num_local=args.num_local)
-    shape = f"{recipe.num_global}x{recipe.global_size}+{recipe.num_local}x{recipe.local_size}"
     paths = prepare(Path(args.data_dir), args.images)
     cpu = torch.device("cpu")
     rows, table = [], []
-    for backend in args.backends:
-        for workers in args.workers:
-            loader = make_loader(paths[backend], backend, args.batch_size, recipe, workers=workers)
-            timing, images = time_epochs(loader, args.epochs)
-            ips = Timing(images / timing.p50, images / timing.p80, images / timing.p20)
-            cps = Timing(*(v * recipe.num_crops for v in (ips.p50, ips.p20, ips.p80)))
-            impl = f"{backend} workers={workers}"
-            label = f"{shape} b{args.batch_size} n{images}"
-            rows.append(
-                make_row("multicrop_loader", impl, label, "images_per_s", "img/s", ips, cpu)
-            )
-            rows.append(
-                make_row("multicrop_loader", impl, label, "crops_per_s", "crop/s", cps, cpu)
-            )
-            table.append((backend, workers, ips, cps.p50))
-            del loader
-    print(f"\n{'backend':8} {'workers':>7} {'img/s p50':>10} {'p20..p80':>16} {'crops/s':>9}")
-    for backend, workers, ips, cps_p50 in table:
+    for mode in args.resize:
+        recipe = MultiCropRecipe(num_local=args.num_local, resize=mode)
+        shape = f"{recipe.num_global}x{recipe.global_size}+{recipe.num_local}x{recipe.local_size}"
+        for backend in args.backends:
+            if backend == "dali" and mode != "antialias":
+                continue  # DALI has no per-crop filter choice (see the recipe's docstring)
+            for workers in args.workers:
+                loader = make_loader(paths[backend], backend, args.batch_size, recipe,
+                                     workers=workers)  # fmt: skip
+                timing, images = time_epochs(loader, args.epochs)
+                ips = Timing(images / timing.p50, images / timing.p80, images / timing.p20)
+                cps = Timing(*(v * recipe.num_crops for v in (ips.p50, ips.p20, ips.p80)))
+                impl = f"{backend} workers={workers}"
+                impl += "" if mode == "antialias" else f" resize={mode}"
+                label = f"{shape} b{args.batch_size} n{images}"
+                for metric, unit, value in (("images_per_s", "img/s", ips),
+                                            ("crops_per_s", "crop/s", cps)):  # fmt: skip
+                    rows.append(make_row("multicrop_loader", impl, label, metric, unit, value, cpu))
+                table.append((f"{backend} {mode}", workers, ips, cps.p50))
+                del loader
+    print(
+        f"\n{'backend, resize':18} {'workers':>7} {'img/s p50':>10} {'p20..p80':>16} {'crops/s':>9}"
+    )
+    for name, workers, ips, cps_p50 in table:
         spread = f"{ips.p20:.1f}..{ips.p80:.1f}"
-        print(f"{backend:8} {workers:7d} {ips.p50:10.1f} {spread:>16} {cps_p50:9.0f}")
-    parts = breakdown(paths["folder"], recipe, 8 if args.smoke else 64)
-    print(f"\nsingle-thread ms per image ({shape}): {'decode':>8} {'crop+resize':>12}")
-    for name, (dec, crop) in parts.items():
-        print(f"  {name:40} {dec:8.2f} {crop:12.2f}")
-        for metric, value in (("decode_ms_per_image", dec), ("crop_resize_ms_per_image", crop)):
-            rows.append(make_row("multicrop_decode_crop", name, shape, metric, "ms", value, cpu))
+        print(f"{name:18} {workers:7d} {ips.p50:10.1f} {spread:>16} {cps_p50:9.0f}")
+    for mode in args.resize:
+        recipe = MultiCropRecipe(num_local=args.num_local, resize=mode)
+        shape = f"{recipe.num_global}x{recipe.global_size}+{recipe.num_local}x{recipe.local_size}"
+        parts = breakdown(paths["folder"], recipe, 8 if args.smoke else 64)
+        print(f"\nsingle-thread ms per image ({shape}): {'decode':>8} {'crop+resize':>12}")
+        for name, (dec, crop) in parts.items():
+            print(f"  {name:58} {dec:8.2f} {crop:12.2f}")
+            for metric, value in (("decode_ms_per_image", dec), ("crop_resize_ms_per_image", crop)):
+                rows.append(
+                    make_row("multicrop_decode_crop", name, shape, metric, "ms", value, cpu)
+                )
     return rows
 
 
@@ -190,6 +214,8 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
                         help="backends to time")  # fmt: skip
     parser.add_argument("--num-local", type=int, default=10, help="local crops per image")
+    parser.add_argument("--resize", nargs="+", default=list(RESIZE_MODES), choices=RESIZE_MODES,
+                        help="crop filter modes to time (see MultiCropRecipe)")  # fmt: skip
     parser.add_argument("--data-dir", default="/tmp/fastproto-bench-loader",
                         help="where the generated images and conversions are kept")  # fmt: skip
     parser.add_argument("--no-csv", action="store_true", help="print only, append no rows")

@@ -42,6 +42,7 @@ def _add_env(sub: argparse._SubParsersAction) -> None:
 TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--data": ("data.path", str, "dataset directory (omit to run the Fashion-MNIST demo)"),
     "--backend": ("data.backend", str, "loader backend: ffcv, dali or folder"),
+    "--resize": ("data.resize", str, "crop filter: antialias, or fast (bilinear below 2x shrink)"),
     "--arch": ("model.arch", str, "backbone, e.g. vit_small_patch16_224, vit_pico_patch4_28"),
     "--method": ("method.name", str, "dino (CLS loss only) or ibot (adds the masked patch loss)"),
     "--K": ("head.num_prototypes", int, "number of prototypes K"),

@@ -21,6 +21,7 @@ from typing import Any
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.backend": ("ffcv", "dali", "folder"),
+    "data.resize": ("antialias", "fast"),
     "method.name": ("dino", "ibot"),
     "head.norm": ("vmf", "l2", "free"),
     "method.centering": ("probability", "logit", "sinkhorn", "none"),
@@ -41,6 +42,7 @@ class DataConfig:
     local_size: int = 96
     global_scale: tuple[float, float] = (0.25, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.25)
+    resize: str = "antialias"  # crop filter; "fast": bilinear below 2x shrink (ffcv, folder)
 
 
 @dataclass

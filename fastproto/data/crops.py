@@ -118,6 +118,17 @@ def fill_windows(
         out[c, 3] = w
 
 
+@njit(cache=True)
+def bilinear_suffices(height: int, width: int, size: int) -> bool:
+    """True when an h x w window shrinks to size x size by less than 2x on both axes.
+
+    Then bilinear sampling (2 taps per axis, samples less than 2 source pixels apart) still
+    reads every source pixel, so the "fast" resize mode uses it instead of an antialiasing
+    filter; upscaled windows are always bilinear.
+    """
+    return height < 2 * size and width < 2 * size
+
+
 def crop_params(recipe: MultiCropRecipe) -> np.ndarray:
     """float64 [G + L, 4]: (scale_lo, scale_hi, ratio_lo, ratio_hi) per crop, globals first."""
     rows = [(*recipe.crop_scale(c), *recipe.ratio) for c in range(recipe.num_crops)]

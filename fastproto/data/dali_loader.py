@@ -61,12 +61,18 @@ def build_pipeline(recipe: MultiCropRecipe, batch_size: int, workers: int,
     return pipe
 
 
-def to_torch(out: Any) -> torch.Tensor:
-    """A DALI TensorList of HWC crops -> uint8 [B, 3, S, S] (copied)."""
+def hwc_view(out: Any) -> torch.Tensor:
+    """A DALI TensorList of HWC crops -> uint8 [B, S, S, 3], a view of DALI's buffer (CPU)."""
     if hasattr(out, "as_cpu"):
         out = out.as_cpu()
-    hwc = torch.from_numpy(np.asarray(out.as_tensor()))  # [B, S, S, 3], a view until permuted
-    return hwc.permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(np.asarray(out.as_tensor()))
+
+
+def stack_crops(outs: list[Any], batch: int, size: int) -> torch.Tensor:
+    """Crops c = 0.. of one kind -> uint8 [C, B, 3, S, S]: one copy, channels-last strides."""
+    if not outs:
+        return torch.empty((0, batch, 3, size, size), dtype=torch.uint8)
+    return torch.stack([hwc_view(o) for o in outs]).permute(0, 1, 4, 2, 3)
 
 
 class DALILoader(Loader):
@@ -76,6 +82,11 @@ class DALILoader(Loader):
         self, path: Path, split: str, batch_size: int, recipe: MultiCropRecipe, rank: int,
         world_size: int, seed: int, workers: int, drop_last: bool, device: torch.device,
     ) -> None:  # fmt: skip
+        if recipe.resize != "antialias":
+            raise ValueError(
+                f"resize={recipe.resize!r} is not available for the dali backend (DALI sets "
+                "antialiasing per operator, not per crop); use resize='antialias' or ffcv/folder"
+            )
         folder = path / split if (path / split).is_dir() else path
         self.reader = ShardReader(index_shards(folder))
         super().__init__(
@@ -102,13 +113,8 @@ class DALILoader(Loader):
         for indices in batches:
             pipe = self._pipe(len(indices))
             self._feed(pipe, indices, epoch)
-            crops = [to_torch(out) for out in pipe.run()]
-            glob = torch.stack(crops[:g])
-            if r.num_local:
-                local = torch.stack(crops[g:])
-            else:
-                local = torch.empty(
-                    (0, len(indices), 3, r.local_size, r.local_size), dtype=torch.uint8
-                )
+            outs = list(pipe.run())  # DALI reuses these buffers: copied out before the next run
+            glob = stack_crops(outs[:g], len(indices), r.global_size)
+            local = stack_crops(outs[g:], len(indices), r.local_size)
             labels = torch.from_numpy(self.reader.index.labels[indices])
             yield Batch(glob, local, labels, torch.from_numpy(indices.astype(np.int64)))

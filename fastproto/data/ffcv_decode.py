@@ -4,7 +4,9 @@ FFCV's stock RandomResizedCropRGBImageDecoder decodes the image once per crop de
 the field, and draws windows from numpy's global generator. `MultiCropDecode` decodes once
 into a scratch buffer [max H * max W * 3], then for every crop c draws its window with
 `fastproto.data.crops.fill_windows` keyed by (seed, epoch, split index, c) and resizes it
-with FFCV's own crop-resize (OpenCV INTER_AREA) into its slot of the output:
+into its slot of the output with FFCV's own crop-resize (OpenCV INTER_AREA), or, in the
+recipe's "fast" resize mode where `bilinear_suffices`, with OpenCV's bilinear resize
+(`fastproto.data.cv_linear`):
 
   output per image: uint8 [sum_c S_c * S_c * 3], crop c as HWC at offset sum_{c' < c} S_c'^2 * 3
 
@@ -27,8 +29,10 @@ from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
+from numba import njit
 
-from fastproto.data.crops import crop_params, fill_windows
+from fastproto.data.crops import bilinear_suffices, crop_params, fill_windows
+from fastproto.data.cv_linear import load_cv_resize, make_linear_resize, new_headers
 from fastproto.data.recipe import MultiCropRecipe
 
 
@@ -71,6 +75,8 @@ class MultiCropDecode(Operation):
         offsets = self.offsets  # [C + 1]
         sizes = np.array([self.recipe.crop_size(c) for c in range(self.recipe.num_crops)])
         jpg = IMAGE_MODES["jpg"]
+        fast = self.recipe.resize == "fast"
+        linear_c = make_linear_resize(load_cv_resize()) if fast else _never_called
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, scratch_all = my_storage
@@ -100,11 +106,20 @@ class MultiCropDecode(Operation):
                     windows,
                 )
                 row = destination[dst_ix]
+                headers = new_headers()  # CvMat scratch, per image
                 for c in range(params.shape[0]):
                     top, left, h, w = windows[c, 0], windows[c, 1], windows[c, 2], windows[c, 3]
                     out = row[offsets[c] : offsets[c + 1]].reshape(sizes[c], sizes[c], 3)
-                    resize_crop_c(image, top, top + h, left, left + w, out)
+                    if fast and bilinear_suffices(h, w, sizes[c]):
+                        linear_c(image, top, left, h, w, out, headers)
+                    else:
+                        resize_crop_c(image, top, top + h, left, left + w, out)
             return destination[: len(batch_indices)]
 
         decode.is_parallel = True  # type: ignore[attr-defined]
         return decode
+
+
+@njit
+def _never_called(image, top, left, h, w, out, headers):
+    """Stands in for the bilinear resize when the recipe's resize mode is "antialias"."""

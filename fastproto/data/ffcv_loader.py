@@ -94,7 +94,7 @@ class FFCVLoader(Loader):
             for indices, (flat, labels) in zip(batches, iterator, strict=True):
                 # FFCV's iterator and its thread reset torch's thread count: put it back.
                 torch.set_num_threads(threads)
-                crops = torch.from_numpy(np.asarray(flat))  # [B, sum of crop bytes], reused
+                crops = torch.from_numpy(np.asarray(flat))  # [B, sum of crop bytes], reused by FFCV
                 glob = crops_from_hwc(crops[:, :split], g, s)
                 local = crops_from_hwc(crops[:, split:], num_local, ls)
                 label = torch.from_numpy(np.asarray(labels).reshape(-1).astype(np.int64))

@@ -6,7 +6,9 @@ into upright RGB with data_prep's rules (EXIF orientation, 16-bit grey, alpha on
 the pixels match what data_prep writes for the FFCV and DALI backends; the files taken are
 those data_prep takes (its extension list), in the same order. It then cuts all G + L
 crops with `Image.resize(box=window)` (bilinear, antialiased when shrinking, as
-torchvision's RandomResizedCrop does on PIL images). The windows come from
+torchvision's RandomResizedCrop does on PIL images); in the recipe's "fast" resize mode,
+windows shrunk by less than 2x are instead sampled bilinearly without antialiasing
+(`Image.transform`, the filter OpenCV's INTER_LINEAR applies). The windows come from
 `fastproto.data.crops`, keyed by (seed, epoch, index, crop), so this backend cuts exactly
 the windows the FFCV and DALI backends cut.
 """
@@ -25,7 +27,7 @@ from torchvision.datasets import ImageFolder
 
 from fastproto.data.base import Loader
 from fastproto.data.batch import Batch
-from fastproto.data.crops import crop_params, fill_windows
+from fastproto.data.crops import bilinear_suffices, crop_params, fill_windows
 from fastproto.data.recipe import MultiCropRecipe
 from fastproto.data_prep.images import has_image_extension, to_rgb
 
@@ -54,7 +56,13 @@ def cut_crops(
     for c, (top, left, h, w) in enumerate(windows.tolist()):
         size = recipe.crop_size(c)
         box = (left, top, left + w, top + h)
-        out = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+        if recipe.resize == "fast" and bilinear_suffices(h, w, size):
+            # Cropped first so that edge samples clamp to the window, as OpenCV's do.
+            window = image.crop(box)
+            out = window.transform((size, size), Image.Transform.EXTENT, (0, 0, w, h),
+                                   Image.Resampling.BILINEAR)  # fmt: skip
+        else:
+            out = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
         crops.append(torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1))
     return crops
 

@@ -22,6 +22,7 @@ def crop_recipe(config: TrainConfig) -> MultiCropRecipe:
     return MultiCropRecipe(
         num_global=d.global_crops, global_size=d.global_size, global_scale=d.global_scale,
         num_local=d.local_crops, local_size=d.local_size, local_scale=d.local_scale,
+        resize=d.resize,
     )  # fmt: skip
 
 
