@@ -48,6 +48,7 @@ bench-smoke: install
 	scratch=$$(mktemp -d); \
 	$(PY) bench/prototype_loss.py --smoke --out $$scratch/prototype_loss.csv && \
 	$(PY) bench/loader_throughput.py --smoke && \
+	$(PY) bench/resize_quality.py --smoke && \
 	$(PY) bench/train_memory.py --smoke --out $$scratch/train_memory.csv && \
 	$(PY) bench/vmf_error.py --smoke; \
 	rc=$$?; rm -rf $$scratch; exit $$rc

@@ -157,3 +157,23 @@ def test_ffcv_batches_outlive_the_reused_buffers(raw_beton: Path) -> None:
     assert not kept[0].global_crops.is_contiguous()  # a view: no transpose was paid for
     for batch, (glob, local) in zip(kept, snapshots, strict=True):
         assert torch.equal(batch.global_crops, glob) and torch.equal(batch.local_crops, local)
+
+
+def test_cv_linear_matches_opencv_on_windows_anywhere() -> None:
+    """The C-API binding: windows at edges, upscaled, 1 x 1, on a row-strided view."""
+    pytest.importorskip("ffcv")
+    import cv2
+
+    from fastproto.data.cv_linear import load_cv_resize, make_linear_resize, new_headers
+
+    resize, headers = make_linear_resize(load_cv_resize()), new_headers()
+    big = _stripes(80, 130, seed=7)
+    image = big[:, 10:110]  # rows strided by 130 pixels, width 100
+    out = np.empty((24, 24, 3), np.uint8)
+    for top, left, h, w in [(0, 0, 80, 100), (30, 52, 50, 48), (5, 9, 10, 13), (79, 99, 1, 1)]:
+        resize(image, top, left, h, w, out, headers)
+        window = np.ascontiguousarray(image[top : top + h, left : left + w])
+        want = cv2.resize(window, (24, 24), interpolation=cv2.INTER_LINEAR)
+        assert np.abs(out.astype(int) - want).max() <= 1, (top, left, h, w)
+    with pytest.raises(ValueError, match="packed HWC"):
+        resize(np.ascontiguousarray(image.transpose(1, 0, 2))[:, ::2], 0, 0, 8, 8, out, headers)

@@ -84,12 +84,15 @@ def new_headers() -> np.ndarray:
 def make_linear_resize(cv_resize: Callable[..., None]) -> Callable[..., None]:
     """A compiled `resize(image [H, W, 3], top, left, h, w, out [S, S, 3], headers [2, 5])`.
 
-    Bilinear resize of image[top:top + h, left:left + w] into `out` (both uint8 HWC, `out`
-    contiguous); `headers` is caller-owned scratch from `new_headers()`.
+    Bilinear resize of image[top:top + h, left:left + w] into `out` (both uint8 HWC with
+    packed pixels, rows may be strided; `out` contiguous); `headers` is caller-owned scratch
+    from `new_headers()`.
     """
 
     @njit
     def resize(image, top, left, h, w, out, headers):
+        if image.strides[1] != 3 or image.strides[2] != 1 or out.strides[0] != out.shape[1] * 3:
+            raise ValueError("image pixels must be packed HWC uint8 and out contiguous")
         step = image.strides[0]
         start = image.ctypes.data + top * step + left * 3
         write_header(headers[0], start, step, h, w)
