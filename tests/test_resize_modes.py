@@ -177,3 +177,14 @@ def test_cv_linear_matches_opencv_on_windows_anywhere() -> None:
         assert np.abs(out.astype(int) - want).max() <= 1, (top, left, h, w)
     with pytest.raises(ValueError, match="packed HWC"):
         resize(np.ascontiguousarray(image.transpose(1, 0, 2))[:, ::2], 0, 0, 8, 8, out, headers)
+
+
+def test_config_offers_the_recipe_modes_and_passes_them_on() -> None:
+    from fastproto.config import CHOICES, TrainConfig
+    from fastproto.data.recipe import RESIZE_MODES
+    from fastproto.train.inputs import crop_recipe
+
+    assert CHOICES["data.resize"] == RESIZE_MODES
+    config = TrainConfig()
+    config.data.resize = "fast"
+    assert crop_recipe(config).resize == "fast"
