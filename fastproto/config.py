@@ -46,6 +46,25 @@ class DataConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """DINO's photometric multi-crop augmentation (fastproto/data/augment.py); the defaults are
+    DINO's. Triples are (global crop 1, global crop 2, local crops): global crop g takes the
+    "crop 1" entry for even g and the "crop 2" entry for odd g."""
+
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4  # factor ~ U(1 - b, 1 + b)
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1  # shift ~ U(-h, h), in turns of the colour wheel
+    grey_p: float = 0.2
+    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # sigma ~ U(lo, hi), in pixels
+    blur_kernel_fraction: float = 0.1  # odd kernel side ~ this fraction of the crop side, >= 3
+    solarise_p: tuple[float, float, float] = (0.0, 0.2, 0.0)
+
+
+@dataclass
 class ModelConfig:
     arch: str = "vit_small_patch16_224"
     drop_path: float = 0.1
@@ -59,6 +78,9 @@ class HeadConfig:
     bottleneck_dim: int = 256
     num_layers: int = 3
     shared: bool = True
+    # AdamW weight decay on the prototype matrix W [K, D] (in the vMF head ||w_k|| is the
+    # concentration kappa_k * tau, so decay flattens the student's predictions)
+    prototype_weight_decay: bool = True
 
 
 @dataclass
@@ -114,6 +136,7 @@ class RunConfig:
 @dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -256,9 +279,46 @@ def validate(config: TrainConfig) -> None:
             raise ValueError(f"method.{key} is a loss weight and must be >= 0 (0 turns it off)")
     if config.data.local_crops < 0:
         raise ValueError(f"data.local_crops must be >= 0, got {config.data.local_crops}")
+    _validate_augment(config.augment)
+    _validate_arch(config)
     momentum = config.method.center_momentum
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"method.center_momentum must be in [0, 1), got {momentum}")
+
+
+def _validate_arch(config: TrainConfig) -> None:
+    from fastproto.models import arch_has_patch_tokens, check_arch
+
+    check_arch(config.model.arch)
+    if config.method.name == "ibot" and not arch_has_patch_tokens(config.model.arch):
+        raise ValueError(
+            f"method.name='ibot' predicts masked patch tokens, but model.arch="
+            f"{config.model.arch!r} has none; use method.name='dino' or a ViT backbone"
+        )
+
+
+def _validate_augment(a: AugmentConfig) -> None:
+    probabilities = {
+        "flip_p": a.flip_p, "jitter_p": a.jitter_p, "grey_p": a.grey_p,
+        **{f"blur_p[{i}]": p for i, p in enumerate(a.blur_p)},
+        **{f"solarise_p[{i}]": p for i, p in enumerate(a.solarise_p)},
+    }  # fmt: skip
+    for key, p in probabilities.items():
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"augment.{key} is a probability and must be in [0, 1], got {p}")
+    for key in ("brightness", "contrast", "saturation"):
+        value = getattr(a, key)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"augment.{key} must be in [0, 1) (factor 1 +- {key}), got {value}")
+    if not 0.0 <= a.hue <= 0.5:
+        raise ValueError(f"augment.hue must be in [0, 0.5], got {a.hue}")
+    lo, hi = a.blur_sigma
+    if not 0.0 < lo <= hi:
+        raise ValueError(f"augment.blur_sigma must be [lo, hi] with 0 < lo <= hi, got {[lo, hi]}")
+    if not 0.0 < a.blur_kernel_fraction <= 1.0:
+        raise ValueError(
+            f"augment.blur_kernel_fraction must be in (0, 1], got {a.blur_kernel_fraction}"
+        )
 
 
 def _toml_value(value: Any) -> str:

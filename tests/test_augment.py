@@ -138,3 +138,38 @@ def test_probabilities_and_ranges() -> None:
 def test_rejects_non_uint8_crops() -> None:
     with pytest.raises(ValueError, match="uint8"):
         MultiCropAugment()(torch.rand(2, 1, 3, 8, 8), torch.zeros(0, 1, 3, 4, 4))
+
+
+def test_settings_set_the_strengths_and_probabilities() -> None:
+    from fastproto.config import AugmentConfig
+
+    a = AugmentConfig(flip_p=0.0, jitter_p=1.0, brightness=0.1, hue=0.0, grey_p=1.0,
+                      blur_sigma=(0.3, 0.5))  # fmt: skip
+    p = sample_params(5000, 1.0, 0.0, torch.Generator().manual_seed(0), a)
+    assert not p.flip.any() and p.jitter.all() and p.grey.all()
+    assert p.brightness.min() >= 0.9 and p.brightness.max() <= 1.1
+    assert (p.hue == 0).all() and p.sigma.min() >= 0.3 and p.sigma.max() <= 0.5
+
+
+def test_blur_and_solarise_per_crop_kind_and_kernel_fraction() -> None:
+    from fastproto.config import AugmentConfig
+
+    crops = torch.randint(0, 256, (2, 4, 3, 20, 20), dtype=torch.uint8)
+    local = torch.randint(0, 256, (2, 4, 3, 10, 10), dtype=torch.uint8)
+    plain = dict(flip_p=0.0, jitter_p=0.0, grey_p=0.0)
+    off = MultiCropAugment(
+        AugmentConfig(**plain, blur_p=(0.0, 0.0, 0.0), solarise_p=(0.0, 0.0, 0.0))
+    )  # type: ignore[arg-type]
+    g, l_out = off(crops, local)
+    mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
+    torch.testing.assert_close(g[0], (crops[0].float() / 255 - mean) / std)  # untouched
+    torch.testing.assert_close(l_out[1], (local[1].float() / 255 - mean) / std)
+    local_only = MultiCropAugment(
+        AugmentConfig(**plain, blur_p=(0.0, 0.0, 1.0), solarise_p=(0.0, 1.0, 0.0))
+    )  # type: ignore[arg-type]
+    g2, l2 = local_only(crops, local)
+    torch.testing.assert_close(g2[0], g[0])  # global crop 1: neither
+    assert not torch.allclose(g2[1], g[1]) and not torch.allclose(l2, l_out)
+    assert blur_kernel_size(224) == 23 and blur_kernel_size(96) == 9  # DINO's sizes at 0.1
+    assert blur_kernel_size(96, 0.25) == 25 and blur_kernel_size(28, 0.01) == 3

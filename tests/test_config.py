@@ -93,3 +93,27 @@ def test_missing_recipe_lists_bundled_ones() -> None:
 def test_merge_rejects_non_table_section() -> None:
     with pytest.raises(ValueError, match="unknown config key 'seed'"):
         merge(TrainConfig(), {"seed": 3}, "here")
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("augment.grey_p=1.5", "augment.grey_p is a probability"),
+        ("augment.blur_p=[1.0, 0.1, -0.5]", r"augment.blur_p\[2\] is a probability"),
+        ("augment.blur_p=[1.0, 0.1]", "augment.blur_p must be a list of 3 numbers"),
+        ("augment.blur_sigma=[2.0, 0.1]", "0 < lo <= hi"),
+        ("augment.brightness=1.0", r"augment.brightness must be in \[0, 1\)"),
+        ("augment.blur_kernel_fraction=0", "blur_kernel_fraction"),
+        ('model.arch="vit_huge"', "unknown model.arch 'vit_huge'; choose one of"),
+        ('model.arch="timm:not_a_model"', "timm has no model 'not_a_model'"),
+    ],
+)
+def test_augment_and_arch_values_are_checked(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_config("demo", [override])
+
+
+def test_ibot_refuses_a_backbone_without_patch_tokens() -> None:
+    with pytest.raises(ValueError, match="has none; use method.name='dino'"):
+        load_config("demo", ['model.arch="resnet_small_28"', 'method.name="ibot"'])
+    assert load_config("demo", ['model.arch="timm:resnet10t"']).model.arch == "timm:resnet10t"

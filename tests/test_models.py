@@ -82,3 +82,34 @@ def test_arch_table_matches_timm_vit_small() -> None:
     ref = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
     assert ARCHS["vit_small_patch16_224"][:3] == (384, 12, 6)
+
+
+@pytest.mark.parametrize("arch", ["resnet_small_28", "timm:resnet10t"])
+def test_cnn_backbones_give_pooled_features_and_no_patch_tokens(arch: str) -> None:
+    net = build_network(arch, 16, "vmf", True, mask_token=False, hidden_dim=32, bottleneck_dim=8)
+    out = net(torch.randn(3, 3, 28, 28), torch.randn(6, 3, 12, 12))
+    assert out.cls_y.shape == (9, 8) and out.cls_features.shape[0] == 3
+    _, patches = net.backbone(torch.randn(2, 3, 32, 32))
+    assert patches.shape[:2] == (2, 0)
+    with pytest.raises(ValueError, match="no patch tokens to mask"):
+        net.backbone(torch.randn(2, 3, 28, 28), torch.zeros(2, 7, 7, dtype=torch.bool))
+
+
+def test_small_resnet_keeps_resolution_through_its_stem() -> None:
+    from fastproto.models import small_resnet
+
+    resnet = small_resnet("resnet_small_28").model
+    stem = resnet.maxpool(resnet.act1(resnet.bn1(resnet.conv1(torch.randn(1, 3, 28, 28)))))
+    assert stem.shape[-2:] == (28, 28)  # timm's stem would give 7 x 7
+
+
+def test_prototype_weight_decay_switch() -> None:
+    from fastproto.train.setup import param_groups
+
+    net = build_network("vit_pico_patch4_28", 16, "vmf", True, hidden_dim=32, bottleneck_dim=8)
+    protos = net.cls_head.prototype_weight
+    decayed, plain = param_groups(net, decay_prototypes=True)
+    assert any(p is protos for p in decayed["params"])  # type: ignore[attr-defined]
+    decayed, plain = param_groups(net, decay_prototypes=False)
+    assert any(p is protos for p in plain["params"])  # type: ignore[attr-defined]
+    assert not any(p is protos for p in decayed["params"])  # type: ignore[attr-defined]

@@ -1,17 +1,20 @@
 """DINO's multi-crop photometric augmentation, batched on the device.
 
-For every crop, independently (p = probability, U = uniform):
-  1. horizontal flip                               p 0.5
-  2. colour jitter                                  p 0.8, in DINO's fixed order:
+For every crop, independently (p = probability, U = uniform); the numbers are DINO's, the
+defaults of `fastproto.config.AugmentConfig` (the `augment` section), which sets each of them:
+  1. horizontal flip                               p 0.5                       (flip_p)
+  2. colour jitter                                  p 0.8 (jitter_p), in DINO's fixed order:
        brightness f ~ U(0.6, 1.4), contrast f ~ U(0.6, 1.4),
        saturation f ~ U(0.8, 1.2), hue d ~ U(-0.1, 0.1)
      (torchvision's ColorJitter shuffles the four per call; we keep this one order)
-  3. greyscale                                      p 0.2
+  3. greyscale                                      p 0.2                       (grey_p)
   4. Gaussian blur, sigma ~ U(0.1, 2.0)             p 1.0 (global crop 1), 0.1 (global crop 2),
-                                                    0.5 (local crops); kernel ~ crop side / 10
-  5. solarise (x >= 128/255 -> 1 - x)               p 0.2 on global crop 2 only
+     (blur_sigma; kernel ~ crop side / 10,          0.5 (local crops)           (blur_p)
+      blur_kernel_fraction)
+  5. solarise (x >= 128/255 -> 1 - x)               p 0.2 on global crop 2 only (solarise_p)
   6. normalise with ImageNet mean and std
 Global crop g uses the "crop 1" settings for even g and the "crop 2" settings for odd g.
+Small images want less: a 3-tap kernel with sigma up to 2 on a 28 px crop is nearly a box blur.
 Every random quantity is drawn up front from one torch.Generator into `AugmentParams`
 ([N] tensors), then applied with whole-batch tensor ops; the same generator state gives
 the same augmentation on any device. Input uint8 [N, 3, H, W]; output float32, normalised.
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fastproto.config import AugmentConfig
 from fastproto.data import color
 from fastproto.data.blur import blur_kernel_size, gaussian_blur
 
@@ -49,9 +53,12 @@ class AugmentParams:
 
 
 def sample_params(
-    n: int, blur_p: float, solarise_p: float, generator: torch.Generator | None = None
-) -> AugmentParams:
-    """Draw the parameters of N crops from `generator` (see the module docstring)."""
+    n: int, blur_p: float, solarise_p: float, generator: torch.Generator | None = None,
+    settings: AugmentConfig | None = None,
+) -> AugmentParams:  # fmt: skip
+    """Draw the parameters of N crops from `generator` (see the module docstring); `settings`
+    gives the strengths and the flip/jitter/grey probabilities (default: DINO's)."""
+    a = settings or AugmentConfig()
 
     def u(lo: float, hi: float) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
@@ -59,10 +66,11 @@ def sample_params(
     def coin(p: float) -> torch.Tensor:
         return torch.rand(n, generator=generator) < p
 
+    b, c, s, h = a.brightness, a.contrast, a.saturation, a.hue
     return AugmentParams(
-        flip=coin(0.5), jitter=coin(0.8), brightness=u(0.6, 1.4), contrast=u(0.6, 1.4),
-        saturation=u(0.8, 1.2), hue=u(-0.1, 0.1), grey=coin(0.2), blur=coin(blur_p),
-        sigma=u(0.1, 2.0), solarise=coin(solarise_p),
+        flip=coin(a.flip_p), jitter=coin(a.jitter_p), brightness=u(1 - b, 1 + b),
+        contrast=u(1 - c, 1 + c), saturation=u(1 - s, 1 + s), hue=u(-h, h), grey=coin(a.grey_p),
+        blur=coin(blur_p), sigma=u(*a.blur_sigma), solarise=coin(solarise_p),
     )  # fmt: skip
 
 
@@ -70,7 +78,7 @@ def _where(on: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tens
     return torch.where(on.to(old.device).reshape(-1, 1, 1, 1), new, old)
 
 
-def apply_params(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
+def apply_params(x: torch.Tensor, p: AugmentParams, kernel_fraction: float = 0.1) -> torch.Tensor:
     """Apply steps 1-5 to float RGB x [N, 3, H, W] in [0, 1] (no normalisation)."""
     dev, dt = x.device, x.dtype
 
@@ -87,7 +95,9 @@ def apply_params(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
     x = _where(p.jitter, jit, x)
     x = _where(p.grey, color.grey(x).expand_as(x), x)
     if bool(p.blur.any()):
-        x = _where(p.blur, gaussian_blur(x, f(p.sigma), blur_kernel_size(x.shape[-1])), x)
+        x = _where(
+            p.blur, gaussian_blur(x, f(p.sigma), blur_kernel_size(x.shape[-1], kernel_fraction)), x
+        )
     if bool(p.solarise.any()):
         x = _where(p.solarise, color.solarise(x, SOLARISE_THRESHOLD), x)
     return x
@@ -96,11 +106,9 @@ def apply_params(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
 class MultiCropAugment(nn.Module):
     """uint8 crops [C, B, 3, S, S] -> augmented, normalised float32 crops of the same shape."""
 
-    def __init__(self, blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5),
-                 solarise_p: float = 0.2) -> None:  # fmt: skip
+    def __init__(self, settings: AugmentConfig | None = None) -> None:
         super().__init__()
-        self.blur_p = blur_p
-        self.solarise_p = solarise_p
+        self.settings = settings or AugmentConfig()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1))
 
@@ -108,8 +116,8 @@ class MultiCropAugment(nn.Module):
                generator: torch.Generator | None) -> torch.Tensor:  # fmt: skip
         if crops.dtype != torch.uint8 or crops.dim() != 4 or crops.shape[1] != 3:
             raise ValueError(f"expected uint8 crops [B, 3, S, S], got {crops.dtype} {crops.shape}")
-        params = sample_params(crops.shape[0], blur_p, solarise_p, generator)
-        x = apply_params(crops.float().div_(255.0), params)
+        params = sample_params(crops.shape[0], blur_p, solarise_p, generator, self.settings)
+        x = apply_params(crops.float().div_(255.0), params, self.settings.blur_kernel_fraction)
         mean, std = self.get_buffer("mean"), self.get_buffer("std")  # [1, 3, 1, 1]
         return (x - mean.to(x.device)) / std.to(x.device)
 
@@ -118,16 +126,15 @@ class MultiCropAugment(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Augment [G, B, 3, H, W] and [L, B, 3, h, w] uint8 crops (L may be 0)."""
-        first, second, local_p = self.blur_p
+        blur, solarise = self.settings.blur_p, self.settings.solarise_p
         globals_out = [
-            self._crops(c, first if g % 2 == 0 else second,
-                        0.0 if g % 2 == 0 else self.solarise_p, generator)
+            self._crops(c, blur[g % 2], solarise[g % 2], generator)
             for g, c in enumerate(global_crops)
-        ]  # fmt: skip
+        ]
         out_global = torch.stack(globals_out)
         if local_crops.shape[0] == 0:
             return out_global, local_crops.float()
         num_local, b = local_crops.shape[:2]
         flat = local_crops.reshape(num_local * b, *local_crops.shape[2:])
-        out_local = self._crops(flat, local_p, 0.0, generator).reshape(local_crops.shape)
+        out_local = self._crops(flat, blur[2], solarise[2], generator).reshape(local_crops.shape)
         return out_global, out_local

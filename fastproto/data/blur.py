@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 
-def blur_kernel_size(crop_size: int) -> int:
-    """Odd kernel of about a tenth of the crop side (23 for 224, 9 for 96), at least 3."""
-    return max(3, 2 * (crop_size // 20) + 1)
+def blur_kernel_size(crop_size: int, fraction: float = 0.1) -> int:
+    """Odd kernel of about `fraction` of the crop side (0.1: 23 for 224, 9 for 96), at least 3."""
+    return max(3, 2 * int(crop_size * fraction / 2) + 1)
 
 
 def gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from fastproto.config import TrainConfig
 from fastproto.data.base import Loader
 from fastproto.data.batch import Batch
 from fastproto.data.recipe import MultiCropRecipe
-from fastproto.models import ARCHS
+from fastproto.models import arch_patch_size
 from fastproto.train.distributed import DistInfo
 
 
@@ -58,8 +58,8 @@ class InputMaker:
         self.config = config
         self.rank, self.world_size = dist.rank, dist.world_size
         self.device = dist.device
-        self.augment = MultiCropAugment().to(dist.device)
-        patch = ARCHS[config.model.arch][3]
+        self.augment = MultiCropAugment(config.augment).to(dist.device)
+        patch = arch_patch_size(config.model.arch) or 1  # no masks without patch tokens
         if config.data.global_size % patch:
             raise ValueError(
                 f"data.global_size={config.data.global_size} must be a multiple of the patch "

@@ -45,14 +45,20 @@ def build_student(config: TrainConfig, drop_path: float | None = None) -> SSLNet
     )  # fmt: skip
 
 
-def param_groups(model: nn.Module) -> list[dict[str, object]]:
-    """Two AdamW groups: decayed weights, and everything 1-d or token-like without decay."""
+def param_groups(model: nn.Module, decay_prototypes: bool = True) -> list[dict[str, object]]:
+    """Two AdamW groups: decayed weights, and everything 1-d or token-like without decay.
+
+    With `decay_prototypes` false the prototype matrices W [K, D] join the undecayed group: in
+    the vMF head ||w_k|| is the concentration, and decay pulls every norm down."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
+    plain_names: tuple[str, ...] = ("mask_token", "cls_token", "pos_embed")
+    if not decay_prototypes:
+        plain_names += ("prototype_weight",)
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        plain = p.ndim <= 1 or name.endswith(("mask_token", "cls_token", "pos_embed"))
+        plain = p.ndim <= 1 or name.endswith(plain_names)
         (no_decay if plain else decay).append(p)
     return [
         {"params": decay, "regularized": True},
@@ -88,7 +94,7 @@ def build_state(config: TrainConfig, dist: DistInfo) -> TrainState:
     if dist.distributed:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         student_ddp = DistributedDataParallel(student, device_ids=ids)
-    optimizer = torch.optim.AdamW(param_groups(student), lr=0.0)
+    optimizer = torch.optim.AdamW(param_groups(student, config.head.prototype_weight_decay), lr=0.0)
     dtype = amp_dtype(config.run.precision, dist.device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     m = config.method
