@@ -9,18 +9,21 @@ masks and drop path of a step do not depend on how the run got there (fresh or r
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from fastproto.config import TrainConfig, to_dict, to_toml
 from fastproto.data.base import Loader
 from fastproto.models import head_prototypes
 from fastproto.train import checkpoint as ckpt
 from fastproto.train import distributed
+from fastproto.train.health import CollapseWatch, prototype_health
 from fastproto.train.inputs import InputMaker, make_train_loader
 from fastproto.train.metrics import MetricsLog, entropy, memory_mb
 from fastproto.train.progress import Progress
@@ -88,6 +91,8 @@ def log_step(
         "teacher_entropy": entropy(probs),
     }  # fmt: skip
     log.write("step", state.step, record)
+    if state.watch is not None:
+        state.watch.update(record)
     return record
 
 
@@ -127,6 +132,8 @@ def train(config: TrainConfig, require_resume: bool = False) -> RunResult:
     loader = make_train_loader(config, dist)
     seed_step(config.run.seed, 0, 0)  # every rank builds the same initial weights
     state = build_state(config, dist)
+    state.initial_prototypes = head_prototypes(state.teacher.cls_head).detach().clone()
+    state.watch = CollapseWatch(config.head.num_prototypes, config.optim.warmup_epochs)
     epoch, start = resume(state, run_dir, require_resume)
     inputs = InputMaker(config, dist)
     log = MetricsLog(run_dir, dist.is_main)
@@ -166,10 +173,16 @@ def epoch_end(state: TrainState, log: MetricsLog, epoch: int, is_main: bool) -> 
         "epoch": epoch, "unique_prototypes": int(report.num_unique),
         "num_prototypes": int(weights.shape[0]), "redundancy_histogram": histogram,
     }  # fmt: skip
+    if state.initial_prototypes is not None:
+        record |= prototype_health(weights, state.initial_prototypes.cpu())
     every = state.config.run.knn_every_epochs
     if every > 0 and (epoch + 1) % every == 0:
         record["knn_top1"] = knn_now(state)
     log.write("epoch", state.step, record)
+    warning = state.watch.end_epoch(epoch) if state.watch is not None else None
+    if warning:
+        tqdm.write(warning, file=sys.stderr)
+        log.write("warning", state.step, {"epoch": epoch, "message": warning})
 
 
 def knn_now(state: TrainState) -> dict[str, float]:

@@ -8,7 +8,8 @@ from tqdm import tqdm
 
 from fastproto.config import TrainConfig
 
-_SHOWN = ("loss", "dino", "ibot", "koleo_proto", "lr", "images_per_s")
+_SHOWN = ("loss", "dino", "ibot", "koleo_proto", "teacher_entropy_per_sample", "lr", "images_per_s")
+_SHORT = {"teacher_entropy_per_sample": "H_t"}  # the column title for long names
 
 
 class Progress:
@@ -31,7 +32,9 @@ class Progress:
         self.last = record
         if self.bar is None:
             return
-        shown = {k: f"{record[k]:.4g}" for k in _SHOWN if isinstance(record.get(k), float)}
+        shown = {
+            _SHORT.get(k, k): f"{record[k]:.4g}" for k in _SHOWN if isinstance(record.get(k), float)
+        }
         self.bar.set_postfix(shown, refresh=False)
         self.bar.update(1)
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from fastproto.config import TrainConfig
 from fastproto.models import SSLNetwork, head_is_vmf, head_last_layer, head_prototypes
+from fastproto.train.health import CollapseWatch, prediction_health
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,9 @@ class TrainState:
     amp_dtype: torch.dtype | None
     device: torch.device
     step: int = 0
-    extras: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, float] = field(default_factory=dict)  # this step's health numbers
+    initial_prototypes: torch.Tensor | None = None  # CLS head W [K, D] at initialisation
+    watch: CollapseWatch | None = None
 
 
 def _autocast(state: TrainState) -> contextlib.AbstractContextManager[object]:
@@ -73,6 +76,9 @@ def _cls_loss(
     w_s, w_t = head_prototypes(head).float(), head_prototypes(teacher_head).float().detach()
     vmf = head_is_vmf(head)
     center = state.cls_centering(teacher_y, w_t, teacher_temp, vmf, m.loss_impl)  # [K]
+    state.extras = prediction_health(
+        student_y, teacher_y, w_s, w_t, center, m.student_temp, teacher_temp, vmf
+    )
     return dino_loss(
         student_y, teacher_y, w_s, w_t, center, state.config.data.global_crops,
         m.student_temp, teacher_temp, vmf, m.loss_impl,
@@ -143,7 +149,7 @@ def compute_losses(
         total = total + m.me_max * reg_m
         terms["me_max"] = float(reg_m.detach())
     terms["loss"] = float(total.detach())
-    return total, terms, mean_probs
+    return total, terms | state.extras, mean_probs
 
 
 def _me_max(state: TrainState, student_y: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,105 @@
+"""Training-health numbers against plain loops, and the uniform-collapse warning."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from fastproto.train.health import (
+    COLLAPSE_MARGIN,
+    CollapseWatch,
+    nearest_neighbour_distances,
+    prediction_health,
+    prototype_health,
+    prototype_movement,
+)
+from fastproto.vmf import log_normalizer
+
+
+def _loop_entropy(logits: torch.Tensor) -> float:
+    """Mean over rows of -sum_k p_k log p_k, one row at a time."""
+    values = []
+    for row in logits.double():
+        p = torch.exp(row - row.max())
+        p = p / p.sum()
+        values.append(float(-(p * torch.log(p)).sum()))
+    return sum(values) / len(values)
+
+
+def test_prediction_health_matches_the_formulas() -> None:
+    torch.manual_seed(0)
+    k, d = 37, 8
+    s_y = F.normalize(torch.randn(50, d), dim=1)
+    t_y = F.normalize(torch.randn(40, d), dim=1)
+    w_s, w_t = torch.randn(k, d), torch.randn(k, d)
+    center = torch.randn(k)
+    got = prediction_health(s_y, t_y, w_s, w_t, center, 0.1, 0.04, vmf=True)
+    rows = 32  # the health numbers use the first 32 rows of each side
+    a = s_y[:rows] @ w_s.T / 0.1 + log_normalizer(w_s.norm(dim=1) / 0.1, d)
+    b = t_y[:rows] @ w_t.T / 0.04 + log_normalizer(w_t.norm(dim=1) / 0.04, d) - center
+    assert math.isclose(got["student_entropy_per_sample"], _loop_entropy(a), rel_tol=1e-5)
+    assert math.isclose(got["teacher_entropy_per_sample"], _loop_entropy(b), rel_tol=1e-5)
+    std_t = sum(float(r.double().std()) for r in b) / rows
+    assert math.isclose(got["teacher_logit_std"], std_t, rel_tol=1e-5)
+
+
+def test_uniform_predictions_read_log_k_and_peaked_ones_read_zero() -> None:
+    k, d = 64, 4
+    y = F.normalize(torch.ones(8, d), dim=1)
+    flat = prediction_health(y, y, torch.zeros(k, d), torch.zeros(k, d), torch.zeros(k),
+                             0.1, 0.1, vmf=False)  # fmt: skip
+    assert math.isclose(flat["teacher_entropy_per_sample"], math.log(k), rel_tol=1e-9)
+    assert flat["teacher_logit_std"] == 0.0
+    w = torch.zeros(k, d)
+    w[0] = y[0] * 50  # one prototype far ahead of the rest
+    peaked = prediction_health(y, y, w, w, torch.zeros(k), 0.1, 0.1, vmf=False)
+    assert peaked["teacher_entropy_per_sample"] < 1e-6
+
+
+def test_nearest_neighbour_distances_match_brute_force() -> None:
+    torch.manual_seed(1)
+    w = torch.randn(300, 5)
+    w[7] = 2.0 * w[3]  # a duplicate pair at distance 0
+    got = nearest_neighbour_distances(w, sample=300, chunk=64)
+    cos = F.normalize(w, dim=1) @ F.normalize(w, dim=1).T
+    cos.fill_diagonal_(-2.0)
+    want = (1 - cos.max(dim=1).values).clamp_min(0)
+    order = torch.randperm(300, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got, want[order], atol=1e-6, rtol=0)
+    assert got.min() < 1e-6
+    assert nearest_neighbour_distances(w, sample=50).shape == (50,)
+
+
+def test_prototype_movement_and_epoch_record() -> None:
+    torch.manual_seed(2)
+    w0 = torch.randn(100, 6)
+    assert prototype_movement(3.0 * w0, w0) < 1e-6  # scaling is not movement
+    assert math.isclose(prototype_movement(-w0, w0), 2.0, rel_tol=1e-6)
+    record = prototype_health(w0.clone(), w0)
+    quantiles = record["nn_distance_quantiles"]
+    assert list(quantiles) == ["p0", "p5", "p25", "p50", "p75", "p95"]  # type: ignore[arg-type]
+    values = list(quantiles.values())  # type: ignore[union-attr]
+    assert values == sorted(values) and values[0] > 0.025
+    assert record["nn_distance_below_eps"] == 0.0
+
+
+def test_collapse_warning_fires_once_after_a_flat_epoch_past_warm_up() -> None:
+    k = 256
+    flat = math.log(k) - COLLAPSE_MARGIN / 2
+    watch = CollapseWatch(k, warmup_epochs=1)
+    for _ in range(5):
+        watch.update({"teacher_entropy_per_sample": flat})
+    assert watch.end_epoch(0) is None  # still warming up
+    for value in (flat, flat - 0.5, flat):  # one sharper step: not a whole flat epoch
+        watch.update({"teacher_entropy_per_sample": value})
+    assert watch.end_epoch(1) is None
+    for _ in range(3):
+        watch.update({"teacher_entropy_per_sample": flat})
+    message = watch.end_epoch(2)
+    assert message is not None and "uniform collapse" in message
+    assert "optim.momentum_teacher" in message and "augment.blur_p" in message
+    for _ in range(3):
+        watch.update({"teacher_entropy_per_sample": flat})
+    assert watch.end_epoch(3) is None  # once per run
