@@ -159,3 +159,15 @@ def test_real_two_run_sweep_with_interruption_and_report(
     text = build_report(out).read_text()
     assert text.count("**Verdict:") == 5
     assert f"{first}.json" in text and f"{second}.json" in text
+
+
+def test_shards_split_the_runs_without_overlap(tmp_path: Path) -> None:
+    grid = parse_grid({"recipe": "demo", "overrides": ['data.path="/nonexistent"'],
+                       "axes": {"num_prototypes": [16, 32, 64], "seed": [0]}})  # fmt: skip
+    first, second = FakeTrainer(), FakeTrainer()
+    a = run_sweep(grid, tmp_path, first, fake_evaluate, progress=False, shard=(0, 2))
+    b = run_sweep(grid, tmp_path, second, fake_evaluate, progress=False, shard=(1, 2))
+    assert len(a.ran) == 2 and len(b.ran) == 1 and not set(a.ran) & set(b.ran)
+    assert sorted(a.ran + b.ran) == sorted(s.run_id for s in grid.runs)
+    with pytest.raises(ValueError, match="0 <= i < n"):
+        run_sweep(grid, tmp_path, first, fake_evaluate, progress=False, shard=(2, 2))

@@ -30,7 +30,12 @@ def sweep_command(args: argparse.Namespace) -> int:
             print(f"{spec.run_id}  groups={','.join(spec.groups)}  {' '.join(spec.overrides)}")
         print(f"{len(grid.runs)} runs")
         return 0
-    summary = run_sweep(grid, Path(args.out), progress=not args.no_progress)
+    try:
+        shard = _parse_shard(args.shard)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = run_sweep(grid, Path(args.out), progress=not args.no_progress, shard=shard)
     print(
         f"{len(summary.ran)} run(s) ran, {len(summary.skipped)} already done, "
         f"{len(summary.failed)} failed"
@@ -39,6 +44,14 @@ def sweep_command(args: argparse.Namespace) -> int:
     for run in summary.failed:
         print(f"failed: {run} (see {Path(args.out) / 'results' / (run + '.json')})")
     return 1 if summary.failed or summary.stopped else 0
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    """ "i/n" -> (i, n) with 0 <= i < n."""
+    head, sep, tail = text.partition("/")
+    if not sep or not head.isdigit() or not tail.isdigit() or not int(head) < int(tail):
+        raise ValueError(f"--shard {text!r} must look like i/n with 0 <= i < n, e.g. 0/2")
+    return int(head), int(tail)
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -65,6 +78,10 @@ def add_study_commands(sub: argparse._SubParsersAction) -> None:
         "--dry-run", action="store_true", help="list the runs and their overrides only"
     )
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    sweep.add_argument(
+        "--shard", default="0/1",
+        help="i/n: run only every n-th run starting at i, so n processes share one sweep",
+    )  # fmt: skip
     sweep.set_defaults(func=sweep_command)
     report = sub.add_parser("report", help="markdown report with plots from a sweep directory")
     report.add_argument("dir", help="sweep directory (holding results/*.json) or a folder of JSONs")

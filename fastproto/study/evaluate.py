@@ -60,12 +60,12 @@ def evaluate_run_dir(
     """Metrics of the newest checkpoint in `run_dir` (options: the grid's [eval] table)."""
     from fastproto import evaluation
     from fastproto.train.checkpoint import latest_checkpoint
-    from fastproto.train.features import split_features, teacher_from_checkpoint
+    from fastproto.train.features import network_from_checkpoint, split_features
 
     path = latest_checkpoint(run_dir)
     if path is None:
         raise ValueError(f"no checkpoint in {run_dir} to evaluate; the training did not save one")
-    config, teacher, saved = teacher_from_checkpoint(path, device)
+    config, teacher, saved = network_from_checkpoint(path, device)
     train = split_features(teacher, config, data_path, "train", device)  # [N, E], [N]
     val = split_features(teacher, config, data_path, "val", device)
     knn = evaluation.knn_classify(*train, *val, k=tuple(options["knn_k"]), temperature=0.07)

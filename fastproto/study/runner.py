@@ -183,13 +183,20 @@ def run_one(
 def run_sweep(
     grid: Grid, out: Path, train_fn: TrainFn = _default_train,
     evaluate_fn: EvaluateFn = _default_evaluate, progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> SweepSummary:  # fmt: skip
-    """Run every pending run of `grid` under `out`; skips runs already recorded as ok."""
+    """Run every pending run of `grid` under `out`; skips runs already recorded as ok.
+
+    `shard` (i, n): only the runs at grid positions p with p % n == i, so that n processes can
+    share one sweep directory (each run has its own directory and record)."""
     from tqdm import tqdm
 
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= i < n, e.g. --shard 0/2")
     summary = SweepSummary()
     pending = []
-    for spec in grid.runs:
+    for spec in grid.runs[index::count]:
         old = read_record(out / "results" / f"{spec.run_id}.json")
         if old is not None and old.get("status") == "ok":
             summary.skipped.append(spec.run_id)
