@@ -18,7 +18,7 @@ TINY = [
     "model.arch=vit_pico_patch4_28", "head.num_prototypes=32", "head.hidden_dim=32",
     "head.bottleneck_dim=16", "optim.batch_size=8", "data.local_crops=2", "data.workers=1",
     "optim.epochs=3", "run.progress=false", "run.checkpoint_every=1", "run.keep_last=10",
-    "optim.warmup_epochs=1", "method.loss_impl=chunked",
+    "optim.warmup_epochs=1", "method.loss_impl=chunked", "run.knn_every_epochs=0",
 ]  # fmt: skip
 
 
@@ -153,10 +153,15 @@ def test_demo_reports_knn_after_training_and_at_initialisation(
     assert (tmp_path / "cache" / "fashion-mnist-ffcv-40" / "manifest.json").exists()
     saved = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
     assert saved["data"]["path"].endswith("fashion-mnist-ffcv-40")
-    for key in ("knn_top1", "knn_top1_at_init"):
+    keys = ("knn_top1", "knn_top1_student", "knn_top1_at_init", "knn_top1_raw_pixels")
+    for key in keys:
         assert set(summary[key]) == {"10", "20"}
         assert all(0.0 <= v <= 1.0 for v in summary[key].values())
+    assert summary["knn_top1_raw_pixels"] != summary["knn_top1_at_init"]  # different features
     assert summary["step"] == 2 and 1 <= summary["unique_prototypes"] <= 32
     out = capsys.readouterr().out
-    assert "after training: k=10" in out and "at initialisation: k=10" in out
+    for label in ("raw pixels", "network at initialisation", "trained student", "trained teacher"):
+        assert f"  {label} " in out
     assert f"unique prototypes M = {summary['unique_prototypes']} of K = 32" in out
+    png = tmp_path / "run" / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

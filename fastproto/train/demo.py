@@ -51,23 +51,30 @@ def initial_network(config: TrainConfig, device: torch.device) -> SSLNetwork:
 
 
 def evaluate_run(run_dir: Path, data_path: str, device: torch.device) -> dict[str, Any]:
-    """kNN accuracy and unique prototypes M of the newest checkpoint in `run_dir`, with the
-    kNN accuracy of the same network at initialisation beside it (the baseline to beat)."""
+    """kNN accuracy of the newest checkpoint's teacher and student in `run_dir`, beside the
+    baselines to beat: the same network at initialisation and the raw pixels; and the unique
+    prototypes M of the teacher."""
     from fastproto.prototypes import unique_prototypes
-    from fastproto.train.features import knn_accuracy, teacher_from_checkpoint
+    from fastproto.train.features import knn_accuracy, network_from_checkpoint
 
     path = latest_checkpoint(run_dir)
     if path is None:
         raise ValueError(f"no checkpoint in {run_dir} to evaluate")
-    config, teacher, saved = teacher_from_checkpoint(path, device)
-    knn = knn_accuracy(teacher, config, data_path, device)
-    knn_init = knn_accuracy(initial_network(config, device), config, data_path, device)
+    config, teacher, saved = network_from_checkpoint(path, device)
+    _, student, _ = network_from_checkpoint(path, device, which="student")
+    knn = {
+        "knn_top1_raw_pixels": knn_accuracy(None, config, data_path, device),
+        "knn_top1_at_init": knn_accuracy(
+            initial_network(config, device), config, data_path, device
+        ),
+        "knn_top1_student": knn_accuracy(student, config, data_path, device),
+        "knn_top1": knn_accuracy(teacher, config, data_path, device),
+    }
     report = unique_prototypes(head_prototypes(teacher.cls_head).detach().float().cpu(), eps=0.025)
     return {
         "checkpoint": str(path),
         "step": int(saved["step"]),  # type: ignore[call-overload]
-        "knn_top1": knn,
-        "knn_top1_at_init": knn_init,
+        **knn,
         "unique_prototypes": report.num_unique,
         "num_prototypes": config.head.num_prototypes,
         "largest_duplicate_set": report.largest_duplicate_set,
@@ -79,6 +86,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Prepare the data if needed (`images` per split), train, evaluate, print and save
     demo_results.json."""
+    from fastproto.train.curves import plot_run_curves
     from fastproto.train.loop import train
 
     if not config.data.path:
@@ -90,10 +98,30 @@ def run_demo(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     summary = evaluate_run(result.run_dir, config.data.path, device)
     (result.run_dir / "demo_results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    for key, text in (("knn_top1", "after training"), ("knn_top1_at_init", "at initialisation")):
+    print_summary(summary)
+    png = plot_run_curves(
+        result.run_dir, result.run_dir / "curves.png", config.head.num_prototypes,
+        {f"{text} ({100 * summary[key]['20']:.1f}%)": 100 * summary[key]["20"]
+         for key, text in KNN_ROWS[:2]},
+    )  # fmt: skip
+    print(f"loss, entropies and kNN over the run: {png}")
+    return summary
+
+
+KNN_ROWS = (
+    ("knn_top1_raw_pixels", "raw pixels"),
+    ("knn_top1_at_init", "network at initialisation"),
+    ("knn_top1_student", "trained student"),
+    ("knn_top1", "trained teacher"),
+)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The demo's result lines: kNN of each feature set, then M of K."""
+    print("kNN top-1 on Fashion-MNIST val (train split as memory):")
+    for key, text in KNN_ROWS:
         knn = ", ".join(f"k={k}: {100 * v:.1f}%" for k, v in summary[key].items())
-        print(f"kNN top-1 on Fashion-MNIST val {text}: {knn}")
+        print(f"  {text:<26} {knn}")
     print(
         f"unique prototypes M = {summary['unique_prototypes']} of K = {summary['num_prototypes']}"
     )
-    return summary

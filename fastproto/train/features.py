@@ -70,27 +70,38 @@ def split_features(
     )
 
 
+class PixelFeatures(nn.Module):
+    """images [B, 3, H, W] -> the normalised pixels themselves, flattened [B, 3*H*W]."""
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1)
+
+
 def knn_accuracy(
-    network: SSLNetwork, config: TrainConfig, path: str, device: torch.device
+    network: SSLNetwork | None, config: TrainConfig, path: str, device: torch.device
 ) -> dict[str, float]:
     """Weighted kNN top-1 (k = 10, 20; temperature 0.07, as DINO) of the backbone's CLS
-    features, train split against val split; keys "10" and "20"."""
-    from fastproto.evaluation import knn_classify
+    features, train split against val split; keys "10" and "20". `network` None: of the raw
+    pixels (the baseline a representation has to beat on small images)."""
+    from fastproto.evaluation import extract_features, knn_classify
 
-    train_f, train_y = split_features(network, config, path, "train", device)
-    val_f, val_y = split_features(network, config, path, "val", device)
+    model: nn.Module = PixelFeatures() if network is None else BackboneFeatures(network)
+    train_f, train_y = extract_features(model, EvalImages(config, path, "train", device), device)
+    val_f, val_y = extract_features(model, EvalImages(config, path, "val", device), device)
     knn = knn_classify(train_f, train_y, val_f, val_y, k=(10, 20), temperature=0.07)
     return {str(k): v for k, v in knn.items()}
 
 
-def teacher_from_checkpoint(
-    path: Path, device: torch.device
+def network_from_checkpoint(
+    path: Path, device: torch.device, which: str = "teacher"
 ) -> tuple[TrainConfig, SSLNetwork, dict[str, object]]:
-    """-> (the run's config, its teacher network in eval mode, the raw checkpoint)."""
+    """-> (the run's config, its teacher (or `which` = "student") network in eval mode, the
+    raw checkpoint)."""
     from fastproto.train.setup import build_student
 
     saved = load_checkpoint(path)
     config = from_dict(saved["config"], str(path))
-    teacher = build_student(config, drop_path=0.0)
-    teacher.load_state_dict(saved["teacher"])
-    return config, teacher.to(device).eval(), saved
+    network = build_student(config, drop_path=0.0)
+    network.load_state_dict(saved[which])
+    return config, network.to(device).eval(), saved

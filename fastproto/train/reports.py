@@ -25,11 +25,11 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate the teacher of `checkpoint` on the data at `data` with the protocol `kind`."""
     from fastproto import evaluation
-    from fastproto.train.features import split_features, teacher_from_checkpoint
+    from fastproto.train.features import network_from_checkpoint, split_features
 
     if kind not in EVAL_KINDS:
         raise ValueError(f"unknown evaluation {kind!r}; choose one of {EVAL_KINDS}")
-    config, teacher, saved = teacher_from_checkpoint(checkpoint, device)
+    config, teacher, saved = network_from_checkpoint(checkpoint, device)
     if backend:
         config.data.backend = backend
     train = split_features(teacher, config, data, "train", device)
@@ -50,9 +50,9 @@ def evaluate_checkpoint(
 def prototype_report(checkpoint: Path, eps: float = 0.025) -> dict[str, Any]:
     """Unique prototypes of the teacher's CLS head (and patch head when separate)."""
     from fastproto.prototypes import unique_prototypes, unique_prototypes_curve
-    from fastproto.train.features import teacher_from_checkpoint
+    from fastproto.train.features import network_from_checkpoint
 
-    config, teacher, saved = teacher_from_checkpoint(checkpoint, torch.device("cpu"))
+    config, teacher, saved = network_from_checkpoint(checkpoint, torch.device("cpu"))
     heads = {"cls": teacher.cls_head} | ({} if teacher.shared else {"patch": teacher.patch_head})
     out: dict[str, Any] = {"checkpoint": str(checkpoint), "step": saved["step"], "eps": eps}
     for name, head in heads.items():
