@@ -8,6 +8,9 @@ Examples:
     fastproto train --config demo --data data/fmnist --epochs 1 --batch-size 64 --K 256 \
         --out runs/tiny run.max_steps=20 run.device=cpu
     fastproto train --config demo --data data/fmnist --out runs/tiny --resume
+    # continue from a named checkpoint (say, one before the loss diverged) into a new directory
+    fastproto train --config demo --data data/fmnist --out runs/tiny-lr2 optim.lr=2e-3 \
+        --resume-from runs/tiny/checkpoint-000000010.pt
 
     # iBOT-vMF + KoLeo-proto, ViT-S/16 on ImageNet (paper 1, Table 6), 8 GPUs, K = 65536
     torchrun --nproc_per_node 8 -m fastproto train --config vit_small_ibot \
@@ -82,6 +85,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="require a checkpoint in --out and continue from it (rerunning also resumes)",
     )  # fmt: skip
     parser.add_argument(
+        "--resume-from", metavar="PATH",
+        help="continue from this checkpoint-*.pt (e.g. one before a divergence) into --out",
+    )  # fmt: skip
+    parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-3"
     )
 
@@ -94,11 +101,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         if demo:
             from fastproto.train.demo import run_demo
 
-            run_demo(config, args.resume)
+            run_demo(config, args.resume, resume_from=args.resume_from)
             return 0
         from fastproto.train.loop import train
 
-        result = train(config, args.resume)
+        result = train(config, args.resume, args.resume_from)
         if os.environ.get("RANK", "0") == "0":
             print(f"step {result.step}, epoch {result.epoch}: run directory {result.run_dir}")
         return 0

@@ -1,0 +1,129 @@
+"""The trainer's refusals: what it never applies, writes or accepts, and what it says instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastproto.config import load_config
+from fastproto.train.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+)
+from fastproto.train.loop import train
+from fastproto.train.metrics import read_metrics
+
+TINY = [
+    "model.arch=vit_pico_patch4_28", "head.num_prototypes=32", "head.hidden_dim=32",
+    "head.bottleneck_dim=16", "optim.batch_size=8", "data.local_crops=2", "data.workers=1",
+    "optim.epochs=3", "run.progress=false", "run.checkpoint_every=1", "run.keep_last=10",
+    "optim.warmup_epochs=1", "method.loss_impl=chunked", "method.name='dino'",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fashion-MNIST, 24 images per split (3 batches of 8 per epoch), as FFCV files."""
+    from fastproto.data_prep.prepare import prepare_fashion_mnist
+
+    return prepare_fashion_mnist(tmp_path_factory.mktemp("fmnist"), "ffcv", limit=24)
+
+
+def tiny(data: Path, out: Path, *extra: str):  # type: ignore[no-untyped-def]
+    return load_config("demo", [f"data.path={str(data)!r}", f"run.out={str(out)!r}", *TINY, *extra])
+
+
+def test_a_non_finite_gradient_is_never_applied_or_checkpointed(data: Path, tmp_path: Path) -> None:
+    """At lr 1e6 the gradient goes NaN while the loss is still finite: that step must not be
+    applied, and no checkpoint (the one a rerun resumes from) may hold NaN."""
+    with pytest.raises(FloatingPointError, match=r"gradient norm is (nan|inf)") as info:
+        train(tiny(data, tmp_path, "optim.lr=1e6", "run.max_steps=8"))
+    saved = [load_checkpoint(p) for p in list_checkpoints(tmp_path)]
+    assert saved, "the run should have checkpointed the steps before the divergence"
+    for record in saved:
+        for part in ("student", "teacher"):
+            assert all(torch.isfinite(v).all() for v in record[part].values()), record["step"]
+    message = str(info.value)
+    assert f"newest good checkpoint is {latest_checkpoint(tmp_path)}" in message
+    assert "--resume-from" in message
+
+
+def test_resume_from_a_named_checkpoint_continues_it(data: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(tiny(data, first, "run.max_steps=4"))
+    named = list_checkpoints(first)[1]  # step 2
+    before = (first / "config.toml").read_text()
+    with pytest.raises(CheckpointError, match="holds newer checkpoints.*new --out"):
+        train(tiny(data, first, "run.max_steps=5", "optim.lr=1e-3"), resume_from=str(named))
+    assert (first / "config.toml").read_text() == before  # refused: nothing rewritten
+    result = train(tiny(data, second, "run.max_steps=4"), resume_from=str(named))
+    assert result.step == 4
+    assert [r["step"] for r in read_metrics(second / "metrics.jsonl")] == [3, 4]
+    want = load_checkpoint(list_checkpoints(first)[-1])["student"]
+    got = load_checkpoint(latest_checkpoint(second))["student"]  # type: ignore[arg-type]
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="--resume-from .*no such file"):
+        train(tiny(data, second, "run.max_steps=5"), resume_from=str(first / "nothing.pt"))
+
+
+def test_a_refused_resume_writes_nothing(data: Path, tmp_path: Path) -> None:
+    train(tiny(data, tmp_path, "run.max_steps=1"))
+    before = (tmp_path / "config.toml").read_text()
+    with pytest.raises(CheckpointError, match="num_prototypes: checkpoint has 32"):
+        train(tiny(data, tmp_path, "run.max_steps=2", "head.num_prototypes=48"))
+    assert (tmp_path / "config.toml").read_text() == before
+    missing = tmp_path / "typo"
+    with pytest.raises(ValueError, match="--resume: no checkpoint"):
+        train(tiny(data, missing, "run.max_steps=2"), require_resume=True)
+    assert not missing.exists()
+
+
+def test_changing_the_batch_size_or_the_data_on_resume_is_refused(
+    data: Path, tmp_path: Path
+) -> None:
+    """The position inside the epoch and the schedules are counted in batches of the saved size."""
+    from fastproto.data_prep.prepare import prepare_fashion_mnist
+
+    train(tiny(data, tmp_path, "run.max_steps=2"))
+    with pytest.raises(CheckpointError, match="batch_size: checkpoint has 8, config asks for 4"):
+        train(tiny(data, tmp_path, "run.max_steps=4", "optim.batch_size=4"))
+    smaller = prepare_fashion_mnist(tmp_path / "smaller", "ffcv", limit=16)  # 2 batches per epoch
+    with pytest.raises(CheckpointError, match="3 steps per epoch.*give 2"):
+        train(tiny(smaller, tmp_path, "run.max_steps=4"))
+
+
+@pytest.mark.parametrize(
+    ("saved", "asked"), [("probability", "logit"), ("none", "sinkhorn"), ("logit", "none")]
+)
+def test_switching_the_centering_on_resume_is_refused(
+    data: Path, tmp_path: Path, saved: str, asked: str
+) -> None:
+    train(tiny(data, tmp_path, "run.max_steps=1", f"method.centering={saved!r}"))
+    with pytest.raises(CheckpointError, match=f"centering: checkpoint has '{saved}'"):
+        train(tiny(data, tmp_path, "run.max_steps=2", f"method.centering={asked!r}"))
+
+
+@pytest.mark.parametrize("change", ["missing", "extra", "shape"])
+def test_a_state_dict_that_does_not_fit_is_one_clear_error(
+    data: Path, tmp_path: Path, change: str
+) -> None:
+    train(tiny(data, tmp_path, "run.max_steps=1"))
+    path = latest_checkpoint(tmp_path)
+    assert path is not None
+    record = load_checkpoint(path)
+    name = next(iter(record["student"]))
+    if change == "missing":
+        del record["student"][name]
+    elif change == "extra":
+        record["cls_centering"]["unexpected"] = torch.zeros(3)
+    else:
+        record["teacher"][name] = torch.zeros(1, 2, 3)
+    atomic_save(record, path)  # a whole file with a valid checksum, just not this network
+    with pytest.raises(CheckpointError, match=rf"{path.name} does not fit the state"):
+        train(tiny(data, tmp_path, "run.max_steps=2"))
