@@ -127,3 +127,15 @@ def test_a_state_dict_that_does_not_fit_is_one_clear_error(
     atomic_save(record, path)  # a whole file with a valid checksum, just not this network
     with pytest.raises(CheckpointError, match=rf"{path.name} does not fit the state"):
         train(tiny(data, tmp_path, "run.max_steps=2"))
+
+
+def test_more_workers_than_cores_still_trains(data: Path, tmp_path: Path) -> None:
+    """FFCV refuses more threads than cores ("The number of threads must be between 1 and N")."""
+    result = train(tiny(data, tmp_path, "run.max_steps=1", "data.workers=4096"))
+    assert result.step == 1
+
+
+def test_a_data_set_smaller_than_one_batch_is_refused(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="has 24 images, fewer than one batch.*--batch-size"):
+        train(tiny(data, tmp_path, "optim.batch_size=32"))
+    assert not tmp_path.joinpath("config.toml").exists()

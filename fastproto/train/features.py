@@ -38,7 +38,7 @@ class EvalImages:
     def __init__(
         self, config: TrainConfig, path: str, split: str, device: torch.device, batch: int = 256
     ) -> None:
-        from fastproto.data.loader import make_loader
+        from fastproto.data.loader import make_loader, resolve_workers
 
         size = config.data.global_size
         recipe = MultiCropRecipe(
@@ -47,7 +47,7 @@ class EvalImages:
         )  # fmt: skip
         self.loader = make_loader(
             path, config.data.backend, batch, recipe, split=split, seed=0,
-            workers=config.data.workers, device=device, drop_last=False,
+            workers=resolve_workers(config.data.workers), device=device, drop_last=False,
         )  # fmt: skip
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
