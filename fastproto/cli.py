@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a subcommand; a ValueError (bad input, bad checkpoint) prints its message, exit 2."""
+    """Run a subcommand. Bad input or files (ValueError), a run gone NaN (FloatingPointError),
+    disk or permission trouble (OSError) and out-of-memory print one line and exit 2; set
+    FASTPROTO_DEBUG=1 to see the traceback instead."""
     parser = build_parser()
     # key=value items may come anywhere after `train`, also after flags (argparse alone would
     # only take them in one run), so leftovers that look like key=value join the overrides.
@@ -200,5 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args))
-    except ValueError as err:
-        parser.exit(2, f"fastproto {args.command}: error: {err}\n")
+    except (ValueError, FloatingPointError, OSError, MemoryError, RuntimeError) as err:
+        # bad input, bad files, a diverged run, disk/permission trouble, out of memory: one
+        # line; any other RuntimeError is a bug and keeps its traceback (so does FASTPROTO_DEBUG=1)
+        from fastproto.errors import is_allocation_failure, user_message
+
+        if os.environ.get("FASTPROTO_DEBUG") or (
+            isinstance(err, RuntimeError) and not is_allocation_failure(err)
+        ):
+            raise
+        parser.exit(2, f"fastproto {args.command}: error: {user_message(err)}\n")

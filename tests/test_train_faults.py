@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import prepare_data, tiny
 
-from fastproto.config import load_config
 from fastproto.train.checkpoint import (
     CheckpointError,
     atomic_save,
@@ -18,24 +18,10 @@ from fastproto.train.checkpoint import (
 from fastproto.train.loop import train
 from fastproto.train.metrics import read_metrics
 
-TINY = [
-    "model.arch=vit_pico_patch4_28", "head.num_prototypes=32", "head.hidden_dim=32",
-    "head.bottleneck_dim=16", "optim.batch_size=8", "data.local_crops=2", "data.workers=1",
-    "optim.epochs=3", "run.progress=false", "run.checkpoint_every=1", "run.keep_last=10",
-    "optim.warmup_epochs=1", "method.loss_impl=chunked", "method.name='dino'",
-]  # fmt: skip
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Fashion-MNIST, 24 images per split (3 batches of 8 per epoch), as FFCV files."""
-    from fastproto.data_prep.prepare import prepare_fashion_mnist
-
-    return prepare_fashion_mnist(tmp_path_factory.mktemp("fmnist"), "ffcv", limit=24)
-
-
-def tiny(data: Path, out: Path, *extra: str):  # type: ignore[no-untyped-def]
-    return load_config("demo", [f"data.path={str(data)!r}", f"run.out={str(out)!r}", *TINY, *extra])
+    return prepare_data(tmp_path_factory.mktemp("fmnist"))
 
 
 def test_a_non_finite_gradient_is_never_applied_or_checkpointed(data: Path, tmp_path: Path) -> None:

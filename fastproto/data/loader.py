@@ -73,7 +73,10 @@ def make_loader(
 
         return FolderLoader(root, **common)
     if backend == "ffcv":
-        from fastproto.data.ffcv_loader import FFCVLoader
+        from fastproto.data.beton_fields import check_beton_fields
+        from fastproto.data.ffcv_loader import FFCVLoader, find_beton
+
+        check_beton_fields(find_beton(root, split))
 
         return FFCVLoader(root, **common)
     from fastproto.data.dali_loader import DALILoader

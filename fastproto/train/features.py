@@ -17,7 +17,7 @@ from fastproto.config import TrainConfig, from_dict
 from fastproto.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from fastproto.data.recipe import MultiCropRecipe
 from fastproto.models import SSLNetwork
-from fastproto.train.checkpoint import load_checkpoint
+from fastproto.train.checkpoint import CheckpointError, load_checkpoint
 
 
 class BackboneFeatures(nn.Module):
@@ -90,7 +90,18 @@ def teacher_from_checkpoint(
     from fastproto.train.setup import build_student
 
     saved = load_checkpoint(path)
+    if not isinstance(saved.get("config"), dict) or not isinstance(saved.get("teacher"), dict):
+        raise CheckpointError(
+            f"checkpoint {path} holds no run config or teacher: it is not a checkpoint written "
+            "by `fastproto train`; pass a checkpoint-*.pt from a run directory"
+        )
     config = from_dict(saved["config"], str(path))
     teacher = build_student(config, drop_path=0.0)
-    teacher.load_state_dict(saved["teacher"])
+    try:
+        teacher.load_state_dict(saved["teacher"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise CheckpointError(
+            f"checkpoint {path}: its teacher does not fit the network its own config builds "
+            f"({type(err).__name__}); the file is damaged, use another checkpoint of the run"
+        ) from err
     return config, teacher.to(device).eval(), saved

@@ -23,8 +23,9 @@ from fastproto.train import checkpoint as ckpt
 from fastproto.train import distributed
 from fastproto.train.inputs import InputMaker, make_train_loader
 from fastproto.train.metrics import MetricsLog, entropy, memory_mb
+from fastproto.train.preflight import check_memory
 from fastproto.train.progress import Progress
-from fastproto.train.resuming import divergence_advice, resume, resume_source
+from fastproto.train.resuming import divergence_advice, resume, resume_source, write_failure
 from fastproto.train.setup import build_state, network_signature, state_dict
 from fastproto.train.signals import StopFlag
 from fastproto.train.step import TrainState, train_step
@@ -58,7 +59,10 @@ def save(
             "rng": ckpt.rng_state(), "signature": network_signature(state.config),
             "config": to_dict(state.config),
         }  # fmt: skip
-        ckpt.save_checkpoint(run_dir, record, state.config.run.keep_last)
+        try:
+            ckpt.save_checkpoint(run_dir, record, state.config.run.keep_last)
+        except OSError as err:  # disk full, directory gone read-only
+            raise write_failure(err, run_dir) from err
     distributed.barrier()
 
 
@@ -120,6 +124,7 @@ def train(
     run_dir = Path(config.run.out)
     source = resume_source(run_dir, require_resume, resume_from)
     loader = make_train_loader(config, dist)
+    check_memory(config, dist.device)
     seed_step(config.run.seed, 0, 0)  # every rank builds the same initial weights
     state = build_state(config, dist)
     point = resume(state, source, run_dir, len(loader))

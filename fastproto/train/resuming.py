@@ -69,6 +69,14 @@ def divergence_advice(run_dir: Path) -> str:
     )
 
 
+def write_failure(err: OSError, run_dir: Path) -> OSError:
+    """An OSError from writing a checkpoint, saying which checkpoint is still whole."""
+    newest = ckpt.latest_checkpoint(run_dir)
+    kept = f"the newest whole checkpoint is {newest.name}" if newest else "none was written yet"
+    text = f"{err.strerror or err} while writing a checkpoint into {run_dir} ({kept})"
+    return OSError(err.errno, text, err.filename)
+
+
 def resume(
     state: TrainState, path: Path | None, run_dir: Path, steps_per_epoch: int
 ) -> ResumePoint | None:
