@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 
 
@@ -71,6 +72,19 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
     return items + list(args.overrides)
 
 
+def _stopped(signal_name: str, step: int, run_dir: object) -> int:
+    """Say that a run stopped on a signal and where its checkpoint is; -> 128 + signal number."""
+    from pathlib import Path
+
+    from fastproto.train.checkpoint import latest_checkpoint
+    from fastproto.train.signals import stopped_message
+
+    line, status = stopped_message(signal_name, step, latest_checkpoint(Path(str(run_dir))))
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr, flush=True)
+    return status
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "train", help="train DINO/iBOT-vMF (without --data: the Fashion-MNIST demo)"
@@ -101,11 +115,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         if demo:
             from fastproto.train.demo import run_demo
 
-            run_demo(config, args.resume, resume_from=args.resume_from)
+            summary = run_demo(config, args.resume, resume_from=args.resume_from)
+            if "stopped_by_signal" in summary:
+                return _stopped(summary["stopped_by_signal"], summary["step"], config.run.out)
             return 0
         from fastproto.train.loop import train
 
         result = train(config, args.resume, args.resume_from)
+        if result.stopped_by_signal:
+            return _stopped(result.signal_name, result.step, result.run_dir)
         if os.environ.get("RANK", "0") == "0":
             print(f"step {result.step}, epoch {result.epoch}: run directory {result.run_dir}")
         return 0
@@ -126,14 +144,14 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
         import torch
 
-        from fastproto.train.reports import evaluate_checkpoint, write_json
+        from fastproto.train.reports import describe_result, evaluate_checkpoint, write_json
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         ckpt = Path(args.checkpoint)
         result = evaluate_checkpoint(args.kind, ckpt, args.data, args.backend, device)
         out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}.eval-{args.kind}.json")
         write_json(result, out)
-        print(result["result"])
+        print(describe_result(args.kind, result["result"]))
         print(f"written to {out}")
         return 0
 

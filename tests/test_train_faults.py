@@ -125,3 +125,32 @@ def test_a_data_set_smaller_than_one_batch_is_refused(data: Path, tmp_path: Path
     with pytest.raises(ValueError, match="has 24 images, fewer than one batch.*--batch-size"):
         train(tiny(data, tmp_path, "optim.batch_size=32"))
     assert not tmp_path.joinpath("config.toml").exists()
+
+
+def test_resuming_an_older_checkpoint_rewrites_no_step_twice(data: Path, tmp_path: Path) -> None:
+    """metrics.jsonl held the steps past the checkpoint twice after every such resume; orphan
+    checkpoint temporaries of a crashed write stayed forever."""
+    import os
+
+    train(tiny(data, tmp_path, "run.max_steps=4"))
+    for path in list_checkpoints(tmp_path)[2:]:  # as if the run had died after step 2's save
+        path.unlink()
+    orphan = tmp_path / ".checkpoint-000000003.pt.k2j_x9.tmp"
+    orphan.write_bytes(b"half a checkpoint")
+    os.utime(orphan, (1, 1))  # older than the newest checkpoint
+    other = tmp_path / ".notes.tmp"  # not ours: never touched
+    other.write_text("mine")
+    os.utime(other, (1, 1))
+    train(tiny(data, tmp_path, "run.max_steps=4"))
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl", "epoch")] == [3]
+    assert not orphan.exists() and other.read_text() == "mine"
+
+
+def test_eval_results_print_as_a_readable_line() -> None:
+    from fastproto.train.reports import describe_result
+
+    line = describe_result("knn", {"top1_k10": 0.4975, "top1_k20": 0.495})
+    assert line == "kNN top-1: k=10: 49.8%, k=20: 49.5%"
+    few = describe_result("fewshot", {"1_shot": {"mean": 0.25, "std": 0.01}})
+    assert few == "few-shot top-1: 1_shot: 25.0% +- 1.0"

@@ -87,9 +87,8 @@ def run_demo(
     if not config.data.path:
         config.data.path = str(ensure_demo_data(config.data.backend, images))
     result = train(config, require_resume, resume_from)
-    if result.stopped_by_signal:
-        print(f"stopped; rerun the same command to resume from {result.run_dir}")
-        return {}
+    if result.stopped_by_signal:  # the command line says where the checkpoint is
+        return {"stopped_by_signal": result.signal_name, "step": result.step}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     summary = evaluate_run(result.run_dir, config.data.path, device)
     (result.run_dir / "demo_results.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -25,7 +25,13 @@ from fastproto.train.inputs import InputMaker, make_train_loader
 from fastproto.train.metrics import MetricsLog, entropy, memory_mb
 from fastproto.train.preflight import check_memory
 from fastproto.train.progress import Progress
-from fastproto.train.resuming import divergence_advice, resume, resume_source, write_failure
+from fastproto.train.resuming import (
+    divergence_advice,
+    resume,
+    resume_source,
+    tidy_run_dir,
+    write_failure,
+)
 from fastproto.train.setup import build_state, network_signature, state_dict
 from fastproto.train.signals import StopFlag
 from fastproto.train.step import TrainState, train_step
@@ -39,6 +45,7 @@ class RunResult:
     epoch: int
     stopped_by_signal: bool
     last_terms: dict[str, float]
+    signal_name: str = ""  # SIGTERM or SIGINT when stopped_by_signal
 
 
 def seed_step(seed: int, step: int, rank: int) -> None:
@@ -130,6 +137,8 @@ def train(
     point = resume(state, source, run_dir, len(loader))
     epoch, start = (point.epoch, point.batch_in_epoch) if point else (0, 0)
     prepare_run_dir(config, dist.is_main)
+    if dist.is_main:
+        tidy_run_dir(run_dir, point)
     inputs = InputMaker(config, dist)
     log = MetricsLog(run_dir, dist.is_main)
     progress = Progress(config, len(loader), state.step, dist.is_main)
@@ -152,7 +161,7 @@ def train(
         progress.close()
         log.close()
         distributed.teardown()
-    return RunResult(run_dir, state.step, epoch, stop.requested, progress.last)
+    return RunResult(run_dir, state.step, epoch, stop.requested, progress.last, stop.signal_name)
 
 
 def epoch_end(state: TrainState, log: MetricsLog, epoch: int, is_main: bool) -> None:

@@ -6,11 +6,16 @@ made). `resume` loads it into the freshly built state and refuses, with one Chec
 naming the file and what to do, a checkpoint whose signature (network, centring, batch size),
 steps per epoch (another data set) or state dicts do not fit this configuration, and a named
 checkpoint older than checkpoints already in run.out (the resumed run would rotate its own
-checkpoints away and a later rerun would resume from the newer ones).
+checkpoints away and a later rerun would resume from the newer ones). `tidy_run_dir` then
+drops metrics.jsonl rows past the resumed step (the resumed run writes them again) and removes
+checkpoint temporaries a crash left behind.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,3 +116,57 @@ def resume(
             "with, or train into a new --out directory"
         ) from err
     return ResumePoint(path, step, int(saved["epoch"]), int(saved["batch_in_epoch"]))
+
+
+# atomic_save's temporary files for checkpoints: ".checkpoint-<step>.pt.<random>.tmp"
+_TEMP = re.compile(r"^\.checkpoint-\d+\.pt\.[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_orphan_temps(run_dir: Path) -> list[Path]:
+    """Delete checkpoint temporaries a crash left behind: only files of our own temp pattern,
+    and only those older than the newest checkpoint (a write in flight is newer). -> removed."""
+    newest = ckpt.latest_checkpoint(run_dir)
+    if newest is None:
+        return []
+    cutoff = newest.stat().st_mtime
+    removed = []
+    for path in run_dir.iterdir():
+        if _TEMP.match(path.name) and path.is_file() and path.stat().st_mtime < cutoff:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the metrics.jsonl rows past `step` (written after the checkpoint a run resumes
+    from; the resumed run writes them again), atomically: a crash leaves the old file or the
+    new one."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not line.strip() or _row_step(line) <= step]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+def _row_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError, TypeError):  # a torn last line: drop it
+        return 1 << 62
+
+
+def tidy_run_dir(run_dir: Path, point: ResumePoint | None) -> None:
+    """On resume (rank 0): orphan checkpoint temporaries go, metrics rows past the step too."""
+    if point is None:
+        return
+    remove_orphan_temps(run_dir)
+    truncate_metrics(run_dir / "metrics.jsonl", point.step)
+    print(
+        f"resumed from {point.path} at step {point.step} (epoch {point.epoch}, batch "
+        f"{point.batch_in_epoch})",
+        flush=True,
+    )
