@@ -107,6 +107,7 @@ def run_epoch(
         global_crops, local_crops, masks = inputs(batch, epoch)
         values = step_values(cfg, state.step, steps_per_epoch)
         terms, probs = train_step(state, global_crops, local_crops, masks, values)
+        terms = distributed.mean_terms(terms, state.device)  # the global batch's, not rank 0's
         now = time.perf_counter()
         rate = batch.batch_size * inputs.world_size / max(now - tick, 1e-9)
         tick = now
