@@ -8,6 +8,9 @@ Examples:
     fastproto train --config demo --data data/fmnist --epochs 1 --batch-size 64 --K 256 \
         --out runs/tiny run.max_steps=20 run.device=cpu
     fastproto train --config demo --data data/fmnist --out runs/tiny --resume
+    # continue from a named checkpoint (say, one before the loss diverged) into a new directory
+    fastproto train --config demo --data data/fmnist --out runs/tiny-lr2 optim.lr=2e-3 \
+        --resume-from runs/tiny/checkpoint-000000010.pt
 
     # iBOT-vMF + KoLeo-proto, ViT-S/16 on ImageNet (paper 1, Table 6), 8 GPUs, K = 65536
     torchrun --nproc_per_node 8 -m fastproto train --config vit_small_ibot \
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 
 
@@ -68,6 +72,19 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
     return items + list(args.overrides)
 
 
+def _stopped(signal_name: str, step: int, run_dir: object) -> int:
+    """Say that a run stopped on a signal and where its checkpoint is; -> 128 + signal number."""
+    from pathlib import Path
+
+    from fastproto.train.checkpoint import latest_checkpoint
+    from fastproto.train.signals import stopped_message
+
+    line, status = stopped_message(signal_name, step, latest_checkpoint(Path(str(run_dir))))
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr, flush=True)
+    return status
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "train", help="train DINO/iBOT-vMF (without --data: the Fashion-MNIST demo)"
@@ -82,6 +99,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="require a checkpoint in --out and continue from it (rerunning also resumes)",
     )  # fmt: skip
     parser.add_argument(
+        "--resume-from", metavar="PATH",
+        help="continue from this checkpoint-*.pt (e.g. one before a divergence) into --out",
+    )  # fmt: skip
+    parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-3"
     )
 
@@ -94,11 +115,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         if demo:
             from fastproto.train.demo import run_demo
 
-            run_demo(config, args.resume)
+            summary = run_demo(config, args.resume, resume_from=args.resume_from)
+            if "stopped_by_signal" in summary:
+                return _stopped(summary["stopped_by_signal"], summary["step"], config.run.out)
             return 0
         from fastproto.train.loop import train
 
-        result = train(config, args.resume)
+        result = train(config, args.resume, args.resume_from)
+        if result.stopped_by_signal:
+            return _stopped(result.signal_name, result.step, result.run_dir)
         if os.environ.get("RANK", "0") == "0":
             print(f"step {result.step}, epoch {result.epoch}: run directory {result.run_dir}")
         return 0
@@ -119,14 +144,14 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
         import torch
 
-        from fastproto.train.reports import evaluate_checkpoint, write_json
+        from fastproto.train.reports import describe_result, evaluate_checkpoint, write_json
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         ckpt = Path(args.checkpoint)
         result = evaluate_checkpoint(args.kind, ckpt, args.data, args.backend, device)
         out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}.eval-{args.kind}.json")
         write_json(result, out)
-        print(result["result"])
+        print(describe_result(args.kind, result["result"]))
         print(f"written to {out}")
         return 0
 
@@ -181,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a subcommand; a ValueError (bad input, bad checkpoint) prints its message, exit 2."""
+    """Run a subcommand. Bad input or files (ValueError), a run gone NaN (FloatingPointError),
+    disk or permission trouble (OSError) and out-of-memory print one line and exit 2; set
+    FASTPROTO_DEBUG=1 to see the traceback instead."""
     parser = build_parser()
     # key=value items may come anywhere after `train`, also after flags (argparse alone would
     # only take them in one run), so leftovers that look like key=value join the overrides.
@@ -193,5 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args))
-    except ValueError as err:
-        parser.exit(2, f"fastproto {args.command}: error: {err}\n")
+    except (ValueError, FloatingPointError, OSError, MemoryError, RuntimeError) as err:
+        # bad input, bad files, a diverged run, disk/permission trouble, out of memory: one
+        # line; any other RuntimeError is a bug and keeps its traceback (so does FASTPROTO_DEBUG=1)
+        from fastproto.errors import is_allocation_failure, user_message
+
+        if os.environ.get("FASTPROTO_DEBUG") or (
+            isinstance(err, RuntimeError) and not is_allocation_failure(err)
+        ):
+            raise
+        parser.exit(2, f"fastproto {args.command}: error: {user_message(err)}\n")

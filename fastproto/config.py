@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,7 +36,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 class DataConfig:
     path: str = ""  # empty: the embedded Fashion-MNIST demo
     backend: str = "ffcv"
-    workers: int = 8
+    workers: int = 0  # loader threads/processes; 0: one per CPU core this process may use
     global_crops: int = 2
     local_crops: int = 10
     global_size: int = 224
@@ -163,9 +164,21 @@ def valid_keys() -> list[str]:
     ]
 
 
+def _nearest_key(key: str) -> str | None:
+    """A valid key close to `key` (a typo), or one whose last part is close to `key`'s last
+    part (a key put in the wrong section, or given without one); None when nothing is near."""
+    keys = valid_keys()
+    near = difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
+    if near:
+        return near[0]
+    by_name = {k.split(".", 1)[1]: k for k in keys}
+    near = difflib.get_close_matches(key.rpartition(".")[2], list(by_name), n=1, cutoff=0.8)
+    return by_name[near[0]] if near else None
+
+
 def _unknown_key(key: str, where: str) -> ValueError:
-    near = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.0)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
+    near = _nearest_key(key)
+    hint = f"; did you mean {near!r}?" if near else "; the keys are listed in fastproto/config.py"
     return ValueError(f"unknown config key {key!r} in {where}{hint}")
 
 
@@ -182,9 +195,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if type(value) is not type(default):
-        raise ValueError(
-            f"{key} must be a {type(default).__name__}, got {value!r} ({type(value).__name__})"
-        )
+        kind = {int: "an integer", float: "a number", str: "a string"}.get(type(default), "?")
+        raise ValueError(f"{key} must be {kind}, got {value!r} ({type(value).__name__})")
     return value
 
 
@@ -226,14 +238,20 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
 
 
 def recipe_path(name_or_path: str) -> Path:
-    """A recipe file: a path that exists, or the name of a bundled recipe (``demo``)."""
+    """A recipe file: a path that exists, or the name of a bundled recipe (``demo``).
+
+    Only a bare name (no directory, no .toml suffix) means a bundled recipe: a path that does
+    not exist is an error, never a bundled file of the same stem."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    bundled = Path(str(resources.files("fastproto").joinpath("recipes", f"{path.stem}.toml")))
-    if bundled.is_file():
-        return bundled
-    names = sorted(p.stem for p in bundled.parent.glob("*.toml"))
+    folder = Path(str(resources.files("fastproto").joinpath("recipes")))
+    names = sorted(p.stem for p in folder.glob("*.toml"))
+    bare = "/" not in name_or_path and "\\" not in name_or_path and path.suffix != ".toml"
+    if bare and (folder / f"{name_or_path}.toml").is_file():
+        return folder / f"{name_or_path}.toml"
+    if not bare:
+        raise ValueError(f"config file {name_or_path} does not exist; check the path")
     raise ValueError(f"config file {name_or_path!r} not found; bundled recipes: {names}")
 
 
@@ -254,6 +272,7 @@ def load_config(recipe: str | None = None, overrides: list[str] | None = None) -
 
 def validate(config: TrainConfig) -> None:
     """Value checks that types alone do not catch; each message says what to change."""
+    _check_finite(config)
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
@@ -277,8 +296,17 @@ def validate(config: TrainConfig) -> None:
         weight = getattr(config.method, key)
         if weight < 0:
             raise ValueError(f"method.{key} is a loss weight and must be >= 0 (0 turns it off)")
-    if config.data.local_crops < 0:
-        raise ValueError(f"data.local_crops must be >= 0, got {config.data.local_crops}")
+    at_least_zero = {
+        "data.local_crops": config.data.local_crops,
+        "data.workers": config.data.workers,  # 0: one per CPU core
+        "run.max_steps": config.run.max_steps,  # 0: run all epochs
+        "optim.min_lr": config.optim.min_lr,
+    }
+    for key, value in at_least_zero.items():
+        if value < 0:
+            raise ValueError(f"{key} must be >= 0, got {value}")
+    if config.optim.lr <= 0:
+        raise ValueError(f"optim.lr must be positive (per 1024 images), got {config.optim.lr}")
     _validate_augment(config.augment)
     _validate_arch(config)
     momentum = config.method.center_momentum
@@ -319,6 +347,15 @@ def _validate_augment(a: AugmentConfig) -> None:
         raise ValueError(
             f"augment.blur_kernel_fraction must be in (0, 1], got {a.blur_kernel_fraction}"
         )
+
+
+def _check_finite(config: TrainConfig) -> None:
+    """Refuse NaN and infinity in any number of the tree, naming the key."""
+    for section, values in to_dict(config).items():
+        for name, value in values.items():
+            numbers = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                raise ValueError(f"{section}.{name} must be a finite number, got {value!r}")
 
 
 def _toml_value(value: Any) -> str:

@@ -45,7 +45,7 @@ def test_overrides_are_typed_and_int_widens_to_float() -> None:
     )
     assert c.optim.lr == 1.0 and isinstance(c.optim.lr, float)
     assert c.head.shared is False and c.data.local_scale == (0.1, 0.2)
-    with pytest.raises(ValueError, match="head.num_prototypes must be a int"):
+    with pytest.raises(ValueError, match="head.num_prototypes must be an integer"):
         apply_overrides(TrainConfig(), ["head.num_prototypes=1.5"])
 
 

@@ -125,7 +125,9 @@ def test_bad_input_gives_clear_errors(
     err = _cli_error(capsys, [*base, *data, "model.arch=vit_gigantic"])
     assert "unknown arch 'vit_gigantic'" in err
     err = _cli_error(capsys, [*base, *data, "optim.learning_rate=1"])
-    assert "unknown config key 'optim.learning_rate'" in err and "did you mean" in err
+    assert "unknown config key 'optim.learning_rate'" in err and "did you mean" not in err
+    err = _cli_error(capsys, [*base, *data, "optim.lrr=1"])
+    assert "did you mean 'optim.lr'" in err
     err = _cli_error(capsys, [*base, *data, "--resume"])
     assert "no checkpoint-*.pt" in err
 

@@ -30,6 +30,13 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
+def resolve_workers(requested: int) -> int:
+    """data.workers as the loaders take it: 0 (the default) is one per CPU core this process
+    may use, and more than that is capped at it (FFCV's numba threads cannot exceed it)."""
+    available = default_workers()
+    return available if requested == 0 else min(requested, available)
+
+
 def make_loader(
     path: str | Path,
     backend: str,
@@ -66,7 +73,10 @@ def make_loader(
 
         return FolderLoader(root, **common)
     if backend == "ffcv":
-        from fastproto.data.ffcv_loader import FFCVLoader
+        from fastproto.data.beton_fields import check_beton_fields
+        from fastproto.data.ffcv_loader import FFCVLoader, find_beton
+
+        check_beton_fields(find_beton(root, split))
 
         return FFCVLoader(root, **common)
     from fastproto.data.dali_loader import DALILoader

@@ -82,7 +82,10 @@ def evaluate_run(run_dir: Path, data_path: str, device: torch.device) -> dict[st
 
 
 def run_demo(
-    config: TrainConfig, require_resume: bool = False, images: int = DEMO_IMAGES_PER_SPLIT
+    config: TrainConfig,
+    require_resume: bool = False,
+    images: int = DEMO_IMAGES_PER_SPLIT,
+    resume_from: str | None = None,
 ) -> dict[str, Any]:
     """Prepare the data if needed (`images` per split), train, evaluate, print and save
     demo_results.json."""
@@ -91,10 +94,9 @@ def run_demo(
 
     if not config.data.path:
         config.data.path = str(ensure_demo_data(config.data.backend, images))
-    result = train(config, require_resume)
-    if result.stopped_by_signal:
-        print(f"stopped; rerun the same command to resume from {result.run_dir}")
-        return {}
+    result = train(config, require_resume, resume_from)
+    if result.stopped_by_signal:  # the command line says where the checkpoint is
+        return {"stopped_by_signal": result.signal_name, "step": result.step}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     summary = evaluate_run(result.run_dir, config.data.path, device)
     (result.run_dir / "demo_results.json").write_text(json.dumps(summary, indent=2) + "\n")

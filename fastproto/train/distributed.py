@@ -78,3 +78,22 @@ def all_mean(value: float, device: torch.device) -> float:
     tensor = torch.tensor([value], device=device, dtype=torch.float64)
     dist.all_reduce(tensor)
     return float(tensor.item()) / dist.get_world_size()
+
+
+# every loss term a step may report, in one fixed order so each rank packs the same vector
+TERM_KEYS = ("loss", "dino", "ibot", "koleo_proto", "koleo_data", "me_max", "grad_norm")
+
+
+def mean_terms(terms: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each logged term averaged over the ranks that have it, in one all-reduce of [2, T]
+    (values and presence: a rank without masked tokens has no "ibot" term this step)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return terms
+    keys = TERM_KEYS + tuple(sorted(k for k in terms if k not in TERM_KEYS))  # same on all ranks
+    packed = torch.tensor(
+        [[terms.get(k, 0.0) for k in keys], [float(k in terms) for k in keys]],
+        device=device, dtype=torch.float64,
+    )  # fmt: skip
+    dist.all_reduce(packed)
+    values, counts = packed.tolist()
+    return {k: v / c for k, v, c in zip(keys, values, counts, strict=True) if c > 0}

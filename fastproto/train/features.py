@@ -17,7 +17,7 @@ from fastproto.config import TrainConfig, from_dict
 from fastproto.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from fastproto.data.recipe import MultiCropRecipe
 from fastproto.models import SSLNetwork
-from fastproto.train.checkpoint import load_checkpoint
+from fastproto.train.checkpoint import CheckpointError, load_checkpoint
 
 
 class BackboneFeatures(nn.Module):
@@ -38,7 +38,7 @@ class EvalImages:
     def __init__(
         self, config: TrainConfig, path: str, split: str, device: torch.device, batch: int = 256
     ) -> None:
-        from fastproto.data.loader import make_loader
+        from fastproto.data.loader import make_loader, resolve_workers
 
         size = config.data.global_size
         recipe = MultiCropRecipe(
@@ -47,7 +47,7 @@ class EvalImages:
         )  # fmt: skip
         self.loader = make_loader(
             path, config.data.backend, batch, recipe, split=split, seed=0,
-            workers=config.data.workers, device=device, drop_last=False,
+            workers=resolve_workers(config.data.workers), device=device, drop_last=False,
         )  # fmt: skip
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
@@ -101,7 +101,18 @@ def network_from_checkpoint(
     from fastproto.train.setup import build_student
 
     saved = load_checkpoint(path)
+    if not isinstance(saved.get("config"), dict) or not isinstance(saved.get("teacher"), dict):
+        raise CheckpointError(
+            f"checkpoint {path} holds no run config or teacher: it is not a checkpoint written "
+            "by `fastproto train`; pass a checkpoint-*.pt from a run directory"
+        )
     config = from_dict(saved["config"], str(path))
     network = build_student(config, drop_path=0.0)
-    network.load_state_dict(saved[which])
+    try:
+        network.load_state_dict(saved[which])
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise CheckpointError(
+            f"checkpoint {path}: its {which} does not fit the network its own config builds "
+            f"({type(err).__name__}); the file is damaged, use another checkpoint of the run"
+        ) from err
     return config, network.to(device).eval(), saved

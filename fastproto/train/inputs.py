@@ -38,15 +38,23 @@ def per_rank_batch(config: TrainConfig, world_size: int) -> int:
 
 def make_train_loader(config: TrainConfig, dist: DistInfo, split: str = "train") -> Loader:
     """This rank's shard of the training split, batches on this process's device."""
-    from fastproto.data.loader import make_loader
+    from fastproto.data.loader import make_loader, resolve_workers
 
     if not config.data.path:
         raise ValueError("data.path is empty: pass --data PATH (or run the demo without --data)")
-    return make_loader(
-        config.data.path, config.data.backend, per_rank_batch(config, dist.world_size),
+    batch = per_rank_batch(config, dist.world_size)
+    loader = make_loader(
+        config.data.path, config.data.backend, batch,
         crop_recipe(config), split=split, rank=dist.rank, world_size=dist.world_size,
-        seed=config.run.seed, workers=config.data.workers, device=dist.device,
+        seed=config.run.seed, workers=resolve_workers(config.data.workers), device=dist.device,
     )  # fmt: skip
+    if len(loader) == 0:  # drop_last: a split smaller than one batch would train nothing
+        raise ValueError(
+            f"the {split} split of {config.data.path} has {loader.num_images} images, fewer than "
+            f"one batch (optim.batch_size={config.optim.batch_size} over {dist.world_size} "
+            f"process(es)); lower --batch-size to at most {loader.num_images} or add images"
+        )
+    return loader
 
 
 class InputMaker:

@@ -26,8 +26,16 @@ from fastproto.train import distributed
 from fastproto.train.health import CollapseWatch, prototype_health
 from fastproto.train.inputs import InputMaker, make_train_loader
 from fastproto.train.metrics import MetricsLog, entropy, memory_mb
+from fastproto.train.preflight import check_memory
 from fastproto.train.progress import Progress
-from fastproto.train.setup import build_state, load_state_dict, network_signature, state_dict
+from fastproto.train.resuming import (
+    divergence_advice,
+    resume,
+    resume_source,
+    tidy_run_dir,
+    write_failure,
+)
+from fastproto.train.setup import build_state, network_signature, state_dict
 from fastproto.train.signals import StopFlag
 from fastproto.train.step import TrainState, train_step
 from fastproto.train.values import step_values
@@ -40,6 +48,7 @@ class RunResult:
     epoch: int
     stopped_by_signal: bool
     last_terms: dict[str, float]
+    signal_name: str = ""  # SIGTERM or SIGINT when stopped_by_signal
 
 
 def seed_step(seed: int, step: int, rank: int) -> None:
@@ -50,28 +59,21 @@ def seed_step(seed: int, step: int, rank: int) -> None:
     torch.manual_seed(value)
 
 
-def save(state: TrainState, run_dir: Path, epoch: int, batch: int, is_main: bool) -> None:
+def save(
+    state: TrainState, run_dir: Path, epoch: int, batch: int, steps_per_epoch: int, is_main: bool
+) -> None:
     """Checkpoint the position (epoch, next batch) and everything needed to continue from it."""
     if is_main:
         record = state_dict(state) | {
-            "epoch": epoch, "batch_in_epoch": batch, "rng": ckpt.rng_state(),
-            "signature": network_signature(state.config), "config": to_dict(state.config),
+            "epoch": epoch, "batch_in_epoch": batch, "steps_per_epoch": steps_per_epoch,
+            "rng": ckpt.rng_state(), "signature": network_signature(state.config),
+            "config": to_dict(state.config),
         }  # fmt: skip
-        ckpt.save_checkpoint(run_dir, record, state.config.run.keep_last)
+        try:
+            ckpt.save_checkpoint(run_dir, record, state.config.run.keep_last)
+        except OSError as err:  # disk full, directory gone read-only
+            raise write_failure(err, run_dir) from err
     distributed.barrier()
-
-
-def resume(state: TrainState, run_dir: Path, required: bool) -> tuple[int, int]:
-    """Load the newest checkpoint in `run_dir` (if any) -> (epoch, batch_in_epoch) to start at."""
-    path = ckpt.latest_checkpoint(run_dir)
-    if path is None:
-        if required:
-            raise ValueError(f"--resume: no checkpoint-*.pt in {run_dir}; drop --resume to start")
-        return 0, 0
-    saved = ckpt.load_checkpoint(path, network_signature(state.config))
-    load_state_dict(state, saved)
-    ckpt.set_rng_state(saved["rng"])
-    return int(saved["epoch"]), int(saved["batch_in_epoch"])
 
 
 def prepare_run_dir(config: TrainConfig, is_main: bool) -> Path:
@@ -110,6 +112,7 @@ def run_epoch(
         global_crops, local_crops, masks = inputs(batch, epoch)
         values = step_values(cfg, state.step, steps_per_epoch)
         terms, probs = train_step(state, global_crops, local_crops, masks, values)
+        terms = distributed.mean_terms(terms, state.device)  # the global batch's, not rank 0's
         now = time.perf_counter()
         rate = batch.batch_size * inputs.world_size / max(now - tick, 1e-9)
         tick = now
@@ -119,22 +122,31 @@ def run_epoch(
         stopping = distributed.any_rank(stop.requested, state.device)
         done = cfg.run.max_steps > 0 and state.step >= cfg.run.max_steps
         if stopping or done or at_end or state.step % cfg.run.checkpoint_every == 0:
-            save(state, run_dir, *position, is_main)
+            save(state, run_dir, *position, steps_per_epoch, is_main)
         if stopping or done:
             return True, position
     return False, position
 
 
-def train(config: TrainConfig, require_resume: bool = False) -> RunResult:
-    """Train as `config` says, resuming from the newest checkpoint in run.out if there is one."""
+def train(
+    config: TrainConfig, require_resume: bool = False, resume_from: str | None = None
+) -> RunResult:
+    """Train as `config` says, resuming from the newest checkpoint in run.out if there is one
+    (or from `resume_from`). Everything is checked before the run directory is written."""
     dist = distributed.setup(config.run.device)
-    run_dir = prepare_run_dir(config, dist.is_main)
+    run_dir = Path(config.run.out)
+    source = resume_source(run_dir, require_resume, resume_from)
     loader = make_train_loader(config, dist)
+    check_memory(config, dist.device)
     seed_step(config.run.seed, 0, 0)  # every rank builds the same initial weights
     state = build_state(config, dist)
     state.initial_prototypes = head_prototypes(state.teacher.cls_head).detach().clone()
     state.watch = CollapseWatch(config.head.num_prototypes, config.optim.warmup_epochs)
-    epoch, start = resume(state, run_dir, require_resume)
+    point = resume(state, source, run_dir, len(loader))
+    epoch, start = (point.epoch, point.batch_in_epoch) if point else (0, 0)
+    prepare_run_dir(config, dist.is_main)
+    if dist.is_main:
+        tidy_run_dir(run_dir, point)
     inputs = InputMaker(config, dist)
     log = MetricsLog(run_dir, dist.is_main)
     progress = Progress(config, len(loader), state.step, dist.is_main)
@@ -150,12 +162,14 @@ def train(config: TrainConfig, require_resume: bool = False) -> RunResult:
             if next_epoch > epoch:
                 epoch_end(state, log, epoch, dist.is_main)
             epoch = next_epoch
+    except FloatingPointError as err:
+        raise type(err)(f"{err}; {divergence_advice(run_dir)}") from err
     finally:
         stop.restore()
         progress.close()
         log.close()
         distributed.teardown()
-    return RunResult(run_dir, state.step, epoch, stop.requested, progress.last)
+    return RunResult(run_dir, state.step, epoch, stop.requested, progress.last, stop.signal_name)
 
 
 def epoch_end(state: TrainState, log: MetricsLog, epoch: int, is_main: bool) -> None:

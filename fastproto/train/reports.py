@@ -47,6 +47,17 @@ def evaluate_checkpoint(
             "result": result}  # fmt: skip
 
 
+def describe_result(kind: str, result: dict[str, Any]) -> str:
+    """One readable line of an evaluation result, accuracies in percent."""
+    if kind == "fewshot":
+        parts = [f"{n}: {100 * v['mean']:.1f}% +- {100 * v['std']:.1f}" for n, v in result.items()]
+    else:
+        names = {"top1": "top-1"} | {f"top1_k{k}": f"k={k}" for k in (10, 20)}
+        parts = [f"{names.get(n, n)}: {100 * v:.1f}%" for n, v in result.items()]
+    label = {"knn": "kNN top-1", "linear": "linear probe", "fewshot": "few-shot top-1"}[kind]
+    return f"{label}: " + ", ".join(parts)
+
+
 def prototype_report(checkpoint: Path, eps: float = 0.025) -> dict[str, Any]:
     """Unique prototypes of the teacher's CLS head (and patch head when separate)."""
     from fastproto.prototypes import unique_prototypes, unique_prototypes_curve

@@ -21,7 +21,9 @@ from fastproto.train.step import TrainState
 
 
 def network_signature(config: TrainConfig) -> dict[str, object]:
-    """What a checkpoint must share with the config to be resumed."""
+    """What a checkpoint must share with the config to be resumed: what sets the shape or the
+    meaning of its state (the centring's buffer is a logit EMA, a log-probability EMA or
+    Sinkhorn's last u) and the global batch (the position inside the epoch, the lr scale)."""
     h = config.head
     return {
         "arch": config.model.arch,
@@ -32,6 +34,8 @@ def network_signature(config: TrainConfig) -> dict[str, object]:
         "num_layers": h.num_layers,
         "shared_head": h.shared,
         "method": config.method.name,
+        "centering": config.method.centering,
+        "batch_size": config.optim.batch_size,
     }
 
 

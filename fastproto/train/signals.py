@@ -1,5 +1,9 @@
 """Stop cleanly on SIGTERM/SIGINT: the handler only sets a flag; the loop checkpoints at the
-next step boundary and exits (a signal handler must not write files or touch tensors)."""
+next step boundary and exits (a signal handler must not write files or touch tensors).
+
+`fastproto train` then says where the checkpoint is and exits 128 + the signal's number (143
+for SIGTERM, 130 for SIGINT), as shells and schedulers expect of a process stopped by a
+signal, so a stopped run never looks like a finished one."""
 
 from __future__ import annotations
 
@@ -31,3 +35,13 @@ class StopFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous.clear()
+
+
+def stopped_message(signal_name: str, step: int, checkpoint: object) -> tuple[str, int]:
+    """-> (the line to print, the exit status) for a run stopped by `signal_name`."""
+    status = 128 + int(signal.Signals[signal_name]) if signal_name else 1
+    line = (
+        f"stopped by {signal_name or 'a signal'} at step {step}; checkpoint {checkpoint}; "
+        "rerun the same command to resume from it"
+    )
+    return line, status

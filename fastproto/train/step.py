@@ -14,17 +14,23 @@ The teacher sees the global crops unmasked; its patch tokens are read at the sam
 positions. After backward: gradients are unscaled (fp16), clipped per parameter (as DINO and
 iBOT do), the last layer's gradients are dropped while it is frozen, the optimizer steps and the
 teacher moves to the EMA of the student.
+
+A non-finite loss or gradient norm raises NonFiniteError before anything is updated (in fp16 the
+grad scaler skips such steps itself and lowers its scale, as it is meant to). The gradient check
+reads the grad norm that clipping already brings to the host: no extra device sync per step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from fastproto.config import TrainConfig
+from fastproto.errors import NonFiniteError
 from fastproto.models import SSLNetwork, head_is_vmf, head_last_layer, head_prototypes
 from fastproto.train.health import CollapseWatch, prediction_health
 
@@ -196,6 +202,11 @@ def optimize(state: TrainState, total: torch.Tensor, values: StepValues) -> floa
         total.backward()
     params = [p for p in state.student.parameters() if p.requires_grad]
     grad_norm = clip_per_parameter(params, state.config.optim.clip_grad)
+    if state.scaler is None and not math.isfinite(grad_norm):
+        opt.zero_grad(set_to_none=True)
+        raise NonFiniteError(
+            f"the gradient norm is {grad_norm} at step {state.step}; the step was not applied"
+        )
     if values.freeze_last_layer:
         for head in state.student.heads():
             for p in head_last_layer(head):
@@ -222,9 +233,9 @@ def train_step(
         state, global_crops, local_crops, masks, values.teacher_temp
     )
     if not torch.isfinite(total):
-        raise FloatingPointError(
-            f"the loss is {terms['loss']} at step {state.step} (terms {terms}); lower optim.lr, "
-            "raise method.student_temp, or resume from an earlier checkpoint"
+        raise NonFiniteError(
+            f"the loss is {terms['loss']} at step {state.step} (terms {terms}); the step was not "
+            "applied"
         )
     terms["grad_norm"] = optimize(state, total, values)
     state.step += 1

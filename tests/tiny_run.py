@@ -1,0 +1,26 @@
+"""The tiny training run the fault tests share: a pico ViT, K = 32, batches of 8 over 24
+Fashion-MNIST images (3 steps per epoch), a checkpoint every step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastproto.config import TrainConfig, load_config
+
+TINY = [
+    "model.arch=vit_pico_patch4_28", "head.num_prototypes=32", "head.hidden_dim=32",
+    "head.bottleneck_dim=16", "optim.batch_size=8", "data.local_crops=2", "data.workers=1",
+    "optim.epochs=3", "run.progress=false", "run.checkpoint_every=1", "run.keep_last=10",
+    "optim.warmup_epochs=1", "method.loss_impl=chunked", "method.name='dino'",
+]  # fmt: skip
+
+
+def prepare_data(root: Path) -> Path:
+    """Fashion-MNIST, 24 images per split, as FFCV files under `root`."""
+    from fastproto.data_prep.prepare import prepare_fashion_mnist
+
+    return prepare_fashion_mnist(root, "ffcv", limit=24)
+
+
+def tiny(data: Path, out: Path, *extra: str) -> TrainConfig:
+    return load_config("demo", [f"data.path={str(data)!r}", f"run.out={str(out)!r}", *TINY, *extra])
