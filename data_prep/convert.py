@@ -83,12 +83,20 @@ def _write_ffcv_split(
     bad_log = temp_name(out / f"{split}.bad.log")
     args = (options.max_resolution, options.jpeg_quality, options.workers, bad_log)
     ffcv_writer.write_beton(temp, samples, *args)
-    bad = ffcv_writer.read_bad_log(bad_log)
+    bad_rows = ffcv_writer.read_bad_log(bad_log)
+    bad = {samples[i].name: why for i, why in sorted(bad_rows.items())}
     if bad and options.skip_bad:
         log(f"{split}: rewriting without {len(bad)} unreadable file(s)")
-        kept = [s for s in samples if s.name not in bad]
+        kept = [s for i, s in enumerate(samples) if i not in bad_rows]
         bad_log.unlink()
         ffcv_writer.write_beton(temp, kept, *args)
+        again = ffcv_writer.read_bad_log(bad_log)
+        if again:  # readable in the first pass, not in the second: never keep a placeholder
+            names = ", ".join(kept[i].name for i in sorted(again)[:5])
+            raise DataPrepError(
+                f"{len(again)} file(s) became unreadable during the conversion: {names}. "
+                "Make sure the source does not change while data_prep runs, then rerun."
+            )
     labels, widths, heights = ffcv_writer.beton_summary(temp)
     stats = (labels.tolist(), widths.tolist(), heights.tolist(), [f"{split}.beton"])
     return stats, bad, [temp]
@@ -128,6 +136,8 @@ def convert(
         for split, samples in dataset.splits.items():
             stats, split_bad, split_temps = write_split(out, split, samples, options)
             splits[split] = split_entry(dataset.classes, *stats)
+            # What verify checks the output against: kept + skipped = found in the source.
+            splits[split] |= {"source_images": len(samples), "skipped": len(split_bad)}
             bad.update(split_bad)
             temps.extend(split_temps)
         if bad and not options.skip_bad:

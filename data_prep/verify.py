@@ -8,7 +8,9 @@ Checks, each reported as one line naming the file and what differs:
   - DALI: every tar holds `<key>.cls` + `<key>.jpg` pairs with keys counting up from
     shard * shard_size, labels parse as integers, JPEGs decode, and the .idx lines equal
     the (ext, data offset, size, name) of the tar members;
-  - per split: image count, per-class counts and min/max sizes equal the manifest's.
+  - per split: image count, per-class counts and min/max sizes equal the manifest's, the count
+    is the source's image count less the skipped files, and where files were skipped no image
+    is 1x1 (the placeholder FFCV's writer holds for an unreadable file until it is left out).
 """
 
 from __future__ import annotations
@@ -145,4 +147,29 @@ def verify_output(out: Path) -> list[str]:
                 problems.append(
                     f"{split}: {key} is {found[key]}, manifest.json says {recorded[key]}"
                 )
+        skipped = recorded.get("skipped", manifest["bad_files"]["count"])
+        problems.extend(_skipped_problems(split, recorded, skipped, widths, heights))
+    return problems
+
+
+def _skipped_problems(
+    split: str, recorded: dict[str, Any], skipped: int, widths: list[int], heights: list[int]
+) -> list[str]:
+    """Signs that unreadable files were not left out: a count that does not add up to the
+    source's, or 1x1 placeholders in a split that skipped files."""
+    problems = []
+    source = recorded.get("source_images")  # absent in manifests of older versions
+    if source is not None and len(widths) != source - skipped:
+        problems.append(
+            f"{split}: {len(widths)} images, but the source had {source} of which {skipped} "
+            "were skipped as unreadable"
+        )
+    if skipped:
+        tiny = [i for i, (w, h) in enumerate(zip(widths, heights, strict=True)) if w == h == 1]
+        if tiny:
+            problems.append(
+                f"{split}: sample(s) {tiny[:10]} are 1x1 images, the placeholder of an "
+                f"unreadable file, though {skipped} file(s) are listed as skipped; "
+                "rerun the conversion with --overwrite"
+            )
     return problems
