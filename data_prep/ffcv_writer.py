@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .images import grey_to_rgb, load_rgb
-from .sources import Sample
+from .sources import DataPrepError, Sample
 
 _PLACEHOLDER = np.zeros((1, 1, 3), dtype=np.uint8)
 _CHUNK = 64  # samples per FFCV work item: small enough to balance, large enough to amortise
@@ -72,16 +72,32 @@ def write_beton(
     workers: int,
     bad_log: Path,
 ) -> None:
-    """Write `samples` to `path` (a temporary name; the caller publishes it)."""
+    """Write `samples` to `path` (a temporary name; the caller publishes it).
+
+    Raises DataPrepError when a writer process fails or the disk is full; `path` is then
+    removed, so a failed run does not keep the space it had filled.
+    """
     from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
+
+    from .ffcv_process import WatchedWriter, is_disk_full
 
     fields = {
         "image": RGBImageField(write_mode="jpg", max_resolution=None, jpeg_quality=jpeg_quality),
         "label": IntField(),
     }
-    writer = DatasetWriter(str(path), fields, num_workers=workers)
-    writer.from_indexed_dataset(_SplitImages(samples, max_resolution, bad_log), chunksize=_CHUNK)
+    writer = WatchedWriter(str(path), fields, num_workers=workers)
+    try:
+        writer.from_indexed_dataset(
+            _SplitImages(samples, max_resolution, bad_log), chunksize=_CHUNK
+        )
+    except BaseException as exc:
+        path.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise DataPrepError(
+                f"no space left on the device while writing {path} ({exc}); the partial file "
+                "was removed: free some space or choose an OUT on another disk, then rerun."
+            ) from exc
+        raise
 
 
 def read_bad_log(bad_log: Path) -> dict[int, str]:
