@@ -110,3 +110,10 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
     if not isinstance(manifest, dict) or manifest.get("complete") is not True:
         return None
     return manifest
+
+
+def write_pending_manifest(out: Path, files: Sequence[str]) -> None:
+    """Before the outputs get their final names: a manifest that is not complete, naming
+    them, so that a run cut off during or after the renames leaves files known to be ours."""
+    pending = {"complete": False, "tool": TOOL, "files": {f: None for f in files}}
+    write_text_atomic(out / MANIFEST_NAME, json.dumps(pending, indent=2) + "\n")

@@ -2,7 +2,8 @@
 
 Checks, each reported as one line naming the file and what differs:
   - every file the manifest lists exists and has the recorded SHA-256; no unlisted
-    `*.beton` / `shard-*` files and no `.partial-*` leftovers;
+    `<split>/shard-*` files (a DALI reader would take them in) and no `.partial-*` leftovers
+    (other files, kept beside the output with --overwrite, are not the output's);
   - FFCV: the .beton opens with ffcv's Reader, has fields (image, label), and every image's JPEG
     bytes (located through the allocation table) decode to the recorded width x height;
   - DALI: every tar holds `<key>.cls` + `<key>.jpg` pairs with keys counting up from
@@ -106,7 +107,7 @@ def _check_files(out: Path, manifest: dict[str, Any], problems: list[str]) -> No
             problems.append(f"{path}: listed in manifest.json but missing")
         elif sha256_file(path) != digest:
             problems.append(f"{path}: SHA-256 differs from manifest.json")
-    owned = [*out.glob("*.beton"), *out.glob("*/shard-*")]
+    owned = [p for split in manifest.get("splits", {}) for p in (out / split).glob("shard-*")]
     for path in sorted(owned):
         if path.relative_to(out).as_posix() not in listed:
             problems.append(f"{path}: output file not listed in manifest.json")
