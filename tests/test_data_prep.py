@@ -246,6 +246,8 @@ def test_skip_bad_writes_the_rest_and_records_the_bad(tmp_path: Path) -> None:
         ("no_splits", "neither a train/ nor a val/"),
         ("no_classes", "no class folders"),
         ("empty_class", "is empty"),
+        ("nested_only", "holds the folder"),
+        ("nested_beside_images", "holds the folder"),
         ("unknown_ext", "unknown extension"),
         ("out_is_file", "is a file"),
         ("bad_quality", "--jpeg-quality"),
@@ -267,6 +269,11 @@ def test_bad_input_errors(
         (src / "train" / "Coat").mkdir()
     if setup == "unknown_ext":
         (src / "train" / "Bag" / "notes.txt").write_text("x")
+    if setup.startswith("nested"):  # <class>/<sub>/<image>: refused, naming the sub-folder
+        (src / "train" / "Bag" / "sub").mkdir()
+        (src / "train" / "Bag" / "img_000.jpg").rename(src / "train" / "Bag" / "sub" / "a.jpg")
+        if setup == "nested_beside_images":
+            write_imagenet_tree(src, classes=("Bag",), per_class={"train": 1})
     if setup == "out_is_file":
         out.write_text("not a folder")
     if setup == "bad_quality":
@@ -276,6 +283,8 @@ def test_bad_input_errors(
     assert message in err, err
     if setup == "unknown_ext":
         assert "notes.txt" in err
+    if setup.startswith("nested"):
+        assert "sub" in err
     if setup != "out_is_file":
         assert not out.exists()
 
