@@ -2,22 +2,20 @@
 
 Every output file is first written as `<dir>/.partial-<name>`; only when the whole conversion
 has succeeded are the temporaries fsynced and renamed to their final names, and manifest.json is
-written (same way) last. A directory without manifest.json is therefore never a finished output,
-and the only files an interrupted run can leave behind are `.partial-*` ones (or final-named
-files from a run cut off between renames and manifest), which the next run removes first.
+written (same way) last, with "complete": true; before the renames a manifest with "complete":
+false lists the files about to get their final names. A directory without a complete
+manifest.json is therefore never a finished output, and what an interrupted run leaves behind
+is `.partial-*` files or files that manifest lists, which the next run removes first
+(out_dir.py).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 TEMP_PREFIX = ".partial-"
 MANIFEST_NAME = "manifest.json"
-# Final-name patterns this tool owns inside OUT (and OUT/<split>/ for DALI shards).
-_OWNED_TOP = ("*.beton",)
-_OWNED_SPLIT = ("shard-*.tar", "shard-*.idx")
 
 
 def temp_name(final: Path) -> Path:
@@ -67,28 +65,3 @@ def find_temporaries(out: Path) -> list[Path]:
         if sub.is_dir() and not sub.name.startswith(TEMP_PREFIX):
             found.extend(sub.glob(TEMP_PREFIX + "*"))
     return sorted(found)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def clean_output_dir(out: Path) -> None:
-    """Remove the manifest (first), temporaries and this tool's final-named files from OUT.
-
-    Only names this tool writes are touched; other files in OUT are left alone.
-    """
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
-    for path in find_temporaries(out):
-        _remove(path)
-    for pattern in _OWNED_TOP:
-        for path in out.glob(pattern):
-            _remove(path)
-    for sub in out.iterdir():
-        if sub.is_dir():
-            for pattern in _OWNED_SPLIT:
-                for path in sub.glob(pattern):
-                    _remove(path)

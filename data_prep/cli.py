@@ -8,8 +8,10 @@ Examples:
     data_prep folder ./photos --to-ffcv data/photos                      # photos/<class>/*.jpg
     data_prep verify data/in1k-dali
 
-Exit status: 0 on success (also when OUT already holds a complete conversion), 1 when verify
-finds a difference, 2 on a usage or input error (the message says what to do).
+Exit status: 0 on success (also when OUT already holds this same conversion), 1 when verify
+finds a difference, 2 on a usage or input error (the message says what to do), e.g. an OUT
+holding another conversion or files data_prep did not write (pass --overwrite, or choose
+another OUT) or a class folder holding a sub-folder.
 """
 
 from __future__ import annotations
@@ -42,7 +44,11 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skip-bad", action="store_true", help="leave out unreadable images (listed in manifest)"
     )
-    p.add_argument("--overwrite", action="store_true", help="redo a finished conversion in OUT")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what data_prep wrote in OUT (other files stay)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

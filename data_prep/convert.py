@@ -1,8 +1,10 @@
 """Convert a Dataset into FFCV or DALI output in OUT, crash-safely, then write the manifest.
 
-Order of work (see atomic.py for why): check OUT -> remove leftovers of an earlier attempt ->
-write every split under temporary names -> if any file was unreadable, abort (removing the
-temporaries) unless skip_bad -> rename all temporaries to their final names -> manifest.json.
+Order of work (see atomic.py for why): check OUT (out_dir.py: done, refused, or ours to
+clean) -> remove what an earlier attempt of ours left -> write every split under temporary
+names -> if any file was unreadable, abort (removing the temporaries) unless skip_bad -> a
+manifest.json that is not complete, naming the outputs -> rename all temporaries to their
+final names -> the complete manifest.json.
 
     FFCV:  OUT/<split>.beton
     DALI:  OUT/<split>/shard-000000.tar + shard-000000.idx, ...
@@ -17,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from . import dali_writer, ffcv_writer
-from .atomic import clean_output_dir, find_temporaries, publish, temp_name
-from .manifest import build_manifest, read_manifest, split_entry, write_manifest
+from .atomic import find_temporaries, publish, temp_name
+from .manifest import build_manifest, split_entry, write_manifest, write_pending_manifest
+from .out_dir import check_collisions, check_out, clean
 from .sources import DataPrepError, Dataset, Sample
 
 FORMATS = ("ffcv", "dali")
@@ -67,15 +70,6 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def is_done(out: Path, options: ConvertOptions) -> bool:
-    """Validate OUT; True when it already holds a complete run and overwrite is off."""
-    if out.exists() and not out.is_dir():
-        raise DataPrepError(f"OUT {out} is a file: pass a directory (it is created if missing).")
-    if options.overwrite or not out.is_dir():
-        return False
-    return read_manifest(out) is not None
-
-
 def _write_ffcv_split(
     out: Path, split: str, samples: list[Sample], options: ConvertOptions
 ) -> tuple[_Stats, dict[str, str], list[Path]]:
@@ -83,12 +77,20 @@ def _write_ffcv_split(
     bad_log = temp_name(out / f"{split}.bad.log")
     args = (options.max_resolution, options.jpeg_quality, options.workers, bad_log)
     ffcv_writer.write_beton(temp, samples, *args)
-    bad = ffcv_writer.read_bad_log(bad_log)
+    bad_rows = ffcv_writer.read_bad_log(bad_log)
+    bad = {samples[i].name: why for i, why in sorted(bad_rows.items())}
     if bad and options.skip_bad:
         log(f"{split}: rewriting without {len(bad)} unreadable file(s)")
-        kept = [s for s in samples if s.name not in bad]
+        kept = [s for i, s in enumerate(samples) if i not in bad_rows]
         bad_log.unlink()
         ffcv_writer.write_beton(temp, kept, *args)
+        again = ffcv_writer.read_bad_log(bad_log)
+        if again:  # readable in the first pass, not in the second: never keep a placeholder
+            names = ", ".join(kept[i].name for i in sorted(again)[:5])
+            raise DataPrepError(
+                f"{len(again)} file(s) became unreadable during the conversion: {names}. "
+                "Make sure the source does not change while data_prep runs, then rerun."
+            )
     labels, widths, heights = ffcv_writer.beton_summary(temp)
     stats = (labels.tolist(), widths.tolist(), heights.tolist(), [f"{split}.beton"])
     return stats, bad, [temp]
@@ -104,22 +106,38 @@ def _write_dali_split(
     return (result.labels, result.widths, result.heights, files), result.bad, temps
 
 
+def _recorded_options(options: ConvertOptions, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The options manifest.json records (and a rerun is compared with)."""
+    settings = {k: v for k, v in asdict(options).items() if k not in ("fmt", "overwrite")}
+    if options.fmt == "ffcv":
+        settings.pop("shard_size")
+    return {**settings, **(extra or {})}
+
+
 def convert(
     load: Callable[[], Dataset],
     out: Path,
     options: ConvertOptions,
     dataset_kind: str,
+    source: Path,
     extra_options: dict[str, Any] | None = None,
 ) -> Path:
-    """Load the dataset, write it to OUT in options.fmt, and return OUT."""
+    """Load the dataset from `source`, write it to OUT in options.fmt, and return OUT."""
     options.validate()
     out = Path(out)
-    if is_done(out, options):
-        log(f"{out} already holds a complete conversion (manifest.json); pass --overwrite to redo.")
+    request: dict[str, Any] = {
+        "format": options.fmt,
+        "dataset": dataset_kind,
+        "source": str(Path(source).resolve()),
+        "options": _recorded_options(options, extra_options),
+    }
+    if check_out(out, request, options.overwrite):
+        log(f"{out} already holds this conversion (manifest.json); pass --overwrite to redo it.")
         return out
     dataset = load()  # validates the source before OUT is touched
     out.mkdir(parents=True, exist_ok=True)
-    clean_output_dir(out)
+    check_collisions(out, options.fmt, list(dataset.splits))
+    clean(out)
     write_split = _write_ffcv_split if options.fmt == "ffcv" else _write_dali_split
     try:
         splits: dict[str, dict[str, Any]] = {}
@@ -128,6 +146,8 @@ def convert(
         for split, samples in dataset.splits.items():
             stats, split_bad, split_temps = write_split(out, split, samples, options)
             splits[split] = split_entry(dataset.classes, *stats)
+            # What verify checks the output against: kept + skipped = found in the source.
+            splits[split] |= {"source_images": len(samples), "skipped": len(split_bad)}
             bad.update(split_bad)
             temps.extend(split_temps)
         if bad and not options.skip_bad:
@@ -136,6 +156,7 @@ def convert(
             raise DataPrepError(
                 f"no readable images in a split of {dataset.source}; nothing written."
             )
+        write_pending_manifest(out, [f for entry in splits.values() for f in entry["files"]])
         publish(temps)
     except BaseException:
         for path in find_temporaries(out):
@@ -143,14 +164,11 @@ def convert(
         raise
     for path in find_temporaries(out):  # bad-file logs
         path.unlink(missing_ok=True)
-    settings = {k: v for k, v in asdict(options).items() if k not in ("fmt", "overwrite")}
-    if options.fmt == "ffcv":
-        settings.pop("shard_size")
     manifest = build_manifest(
         fmt=options.fmt,
         dataset=dataset_kind,
         source=dataset.source,
-        options={**settings, **(extra_options or {})},
+        options=request["options"],
         classes=dataset.classes,
         splits=splits,
         bad=bad,

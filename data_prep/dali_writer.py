@@ -13,13 +13,15 @@ reads (version "v1.2", as written by DALI's wds2idx tool):
 where the data offset is the byte position of the member's data (after its 512-byte header).
 
 Decoding runs in a multiprocessing pool when workers > 1 (`imap` keeps sample order), so the
-bytes written do not depend on the number of workers.
+bytes written do not depend on the number of workers; the pool's processes die with the
+converter (`processes.die_with_parent`).
 """
 
 from __future__ import annotations
 
 import io
 import multiprocessing
+import os
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from tqdm import tqdm
 
 from .ffcv_writer import sample_rgb
 from .images import encode_jpeg
+from .processes import die_with_parent
 from .sources import Sample
 
 INDEX_VERSION = "v1.2"
@@ -79,7 +82,7 @@ def _encoded_stream(
     if workers <= 1:
         yield from map(encode_sample, jobs)
         return
-    with multiprocessing.Pool(workers) as pool:
+    with multiprocessing.Pool(workers, die_with_parent, (os.getpid(),)) as pool:
         yield from pool.imap(encode_sample, jobs, chunksize=16)
 
 

@@ -8,7 +8,9 @@ Schema (keys in this order):
     options       max_resolution, jpeg_quality, shard_size (dali), workers, skip_bad, limit
     classes       class names, position = label
     splits        {split: {count, per_class: {name: count}, image_size: {min_width, max_width,
-                   min_height, max_height} (after the short-side cap), files: [relative paths]}}
+                   min_height, max_height} (after the short-side cap), files: [relative paths],
+                   source_images: images found in the source, skipped: how many of them were
+                   left out as unreadable (count = source_images - skipped)}}
     bad_files     {count, paths: [...], reasons: {path: error}}
     files         {relative path: sha256 hex} for every output file except the manifest
 """
@@ -108,3 +110,10 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
     if not isinstance(manifest, dict) or manifest.get("complete") is not True:
         return None
     return manifest
+
+
+def write_pending_manifest(out: Path, files: Sequence[str]) -> None:
+    """Before the outputs get their final names: a manifest that is not complete, naming
+    them, so that a run cut off during or after the renames leaves files known to be ours."""
+    pending = {"complete": False, "tool": TOOL, "files": {f: None for f in files}}
+    write_text_atomic(out / MANIFEST_NAME, json.dumps(pending, indent=2) + "\n")

@@ -21,14 +21,22 @@ from .sources import scan_folder, scan_imagenet
 def prepare_imagenet(src: Path, out: Path, fmt: str, **options: Any) -> Path:
     """SRC/train/<class>/* and/or SRC/val/<class>/* -> OUT in fmt ("ffcv" or "dali")."""
     return convert(
-        lambda: scan_imagenet(Path(src)), Path(out), ConvertOptions(fmt, **options), "imagenet"
+        lambda: scan_imagenet(Path(src)),
+        Path(out),
+        ConvertOptions(fmt, **options),
+        "imagenet",
+        Path(src),
     )
 
 
 def prepare_folder(src: Path, out: Path, fmt: str, **options: Any) -> Path:
     """SRC/<class>/* -> OUT in fmt, as the single split "train"."""
     return convert(
-        lambda: scan_folder(Path(src)), Path(out), ConvertOptions(fmt, **options), "folder"
+        lambda: scan_folder(Path(src)),
+        Path(out),
+        ConvertOptions(fmt, **options),
+        "folder",
+        Path(src),
     )
 
 
@@ -45,5 +53,6 @@ def prepare_fashion_mnist(
         Path(out),
         ConvertOptions(fmt, **options),
         "fashion-mnist",
+        Path(source),
         {"limit": limit},
     )

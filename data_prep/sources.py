@@ -56,8 +56,19 @@ def _class_dirs(split_root: Path) -> list[Path]:
 
 
 def _image_files(class_dir: Path) -> list[Path]:
-    """Sorted image files of one class folder; errors on unknown extensions or no images."""
-    files = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    """Sorted image files of one class folder; errors on sub-folders, unknown extensions or no
+    images. Images are read only directly inside a class folder: a nested folder is refused
+    rather than read (its images would otherwise be left out without a word)."""
+    entries = [p for p in class_dir.iterdir() if not p.name.startswith(".")]
+    nested = sorted(p for p in entries if p.is_dir())
+    if nested:
+        raise DataPrepError(
+            f"class folder {class_dir} holds the folder {nested[0]}"
+            f"{f' (and {len(nested) - 1} more)' if len(nested) > 1 else ''}: images are read "
+            "only directly inside each class folder (<class>/<image>); move them up into "
+            f"{class_dir}, or make the sub-folder a class folder of its own."
+        )
+    files = sorted(p for p in entries if p.is_file())
     unknown = [p for p in files if not has_image_extension(p)]
     if unknown:
         shown = ", ".join(str(p) for p in unknown[:5])

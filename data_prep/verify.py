@@ -2,13 +2,16 @@
 
 Checks, each reported as one line naming the file and what differs:
   - every file the manifest lists exists and has the recorded SHA-256; no unlisted
-    `*.beton` / `shard-*` files and no `.partial-*` leftovers;
+    `<split>/shard-*` files (a DALI reader would take them in) and no `.partial-*` leftovers
+    (other files, kept beside the output with --overwrite, are not the output's);
   - FFCV: the .beton opens with ffcv's Reader, has fields (image, label), and every image's JPEG
     bytes (located through the allocation table) decode to the recorded width x height;
   - DALI: every tar holds `<key>.cls` + `<key>.jpg` pairs with keys counting up from
     shard * shard_size, labels parse as integers, JPEGs decode, and the .idx lines equal
     the (ext, data offset, size, name) of the tar members;
-  - per split: image count, per-class counts and min/max sizes equal the manifest's.
+  - per split: image count, per-class counts and min/max sizes equal the manifest's, the count
+    is the source's image count less the skipped files, and where files were skipped no image
+    is 1x1 (the placeholder FFCV's writer holds for an unreadable file until it is left out).
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ def _check_files(out: Path, manifest: dict[str, Any], problems: list[str]) -> No
             problems.append(f"{path}: listed in manifest.json but missing")
         elif sha256_file(path) != digest:
             problems.append(f"{path}: SHA-256 differs from manifest.json")
-    owned = [*out.glob("*.beton"), *out.glob("*/shard-*")]
+    owned = [p for split in manifest.get("splits", {}) for p in (out / split).glob("shard-*")]
     for path in sorted(owned):
         if path.relative_to(out).as_posix() not in listed:
             problems.append(f"{path}: output file not listed in manifest.json")
@@ -145,4 +148,29 @@ def verify_output(out: Path) -> list[str]:
                 problems.append(
                     f"{split}: {key} is {found[key]}, manifest.json says {recorded[key]}"
                 )
+        skipped = recorded.get("skipped", manifest["bad_files"]["count"])
+        problems.extend(_skipped_problems(split, recorded, skipped, widths, heights))
+    return problems
+
+
+def _skipped_problems(
+    split: str, recorded: dict[str, Any], skipped: int, widths: list[int], heights: list[int]
+) -> list[str]:
+    """Signs that unreadable files were not left out: a count that does not add up to the
+    source's, or 1x1 placeholders in a split that skipped files."""
+    problems = []
+    source = recorded.get("source_images")  # absent in manifests of older versions
+    if source is not None and len(widths) != source - skipped:
+        problems.append(
+            f"{split}: {len(widths)} images, but the source had {source} of which {skipped} "
+            "were skipped as unreadable"
+        )
+    if skipped:
+        tiny = [i for i, (w, h) in enumerate(zip(widths, heights, strict=True)) if w == h == 1]
+        if tiny:
+            problems.append(
+                f"{split}: sample(s) {tiny[:10]} are 1x1 images, the placeholder of an "
+                f"unreadable file, though {skipped} file(s) are listed as skipped; "
+                "rerun the conversion with --overwrite"
+            )
     return problems

@@ -246,6 +246,8 @@ def test_skip_bad_writes_the_rest_and_records_the_bad(tmp_path: Path) -> None:
         ("no_splits", "neither a train/ nor a val/"),
         ("no_classes", "no class folders"),
         ("empty_class", "is empty"),
+        ("nested_only", "holds the folder"),
+        ("nested_beside_images", "holds the folder"),
         ("unknown_ext", "unknown extension"),
         ("out_is_file", "is a file"),
         ("bad_quality", "--jpeg-quality"),
@@ -267,6 +269,11 @@ def test_bad_input_errors(
         (src / "train" / "Coat").mkdir()
     if setup == "unknown_ext":
         (src / "train" / "Bag" / "notes.txt").write_text("x")
+    if setup.startswith("nested"):  # <class>/<sub>/<image>: refused, naming the sub-folder
+        (src / "train" / "Bag" / "sub").mkdir()
+        (src / "train" / "Bag" / "img_000.jpg").rename(src / "train" / "Bag" / "sub" / "a.jpg")
+        if setup == "nested_beside_images":
+            write_imagenet_tree(src, classes=("Bag",), per_class={"train": 1})
     if setup == "out_is_file":
         out.write_text("not a folder")
     if setup == "bad_quality":
@@ -276,6 +283,8 @@ def test_bad_input_errors(
     assert message in err, err
     if setup == "unknown_ext":
         assert "notes.txt" in err
+    if setup.startswith("nested"):
+        assert "sub" in err
     if setup != "out_is_file":
         assert not out.exists()
 
@@ -357,3 +366,78 @@ def test_cut_before_the_manifest_is_not_finished(
     monkeypatch.undo()
     assert run_cli("imagenet", tree.root, "--to-dali", out) == 0  # redone, not "already done"
     assert verify_output(out) == []
+
+
+def _user_files(out: Path) -> dict[Path, bytes]:
+    """Files a user keeps in OUT that look like data_prep's output; written, returned."""
+    files = {
+        out / "imagenet_precious.beton": b"a user's own dataset",
+        out / "old" / "shard-000000.tar": b"a user's own shard",
+        out / "old" / "shard-000000.idx": b"v1.2 0\n",
+    }
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return files
+
+
+def test_out_with_files_not_written_by_data_prep_is_refused(
+    tree: FixtureTree, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    user = _user_files(out)
+    assert run_cli("imagenet", tree.root, "--to-dali", out) == 2
+    err = capsys.readouterr().err
+    assert "did not write" in err and "--overwrite" in err and "imagenet_precious.beton" in err
+    assert {p: p.read_bytes() for p in user} == user
+    assert final_files(out) == sorted(user)
+
+
+def test_overwrite_deletes_only_what_data_prep_wrote(tree: FixtureTree, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run_cli("imagenet", tree.root, "--to-dali", out, "--shard-size", "2") == 0
+    first = set(json.loads((out / "manifest.json").read_text())["files"])
+    user = _user_files(out)
+    assert run_cli("imagenet", tree.root, "--to-dali", out, "--shard-size", "4", "--overwrite") == 0
+    second = set(json.loads((out / "manifest.json").read_text())["files"])
+    assert first - second  # fewer shards: the old run's extra shards must be gone
+    assert {p: p.read_bytes() for p in user} == user
+    left = {p.relative_to(out).as_posix() for p in final_files(out) if p not in user}
+    assert left == second | {"manifest.json"}
+    assert verify_output(out) == []
+
+
+def test_overwrite_refuses_a_foreign_file_where_an_output_goes(
+    tree: FixtureTree, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "shard-000000.tar").write_bytes(b"a user's own shard")
+    assert run_cli("imagenet", tree.root, "--to-dali", out, "--overwrite") == 2
+    assert "not written by data_prep" in capsys.readouterr().err
+    assert (out / "train" / "shard-000000.tar").read_bytes() == b"a user's own shard"
+
+
+@pytest.mark.parametrize("change", ["source", "option", "format"])
+def test_finished_out_with_other_settings_is_refused(
+    tree: FixtureTree, tmp_path: Path, capsys: pytest.CaptureFixture[str], change: str
+) -> None:
+    out = tmp_path / "out"
+    assert run_cli("imagenet", tree.root, "--to-dali", out) == 0
+    before = (out / "manifest.json").read_bytes()
+    args: list[str | Path] = ["imagenet", tree.root, "--to-dali", out]
+    if change == "source":
+        args[1] = write_imagenet_tree(tmp_path / "other", per_class={"train": 1}).root
+    if change == "option":
+        args += ["--jpeg-quality", "80"]
+    if change == "format":
+        args[2] = "--to-ffcv"
+    capsys.readouterr()
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "another OUT" in err, err
+    assert (out / "manifest.json").read_bytes() == before
+    # The same request (the number of workers does not change the output) is still done.
+    assert run_cli("imagenet", tree.root, "--to-dali", out, "--workers", "2") == 0
+    assert "already holds this conversion" in capsys.readouterr().err
+    assert (out / "manifest.json").read_bytes() == before

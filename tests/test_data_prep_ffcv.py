@@ -7,6 +7,7 @@ table as read by `ffcv.reader.Reader`, decoded with PIL and compared with the fi
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,64 @@ def test_prepare_fashion_mnist_ffcv_with_limit(tmp_path: Path) -> None:
         for i, (got, _) in enumerate(rows):
             grey3 = np.repeat(images[first + i][..., None], 3, axis=2)
             assert_close_jpeg(got, grey3, (split, i))
+
+
+def _odd_named_bad_files(folder: Path) -> list[Path]:
+    """Unreadable files whose names hold a tab, a newline and bytes that are not UTF-8."""
+    names = [b"bad\tname.jpg", b"bad\nname.jpg", b"bad\xff\xfename.png"]
+    paths = [folder / os.fsdecode(name) for name in names]
+    for path in paths:
+        path.write_bytes(b"not an image")
+    return paths
+
+
+def test_ffcv_skip_bad_drops_files_with_odd_names(tmp_path: Path) -> None:
+    tree = write_imagenet_tree(tmp_path / "src", per_class={"train": 2})
+    bad = _odd_named_bad_files(tmp_path / "src" / "train" / "Bag")
+    out = tmp_path / "out"
+    assert cli.main(["imagenet", str(tree.root), "--to-ffcv", str(out), "--skip-bad"]) == 0
+    rows = read_beton(out / "train.beton")
+    assert [lab for _, lab in rows] == [tree.label(im) for im in tree.ordered("train")]
+    assert all(image.shape[:2] != (1, 1) for image, _ in rows)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["bad_files"]["paths"] == sorted(str(p) for p in bad)
+    train = manifest["splits"]["train"]
+    assert (train["count"], train["skipped"]) == (len(tree.ordered("train")), 3)
+    assert train["source_images"] == len(tree.ordered("train")) + 3
+    assert verify_output(out) == []
+
+
+def _put_placeholders_back(out: Path, src: Path, with_counts: bool) -> None:
+    """Rewrite OUT's train.beton with every source sample, unreadable ones as the writer's 1x1
+    placeholders, and its manifest entry as a converter that failed to leave them out would."""
+    from fastproto.data_prep import ffcv_writer
+    from fastproto.data_prep.manifest import sha256_file, split_entry
+    from fastproto.data_prep.sources import scan_imagenet
+
+    beton = out / "train.beton"
+    samples = scan_imagenet(src).splits["train"]
+    ffcv_writer.write_beton(beton, samples, 512, 90, 1, out / "ignored.log")
+    (out / "ignored.log").unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    labels, widths, heights = ffcv_writer.beton_summary(beton)
+    entry = manifest["splits"]["train"]
+    fresh = split_entry(manifest["classes"], labels, widths, heights, entry["files"])
+    entry.update({k: fresh[k] for k in ("count", "per_class", "image_size")})
+    if not with_counts:  # a manifest from before source_images / skipped were recorded
+        del entry["source_images"], entry["skipped"]
+    manifest["files"]["train.beton"] = sha256_file(beton)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("with_counts", [True, False])
+def test_ffcv_verify_notices_placeholders_left_in(tmp_path: Path, with_counts: bool) -> None:
+    tree = write_imagenet_tree(tmp_path / "src", classes=("Bag", "Coat"), per_class={"train": 2})
+    write_bad_files(tmp_path / "src" / "train" / "Bag")
+    out = tmp_path / "out"
+    assert cli.main(["imagenet", str(tree.root), "--to-ffcv", str(out), "--skip-bad"]) == 0
+    assert verify_output(out) == []
+    _put_placeholders_back(out, tree.root, with_counts)
+    problems = verify_output(out)
+    assert any("1x1" in p and "placeholder" in p for p in problems), problems
+    assert any("source had" in p for p in problems) == with_counts, problems
+    assert cli.main(["verify", str(out)]) == 1

@@ -6,7 +6,9 @@ FFCV's: each epoch the loader hands FFCV this rank's shuffled shard (from
 `fastproto.data.order`), already cut at the resume point, so skipped batches are never read.
 FFCV reuses its output buffers, so every batch is copied out into fresh tensors
 (which is also where the HWC crops become CHW). FFCV also sets torch's global thread count
-to its worker count; the loader puts the caller's count back.
+to its worker count; the loader puts the caller's count back. FFCV's memory managers would
+flip numba's shared array types to read-only, which makes numba's finalisers fail noisily when
+a loader is freed; `ffcv_types.patch_state_types` stops that before the first loader is built.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ class FFCVLoader(Loader):
         from ffcv.pipeline import PipelineSpec
 
         from fastproto.data.ffcv_decode import MultiCropDecode
+        from fastproto.data.ffcv_types import patch_state_types
 
+        patch_state_types()  # before FFCV compiles its reader (see ffcv_types)
         self.decode = MultiCropDecode(recipe, seed)
         threads = torch.get_num_threads()  # FFCV sets torch's thread count to its own
         self.ffcv: Any = FfcvLoader(
