@@ -315,9 +315,18 @@ def validate(config: TrainConfig) -> None:
 
 
 def _validate_arch(config: TrainConfig) -> None:
-    from fastproto.models import arch_has_patch_tokens, check_arch
+    from fastproto.models import arch_has_patch_tokens, arch_patch_size, check_arch
 
     check_arch(config.model.arch)
+    patch = arch_patch_size(config.model.arch)
+    sizes = {"data.global_size": config.data.global_size}
+    if config.data.local_crops > 0:
+        sizes["data.local_size"] = config.data.local_size
+    for key, size in sizes.items():
+        if patch is not None and size % patch:
+            raise ValueError(
+                f"{key}={size} must be a multiple of the patch size {patch} of {config.model.arch}"
+            )
     if config.method.name == "ibot" and not arch_has_patch_tokens(config.model.arch):
         raise ValueError(
             f"method.name='ibot' predicts masked patch tokens, but model.arch="

@@ -15,10 +15,11 @@ from fastproto.train.loop import train
 from fastproto.train.metrics import read_metrics
 
 TINY = [
-    "model.arch=vit_pico_patch4_28", "head.num_prototypes=32", "head.hidden_dim=32",
+    "model.arch=vit_pico_patch7_28", "head.num_prototypes=32", "head.hidden_dim=32",
     "head.bottleneck_dim=16", "optim.batch_size=8", "data.local_crops=2", "data.workers=1",
     "optim.epochs=3", "run.progress=false", "run.checkpoint_every=1", "run.keep_last=10",
     "optim.warmup_epochs=1", "method.loss_impl=chunked", "run.knn_every_epochs=0",
+    "method.name='ibot'",
 ]  # fmt: skip
 
 
@@ -65,13 +66,14 @@ def test_a_few_steps_end_to_end(
 def test_me_max_joins_the_loss_without_centring(data_dirs: dict[str, Path], tmp_path: Path) -> None:
     config = tiny_config(
         data_dirs["ffcv"], tmp_path, "method.name='dino'", "method.centering='none'",
-        "method.me_max=0.5", "run.max_steps=2",
+        "method.me_max=0.5", "method.koleo_data=0.2", "run.max_steps=2",
     )  # fmt: skip
     train(config)
     for row in read_metrics(tmp_path / "metrics.jsonl"):
         # -H(mean prediction) lies in [-log K, 0]; the total is the weighted sum of the terms
         assert -torch.log(torch.tensor(32.0)) - 1e-6 <= row["me_max"] <= 0
-        want = row["dino"] + 0.1 * row["koleo_proto"] + 0.5 * row["me_max"]
+        want = row["dino"] + 0.1 * row["koleo_proto"] + 0.2 * row["koleo_data"]
+        want += 0.5 * row["me_max"]
         assert row["loss"] == pytest.approx(want, rel=1e-5)
 
 
@@ -123,7 +125,7 @@ def test_bad_input_gives_clear_errors(
     err = _cli_error(capsys, [*base, *data, "head.num_prototypes=0"])
     assert "head.num_prototypes must be positive" in err
     err = _cli_error(capsys, [*base, *data, "model.arch=vit_gigantic"])
-    assert "unknown arch 'vit_gigantic'" in err
+    assert "unknown model.arch 'vit_gigantic'" in err
     err = _cli_error(capsys, [*base, *data, "optim.learning_rate=1"])
     assert "unknown config key 'optim.learning_rate'" in err and "did you mean" not in err
     err = _cli_error(capsys, [*base, *data, "optim.lrr=1"])

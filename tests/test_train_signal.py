@@ -18,7 +18,7 @@ from fastproto.train.loop import train
 from fastproto.train.metrics import read_metrics
 
 TINY = [
-    "model.arch=vit_pico_patch4_28", "head.num_prototypes=32", "head.hidden_dim=32",
+    "model.arch=vit_pico_patch7_28", "head.num_prototypes=32", "head.hidden_dim=32",
     "head.bottleneck_dim=16", "optim.batch_size=8", "data.local_crops=2", "data.workers=1",
     "optim.epochs=100", "run.progress=false", "run.checkpoint_every=1000",
     "method.loss_impl=chunked",

@@ -54,6 +54,21 @@ def _prototype_metrics(teacher: Any, eps: float) -> tuple[dict[str, Any], Any]:
     return metrics, report
 
 
+def _health_history(run_dir: Path) -> dict[str, Any]:
+    """Per-epoch M, prototype movement and nearest-neighbour quantiles from metrics.jsonl."""
+    from fastproto.train.metrics import read_metrics
+
+    epochs = read_metrics(run_dir / "metrics.jsonl", "epoch")
+    keys = ("epoch", "unique_prototypes", "prototype_movement", "nn_distance_quantiles")
+    history = [{k: row[k] for k in keys if k in row} for row in epochs]
+    last = history[-1] if history else {}
+    return {
+        "epochs": history,
+        "prototype_movement": last.get("prototype_movement"),
+        "nn_distance_quantiles": last.get("nn_distance_quantiles"),
+    }
+
+
 def evaluate_run_dir(
     run_dir: Path, data_path: str, device: torch.device, options: dict[str, Any]
 ) -> dict[str, Any]:
@@ -82,7 +97,7 @@ def evaluate_run_dir(
         shots = evaluation.few_shot(*train, *val, shots=tuple(options["fewshot_shots"]))
         metrics["fewshot"] = {str(n): v for n, v in shots.items()}
     protos, report = _prototype_metrics(teacher, float(options["eps"]))
-    metrics |= protos
+    metrics |= protos | _health_history(run_dir)
     metrics["data_share_by_redundancy"] = _share(
         teacher, val[0], report, config.method.teacher_temp
     )

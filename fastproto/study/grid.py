@@ -27,8 +27,10 @@ are the Cartesian products, merged by settings (a run in two groups runs once)::
     koleo_lambda = [0.0, 0.02, 0.1, 0.5]
     overrides = []                       # optional extra overrides for this group
 
-Settings are canonical: with regulariser "none" (or lambda 0) the run is the unregularised
-baseline with lambda 0, so the lambda = 0 row of the ablation is the baseline run. A run's id is
+Settings are canonical: with regulariser "none" (or lambda 0) the run is the baseline without
+KoLeo-proto, with lambda 0 (method.koleo_data stays as the base sets it: put
+"method.koleo_data=0.0" in the overrides for a baseline without any KoLeo term), so the
+lambda = 0 row of the ablation is the baseline run. A run's id is
 read from its settings plus a short hash of everything that determines it (recipe text, all
 overrides, demo size), so changing the base gives new ids and never reuses stale results.
 """
@@ -151,9 +153,12 @@ def settings_overrides(settings: dict[str, Any]) -> list[str]:
     lam = settings.get("koleo_lambda", DEFAULT_LAMBDA)
     regulariser = settings.get("regulariser")
     if regulariser is not None:
+        # The axis regularises the prototypes; KoLeo on the data stays as the base sets it,
+        # except in "koleo-data" runs, which compare it against KoLeo-proto at the same lambda.
         proto = lam if regulariser == "koleo-proto" else 0.0
-        data = lam if regulariser == "koleo-data" else 0.0
-        out += [f"method.koleo_proto={float(proto)!r}", f"method.koleo_data={float(data)!r}"]
+        out.append(f"method.koleo_proto={float(proto)!r}")
+        if regulariser == "koleo-data":
+            out.append(f"method.koleo_data={float(lam)!r}")
     elif "koleo_lambda" in settings:
         out.append(f"method.koleo_proto={float(lam)!r}")
     if "norm" in settings:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fastproto.study import claims as hyp
+from fastproto.study.collapse import collapse_section
 from fastproto.study.plots import Series, line_plot
 from fastproto.study.results import Row, cell, group, load_records, reference_slice, to_row
 
@@ -271,6 +272,7 @@ def build_report(folder: Path, out: Path | None = None) -> Path:
         "number of unique prototypes at eps = 0.025 (paper 1, definition 4.1).",
         "",
     ]
+    lines += collapse_section([rec for _, rec in records])
     lines += _claims_section(found) + scaling + _lambda_table(ok) + _share(ok, figures)
     lines += norm_cent + batch + _appendix(records, rows)
     out.parent.mkdir(parents=True, exist_ok=True)
