@@ -48,9 +48,12 @@ def problems() -> list[str]:
         if not torch.cuda.is_available():
             found.append("torch sees no CUDA device: run this on the GPU machine")
         else:
+            from harness import device_slug
+
             props = torch.cuda.get_device_properties(0)
             print(f"GPU {props.name}, sm_{props.major}{props.minor}, "
                   f"{props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}")  # fmt: skip
+            print(f"device slug: {device_slug(torch.device('cuda'))}")  # names the result CSVs
     return found
 
 
