@@ -19,7 +19,8 @@ configuration, so unchanged kernels are not compiled again:
     python bench/kernel_compile.py --write          # also bench/results/kernel_compile_table.*
 
 Run with TRITON_INTERPRET unset (interpreted kernels cannot be compiled). Without --cache the
-committed bench/results/kernel_compile_table.json is read (and, with --write, rewritten).
+committed bench/results/kernel_compile_table.json is the cache; new figures are added to it,
+and --write keeps only the current ones and writes the .md table beside it.
 """
 
 from __future__ import annotations
@@ -173,9 +174,9 @@ def problems(job: Job, fig: dict[str, object]) -> list[str]:
     return found
 
 
-def run(cache_path: Path, workers: int) -> tuple[list[tuple[Job, dict]], int]:
+def run(cache_path: Path, workers: int, prune: bool) -> tuple[list[tuple[Job, dict]], int]:
     """(job, figures) for every job, compiling only what the cache lacks; -> also the count
-    compiled. The cache file is rewritten to hold exactly the current jobs."""
+    compiled. The cache file gains the new figures; with `prune` it keeps only current ones."""
     source_hash = hashlib.sha256(SOURCE.read_bytes()).hexdigest()
     cached = json.loads(cache_path.read_text())["entries"] if cache_path.exists() else {}
     todo = [j for j in jobs() if j.key(source_hash) not in cached]
@@ -184,7 +185,7 @@ def run(cache_path: Path, workers: int) -> tuple[list[tuple[Job, dict]], int]:
             for job, fig in zip(todo, pool.map(compile_one, todo), strict=True):
                 cached[job.key(source_hash)] = fig
     results = [(j, cached[j.key(source_hash)]) for j in jobs()]
-    keep = {j.key(source_hash): fig for j, fig in results}
+    keep = {j.key(source_hash): fig for j, fig in results} if prune else cached
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     cache_path.write_text(json.dumps({"triton": triton.__version__, "entries": keep},
                                      indent=1, sort_keys=True) + "\n")  # fmt: skip
@@ -229,15 +230,17 @@ def main(argv: list[str] | None = None) -> int:
                          "bench/results/kernel_compile_table.json)")  # fmt: skip
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="compiler processes")  # fmt: skip
-    ap.add_argument("--write", action="store_true", help="write the markdown table beside it")
+    ap.add_argument("--write", action="store_true",
+                    help="write the markdown table beside the cache, which keeps only the "
+                         "current figures")  # fmt: skip
     args = ap.parse_args(argv)
-    results, compiled = run(args.cache, args.jobs)
+    results, compiled = run(args.cache, args.jobs, prune=args.write)
     lines = table(results)
     print("\n".join(lines))
     failed = [(j, problems(j, f)) for j, f in results if problems(j, f)]
     print(f"{len(results)} configurations, {compiled} compiled now, {len(failed)} over a limit")
     if args.write:
-        write_markdown(lines, TABLE.with_suffix(".md"))
+        write_markdown(lines, args.cache.with_suffix(".md"))
     return 1 if failed else 0
 
 
