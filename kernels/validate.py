@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from fastproto.value_checks import check_values
+
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
@@ -79,7 +81,7 @@ def check_loss_inputs(
         weights.shape == targets.shape,
         f"weights {tuple(weights.shape)} must have the shape of targets {tuple(targets.shape)}",
     )
-    if targets.numel():
+    if targets.numel() and check_values(targets):  # a device sync: on a GPU in debug mode only
         lo, hi = int(targets.min()), int(targets.max())
         _require(
             lo >= -1 and hi < teacher.shape[0],

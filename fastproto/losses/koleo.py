@@ -30,6 +30,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fastproto.value_checks import check_values
+
 TILE_ELEMENTS = 1 << 24  # similarity floats per batched step: [G, S, S] (64 MiB in float32)
 
 
@@ -41,6 +43,8 @@ def _check_rows(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} needs at least 2 rows: a single row has no nearest neighbour")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be floating point, got {x.dtype}")
+    if not check_values(x):  # the NaN/inf tests are device syncs: on a GPU in debug mode only
+        return
     if torch.isnan(x).any():
         raise ValueError(f"{name} contains NaN; check the training run")
     if torch.isinf(x).any():
