@@ -40,27 +40,76 @@ def percentiles(samples: list[float]) -> Timing:
     return Timing(statistics.median(samples), q[1], q[7])
 
 
-def time_call(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Timing:
-    """Seconds per call of `fn`; on CUDA uses triton's do_bench (ms -> s)."""
-    if device.type == "cuda":
-        from triton.testing import do_bench
+L2_FLUSH_BYTES = 256 * 2**20  # more than any GPU's L2 cache (H200: 60 MB)
 
-        ms = do_bench(fn, warmup=25 * warmup, rep=100 * repeats, quantiles=[0.5, 0.2, 0.8])
-        return Timing(ms[0] / 1e3, ms[1] / 1e3, ms[2] / 1e3)
+
+def time_call(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Timing:
+    """Seconds per call of `fn`: `warmup` untimed calls, then `repeats` timed ones."""
+    return time_and_peak(fn, device, warmup, repeats)[0]
+
+
+@dataclass(frozen=True)
+class CudaMemory:
+    """Bytes allocated when the timed calls began, and the peak during them."""
+
+    at_start: int
+    peak: int
+
+    @property
+    def extra(self) -> int:
+        """What the calls allocated on top of what was already held."""
+        return self.peak - self.at_start
+
+
+def time_and_peak(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,
+                  flush_l2: bool = True) -> tuple[Timing, CudaMemory | None]:  # fmt: skip
+    """(seconds per call, CUDA memory during the timed calls or None on CPU).
+
+    On CUDA each timed call is bracketed by CUDA events, and with `flush_l2` a buffer bigger
+    than the L2 cache is zeroed before it (as triton's do_bench does, so a call does not find
+    its inputs in L2). That buffer is allocated before the peak is reset, so `extra` is that of
+    plain calls of `fn` (do_bench allocates its buffer after any reset the caller makes, which
+    is why it is not used here); `peak` counts the buffer unless flush_l2=False.
+    """
     for _ in range(warmup):
         fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    if device.type != "cuda":
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        return percentiles(samples), None
+    flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device) if flush_l2 else None
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(repeats)]  # fmt: skip
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    at_start = torch.cuda.memory_allocated(device)
+    for start, end in events:
+        if flush is not None:
+            flush.zero_()
+        start.record()
         fn()
-        samples.append(time.perf_counter() - start)
-    return percentiles(samples)
+        end.record()
+    torch.cuda.synchronize(device)
+    memory = CudaMemory(at_start, torch.cuda.max_memory_allocated(device))
+    del flush
+    return percentiles([s.elapsed_time(e) / 1e3 for s, e in events]), memory
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def device_slug(device: torch.device) -> str:
+    """A file-name part for the device: "cpu", "h200", "h100-80gb-hbm3", ..."""
+    if device.type != "cuda":
+        return "cpu"
+    name = torch.cuda.get_device_name(device).lower().replace("nvidia", "")
+    return "-".join("".join(c if c.isalnum() else " " for c in name).split())
 
 
 def versions() -> str:

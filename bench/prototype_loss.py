@@ -7,10 +7,12 @@ Presets follow iBOT ViT-S/16 (paper 1, Table 12: GPU memory vs K at batch 64 and
     patch-b{B}-k{K}  patch rows: Ns = Nt = 2 x 196 B tokens, P = 1 (token i against token i),
                      weight 1 on the masked tokens, masking ratio drawn in [0, 0.3] per view
 
-for K in 1024 ... 1048576 and B in {64, 100}. Each (preset, impl) prints time (median of
-repeats; triton.testing.do_bench on GPU) and peak extra memory: on CUDA max_memory_allocated
-above the inputs; on CPU each run is a fresh child process (glibc mmap threshold fixed at 1 MiB)
-and the figure is its peak RSS (VmHWM, reset after making the inputs) minus the RSS then. The
+for K in 1024 ... 1048576 and B in {64, 100}. Inputs are drawn on the device. Each (preset,
+impl) prints time (median of the timed calls after the warm-up ones; CUDA events on GPU, with
+the L2 cache flushed before each call) and peak extra memory: on CUDA max_memory_allocated
+during those plain calls above what was allocated before them; on CPU each run is a fresh
+child process (glibc mmap threshold fixed at 1 MiB) and the figure is its peak RSS (VmHWM,
+reset after making the inputs) minus the RSS then. The
 table ends with the slope of memory in K (MB per 1024 prototypes, least squares), the figure
 paper 1 reports as ~800 MB for the whole iBOT step; on GPU it adds achieved TFLOP/s
 (2 K D (3 Ns + Nt) useful flops) and GB/s (parameters, embeddings and their gradients, each
@@ -19,6 +21,8 @@ moved once) against the device's limits.
     python bench/prototype_loss.py --smoke                       # CI: tiny, CPU, seconds
     python bench/prototype_loss.py --device cpu --max-k 65536 --batch 64 --rows cls
     python bench/prototype_loss.py --device cuda --impl triton,chunked,reference
+    python bench/prototype_loss.py --device cuda --dtype bfloat16 \
+        --preset cls-b64-k65536:triton,reference cls-b64-k262144:triton   # impls per preset
 """
 
 from __future__ import annotations
@@ -37,7 +41,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS_DIR, Timing, append_rows, device_name, make_row, time_call  # noqa: E402
+from harness import (  # noqa: E402
+    RESULTS_DIR,
+    Timing,
+    append_rows,
+    device_name,
+    device_slug,
+    make_row,
+    time_and_peak,
+)
 
 K_VALUES = (1024, 2048, 4096, 8192, 10240, 16384, 32768, 65536, 131072, 262144, 524288, 1048576)
 BATCHES = (64, 100)
@@ -75,16 +87,19 @@ def presets() -> dict[str, Preset]:
 
 
 def make_inputs(p: Preset, device: torch.device, dtype: torch.dtype) -> tuple:
-    """Loss arguments for preset `p`, the differentiable ones first."""
+    """Loss arguments for preset `p`, the differentiable ones first, drawn on `device`."""
     ns, nt, pairs = p.sizes
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
     unit = torch.nn.functional.normalize
 
     def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g)
+        return torch.randn(*shape, generator=g, device=device)
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=g, device=device)
 
     def protos() -> torch.Tensor:
-        return unit(rand(p.k, DIM), dim=1) * (0.5 + 2.0 * torch.rand(p.k, 1, generator=g))
+        return unit(rand(p.k, DIM), dim=1) * (0.5 + 2.0 * uniform(p.k, 1))
 
     if p.rows == "cls":  # crop c of image i is row c * B + i; globals are crops 0 and 1
         crop = torch.arange(ns) // p.batch
@@ -95,8 +110,8 @@ def make_inputs(p: Preset, device: torch.device, dtype: torch.dtype) -> tuple:
         weights = torch.ones(ns, pairs)
     else:
         targets = torch.arange(ns)[:, None]
-        ratio = 0.3 * torch.rand(ns // TOKENS, 1, generator=g)  # per view
-        weights = (torch.rand(ns // TOKENS, TOKENS, generator=g) < ratio).float().reshape(ns, 1)
+        ratio = 0.3 * uniform(ns // TOKENS, 1)  # per view
+        weights = (uniform(ns // TOKENS, TOKENS) < ratio).float().reshape(ns, 1)
     student = unit(rand(ns, DIM), dim=1).to(device, dtype).requires_grad_()
     student_protos = protos().to(device, dtype).requires_grad_()
     teacher = unit(rand(nt, DIM), dim=1).to(device, dtype)
@@ -151,19 +166,16 @@ def measure(p: Preset, impl: str, device: torch.device, dtype: torch.dtype, warm
     if device.type == "cuda":
         torch.cuda.empty_cache()
         step = step_fn(p, impl, device, dtype)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        step()
-        torch.cuda.synchronize()
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-        return time_call(step, device, warmup, repeats), peak
+        # warm-up calls compile the kernels; the peak is taken over the plain timed calls
+        timing, memory = time_and_peak(step, device, max(1, warmup), repeats)
+        assert memory is not None
+        return timing, memory.extra / 2**20
     step = step_fn(p, impl, device, dtype)
     _reset_peak_rss()  # else the peak of imports and input making hides a smaller step
     before = _peak_rss_mib()
     step()
     peak = _peak_rss_mib() - before
-    return time_call(step, device, warmup, repeats), peak
+    return time_and_peak(step, device, warmup, repeats)[0], peak
 
 
 def measure_in_child(p: Preset, impl: str, dtype: torch.dtype, warmup: int,
@@ -203,17 +215,19 @@ def limits(device: torch.device, dtype: torch.dtype) -> tuple[float, float] | No
     return None
 
 
-def select(args: argparse.Namespace) -> list[Preset]:
+def select(args: argparse.Namespace, impls: list[str]) -> list[tuple[Preset, list[str]]]:
+    """The presets to run, each with its implementations (NAME:impl,impl overrides --impl)."""
     table = presets()
     if args.smoke:
-        return [table["smoke-k1024"], table["smoke-k2048"]]
+        return [(table["smoke-k1024"], impls), (table["smoke-k2048"], impls)]
     if args.preset:
-        unknown = [name for name in args.preset if name not in table]
+        chosen = [name.partition(":") for name in args.preset]
+        unknown = [name for name, _, _ in chosen if name not in table]
         if unknown:
             raise SystemExit(f"unknown preset(s) {unknown}; names look like cls-b64-k65536")
-        return [table[name] for name in args.preset]
-    return [p for p in table.values() if not p.name.startswith("smoke") and p.k <= args.max_k
-            and p.batch in args.batch and p.rows in args.rows]  # fmt: skip
+        return [(table[name], own.split(",") if own else impls) for name, _, own in chosen]
+    return [(p, impls) for p in table.values() if not p.name.startswith("smoke")
+            and p.k <= args.max_k and p.batch in args.batch and p.rows in args.rows]  # fmt: skip
 
 
 def run_one(p: Preset, impl: str, device: torch.device, args: argparse.Namespace,
@@ -277,11 +291,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, nargs="+", default=list(BATCHES), help="batch sizes")
     ap.add_argument("--rows", nargs="+", default=["cls", "patch"], choices=["cls", "patch"],
                     help="CLS-token rows, patch-token rows, or both")  # fmt: skip
-    ap.add_argument("--preset", nargs="+", help="explicit preset names (overrides the sweep)")
+    ap.add_argument("--preset", nargs="+",
+                    help="explicit preset names (overrides the sweep); NAME:impl,impl runs only "
+                         "those implementations on that preset")  # fmt: skip
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                     help="dtype of embeddings and prototypes")  # fmt: skip
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
-    ap.add_argument("--repeats", type=int, default=3, help="timed calls (CPU) / do_bench scale")
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls after the warm-up")
     ap.add_argument("--out", type=Path, default=None,
                     help="CSV to append to (default bench/results/prototype_loss_<device>.csv; "
                          "--smoke writes nothing unless given)")  # fmt: skip
@@ -297,13 +313,6 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"p50": t.p50, "p20": t.p20, "p80": t.p80, "peak_mib": mib}))
 
 
-def device_slug(device: torch.device) -> str:
-    if device.type == "cpu":
-        return "cpu"
-    name = torch.cuda.get_device_name(device).lower().replace("nvidia", "")
-    return "-".join("".join(c if c.isalnum() else " " for c in name).split())
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     if args.child:
@@ -315,8 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     default_out = RESULTS_DIR / f"prototype_loss_{device_slug(device)}.csv"
     out = args.out or (None if args.smoke else default_out)
     results = []
-    for p in select(args):
-        for impl in impls:
+    for p, preset_impls in select(args, impls):
+        for impl in preset_impls:
             t, mib = run_one(p, impl, device, args, dtype)
             results.append((p, impl, t, mib))
             print(f"  {p.name:20} {impl:9} {t.p50 * 1e3:10.2f} ms {mib:9.1f} MiB", flush=True)

@@ -6,10 +6,13 @@ block masks, DINO + iBOT patch loss + KoLeo-proto, backward, clip, AdamW, EMA: t
 For each batch B in {64, 100} and K in the preset, with the materialised `reference` loss and the
 streaming loss (`auto`: Triton on GPU), it records peak memory (GB) and images/s, prints a table
 laid out like paper 1 Table 12 with the paper's numbers beside ours, and the slope of memory per
-1024 prototypes (least squares over K). Rows go to bench/results/train_memory.csv.
+1024 prototypes (least squares over K). Each point: one warm-up step, then timed steps (CUDA
+events), the peak taken over those plain steps. Rows go to bench/results/train_memory_<device>.csv
+as each point is measured.
 
     .venv/bin/python bench/train_memory.py                   # GPU, fp16 (as Table 12)
     .venv/bin/python bench/train_memory.py --precision bf16
+    .venv/bin/python bench/train_memory.py --batch 64 --points reference:1024 auto:65536
     .venv/bin/python bench/train_memory.py --smoke           # CPU, tiny model, seconds
 """
 
@@ -22,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS_DIR, append_rows, make_row, time_call  # noqa: E402
+from harness import RESULTS_DIR, append_rows, device_slug, make_row, time_and_peak  # noqa: E402
 
 from fastproto.config import load_config  # noqa: E402
 from fastproto.data.masking import block_masks  # noqa: E402
@@ -70,14 +73,11 @@ def measure(k: int, batch: int, impl: str, args: argparse.Namespace, device: tor
         torch.manual_seed(0)
         state = build_state(config, DistInfo(0, 1, 0, device))
         g, loc, masks = make_inputs(config, device)
-        train_step(state, g, loc, masks, VALUES)  # warm-up (compiles kernels, allocates state)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats(device)
-        timing = time_call(lambda: train_step(state, g, loc, masks, VALUES), device,
-                           warmup=1, repeats=args.repeats)  # fmt: skip
-        peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-        return peak, timing
+        # the warm-up step compiles kernels and allocates the optimizer state; no L2 flush
+        # (a whole step is far bigger than the cache), so the peak is the step's own
+        timing, memory = time_and_peak(lambda: train_step(state, g, loc, masks, VALUES), device,
+                                       warmup=1, repeats=args.repeats, flush_l2=False)  # fmt: skip
+        return (None if memory is None else memory.peak / 1e9), timing
     except torch.OutOfMemoryError:
         return None
     finally:
@@ -95,45 +95,78 @@ def slope_per_1024(points: list[tuple[int, float]]) -> float:
     return float((kc * (mem - mem.mean())).sum() / (kc * kc).sum()) * 1024
 
 
+def points(args: argparse.Namespace, ks: tuple[int, ...]) -> list[tuple[str, int]]:
+    """(loss impl, K) pairs to run: --points as given, else every impl over the preset's K."""
+    if args.points is None:
+        return [(impl, k) for impl in args.impls.split(",") for k in ks]
+    out = []
+    for item in args.points:
+        impl, sep, k = item.partition(":")
+        if not sep or not k.isdigit():
+            raise SystemExit(f"--points takes IMPL:K items such as auto:65536, got {item!r}")
+        out.append((impl, int(k)))
+    return out
+
+
+def run_point(batch: int, impl: str, k: int, args: argparse.Namespace, device: torch.device,
+              out: Path) -> float | None:  # fmt: skip
+    """Measure one point, print its line, append its rows to `out`; -> peak GB (None: no peak)."""
+    got = measure(k, batch, impl, args, device)
+    shape = f"B={batch},K={k},{args.precision}"
+    paper = PAPER.get((batch, k))
+    if got is None:
+        print(f"{batch:>4} {k:>7} {impl:>9} {paper or '':>9} {'OOM':>8}", flush=True)
+        return None
+    peak, timing = got
+    rate = batch / timing.p50
+    rows = [make_row("train_step_ibot_vits16", impl, shape, "images_per_s", "img/s", rate,
+                     device)]  # fmt: skip
+    if peak is not None:
+        rows.append(make_row("train_step_ibot_vits16", impl, shape, "peak_memory", "GB", peak,
+                             device))  # fmt: skip
+    append_rows(out, rows)  # per point: a run cut short by a time budget keeps what it measured
+    ours = f"{peak:.1f}" if peak is not None else "-"
+    print(f"{batch:>4} {k:>7} {impl:>9} {paper or '':>9} {ours:>8} {rate:>8.1f}", flush=True)
+    return peak
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run for CI")
     parser.add_argument("--precision", default="fp16", choices=("fp16", "bf16", "fp32"),
                         help="mixed precision of the step (Table 12 used fp16)")  # fmt: skip
     parser.add_argument("--impls", default="reference,auto", help="comma-separated loss impls")
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps per point")
-    parser.add_argument("--out", default=str(RESULTS_DIR / "train_memory.csv"), help="CSV file")
+    parser.add_argument("--batch", type=int, nargs="+", default=None,
+                        help="batch sizes (default: the preset's)")  # fmt: skip
+    parser.add_argument(
+        "--points",
+        nargs="+",
+        default=None,
+        metavar="IMPL:K",
+        help="run only these (impl, K) points, in this order, e.g. "
+        "reference:1024 auto:65536 (overrides --impls and the preset's K)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per point")
+    parser.add_argument(
+        "--out", default=None, help="CSV file (default bench/results/train_memory_<device>.csv)"
+    )
     args = parser.parse_args()
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     if device.type == "cpu":
         args.precision = "fp32"
     preset = PRESETS["smoke" if args.smoke else "full"]
+    batches = args.batch or preset["batches"]
+    out = Path(args.out or RESULTS_DIR / f"train_memory_{device_slug(device)}.csv")
     mem_points: dict[tuple[int, str], list[tuple[int, float]]] = {}
     print(f"{'B':>4} {'K':>7} {'impl':>9} {'paper GB':>9} {'ours GB':>8} {'img/s':>8}")
-    for batch in preset["batches"]:
-        for impl in args.impls.split(","):
-            for k in preset["ks"]:
-                got = measure(k, batch, impl, args, device)
-                shape = f"B={batch},K={k},{args.precision}"
-                paper = PAPER.get((batch, k))
-                if got is None:
-                    print(f"{batch:>4} {k:>7} {impl:>9} {paper or '':>9} {'OOM':>8}")
-                    continue
-                peak, timing = got
-                rate = batch / timing.p50
-                rows = [make_row("train_step_ibot_vits16", impl, shape, "images_per_s",
-                                 "img/s", rate, device)]  # fmt: skip
-                if peak is not None:
-                    rows.append(make_row("train_step_ibot_vits16", impl, shape, "peak_memory",
-                                         "GB", peak, device))  # fmt: skip
-                    mem_points.setdefault((batch, impl), []).append((k, peak))
-                # appended per point, so a run cut short by a time budget keeps what it measured
-                append_rows(Path(args.out), rows)
-                ours = f"{peak:.1f}" if peak is not None else "-"
-                print(f"{batch:>4} {k:>7} {impl:>9} {paper or '':>9} {ours:>8} {rate:>8.1f}")
-    for (batch, impl), points in mem_points.items():
-        print(f"slope B={batch} {impl}: {slope_per_1024(points):.3f} GB per 1024 prototypes")
-    for batch in preset["batches"]:
+    for batch in batches:
+        for impl, k in points(args, preset["ks"]):
+            peak = run_point(batch, impl, k, args, device, out)
+            if peak is not None:
+                mem_points.setdefault((batch, impl), []).append((k, peak))
+    for (batch, impl), pts in mem_points.items():
+        print(f"slope B={batch} {impl}: {slope_per_1024(pts):.3f} GB per 1024 prototypes")
+    for batch in batches:
         paper_points = [(k, v) for (b, k), v in PAPER.items() if b == batch]
         if paper_points:
             slope = slope_per_1024(paper_points)

@@ -56,21 +56,35 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def global_mean(stat: Tensor, rows: int) -> Tensor:
+def global_mean(stat: Tensor, rows: int) -> tuple[Tensor, Tensor]:
     """Mean of a per-rank batch statistic [K] over all ranks, weighted by each rank's `rows`.
 
-    `stat` is this rank's mean over its `rows` rows; without a process group it is returned as is.
+    `stat` is this rank's mean over its `rows` rows; a rank with no rows adds nothing (its
+    `stat` is not read, so it may be NaN). Returns (mean [K], total rows as a 0-dim tensor): with
+    no row on any rank the mean is 0 and the total 0, decided on the device, without a host sync.
+    Without a process group this rank's rows are the total.
     """
-    if not _distributed():
-        return stat
-    packed = torch.cat([stat * rows, stat.new_tensor([float(rows)])])  # [K + 1]
-    dist.all_reduce(packed)
-    return packed[:-1] / packed[-1]
+    local = stat * rows if rows > 0 else torch.zeros_like(stat)
+    packed = torch.cat([local, stat.new_tensor([float(rows)])])  # [K + 1]
+    if _distributed():
+        dist.all_reduce(packed)
+    total = packed[-1]
+    return packed[:-1] / total.clamp_min(1.0), total
 
 
 def _safe_log(probs: Tensor) -> Tensor:
     # A column mean that underflows to 0 would give -inf and then NaN in the next softmax.
     return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
+
+def _column_mean(
+    teacher: Tensor, protos: Tensor, center: Tensor, teacher_temp: float, vmf: bool, impl: str
+) -> Tensor:
+    """Batch-mean teacher probabilities [K]; zeros for a batch without rows (global_mean then
+    leaves this rank out)."""
+    if teacher.shape[0] == 0:
+        return teacher.new_zeros(protos.shape[0])
+    return teacher_statistics(teacher, protos, center, teacher_temp, vmf, impl)[1]
 
 
 class Centering(nn.Module):
@@ -103,7 +117,10 @@ class Centering(nn.Module):
                 f"{tuple(teacher_protos.shape)}; pass [K={k}, D] prototypes or build the centring "
                 f"with make_centering(kind, num_prototypes=K)"
             )
-        check_teacher_inputs(teacher, teacher_protos, teacher_protos.new_zeros(k), teacher_temp)
+        # a batch may have no rows (an iBOT step without a masked token): it moves no state, but
+        # under DDP this rank must still join the all-reduce of the ranks that have rows
+        zero = teacher_protos.new_zeros(k)
+        check_teacher_inputs(teacher, teacher_protos, zero, teacher_temp, min_rows=0)
         # Statistics in at least float32: a bf16 teacher (autocast) would round the logs and
         # the Sinkhorn updates; float64 inputs stay float64. Returned center has this dtype.
         dtype = torch.promote_types(
@@ -146,11 +163,11 @@ class _EmaCentering(Centering):
         self.momentum = float(momentum)
         self.register_buffer("center", torch.zeros(num_prototypes))
 
-    def _fold_in(self, batch_stat: Tensor) -> None:
-        """c <- m c + (1 - m) batch_stat, in place, in the buffer's dtype."""
-        self.center.mul_(self.momentum).add_(
-            batch_stat.to(self.center.dtype), alpha=1.0 - self.momentum
-        )
+    def _fold_in(self, batch_stat: Tensor, total_rows: Tensor) -> None:
+        """c <- m c + (1 - m) batch_stat, in place, in the buffer's dtype; c stays as it is when
+        the global batch had no rows (total_rows = 0: an iBOT step without a masked token)."""
+        step = (1.0 - self.momentum) * (total_rows > 0).to(self.center.dtype)  # 0-dim
+        self.center.add_(step * (batch_stat.to(self.center.dtype) - self.center))
 
     def extra_repr(self) -> str:
         return f"num_prototypes={self.num_prototypes}, momentum={self.momentum}"
@@ -164,13 +181,13 @@ class LogitCentering(_EmaCentering):
     ) -> Tensor:
         center = self.center.to(teacher.dtype) / teacher_temp  # a new tensor: [K]
         mean_output = teacher_protos @ teacher.mean(dim=0)  # [K] = <w_k, mean_m y_m>
-        mean_output = global_mean(mean_output, teacher.shape[0])
+        mean_output, total = global_mean(mean_output, teacher.shape[0])
         if vmf:
             # Same on every rank, so it can be added after the reduction.
             mean_output = mean_output + teacher_temp * prototype_bias(
                 teacher_protos, teacher_temp, True
             )
-        self._fold_in(mean_output)
+        self._fold_in(mean_output, total)
         return center
 
 
@@ -182,8 +199,9 @@ class ProbabilityCentering(_EmaCentering):
     ) -> Tensor:
         center = self.center.to(teacher.dtype, copy=True)  # [K], before this batch
         zero = teacher.new_zeros(self.num_prototypes)
-        _, column_mean = teacher_statistics(teacher, teacher_protos, zero, teacher_temp, vmf, impl)
-        self._fold_in(_safe_log(global_mean(column_mean, teacher.shape[0])))
+        column_mean = _column_mean(teacher, teacher_protos, zero, teacher_temp, vmf, impl)
+        column_mean, total = global_mean(column_mean, teacher.shape[0])
+        self._fold_in(_safe_log(column_mean), total)
         return center
 
 
@@ -202,8 +220,9 @@ class SinkhornCentering(Centering):
     ) -> Tensor:
         u = teacher.new_zeros(self.num_prototypes)  # [K]
         for _ in range(self.iterations):
-            _, column_mean = teacher_statistics(teacher, teacher_protos, u, teacher_temp, vmf, impl)
-            u = u + _safe_log(global_mean(column_mean, teacher.shape[0]))
+            column_mean = _column_mean(teacher, teacher_protos, u, teacher_temp, vmf, impl)
+            column_mean, total = global_mean(column_mean, teacher.shape[0])
+            u = u + torch.where(total > 0, _safe_log(column_mean), 0.0)  # no rows: u stays 0
         self.last_center.copy_(u.to(self.last_center.dtype))
         return u
 

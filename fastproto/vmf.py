@@ -42,6 +42,8 @@ from typing import Any
 import mpmath
 import torch
 
+from fastproto.value_checks import check_values
+
 MAX_TERMS = 4
 EXPANSION_MIN_DIM = 32
 SERIES_MAX_R = 64.0
@@ -97,8 +99,9 @@ def _check_kappa(kappa: Any) -> None:
         raise ValueError(f"kappa must be a torch.Tensor, got {type(kappa).__name__}")
     if kappa.is_complex():
         raise ValueError(f"kappa must be real, got dtype {kappa.dtype}")
-    # One device sync on the good path; the counts are only computed to word the error.
-    if bool((kappa > 0).logical_and(torch.isfinite(kappa)).all()):
+    # One device sync on the good path (so on a GPU only in debug mode, see value_checks); the
+    # counts are only computed to word the error.
+    if not check_values(kappa) or bool((kappa > 0).logical_and(torch.isfinite(kappa)).all()):
         return
     nan = int(torch.isnan(kappa).sum())
     nonpositive = int((kappa <= 0).sum())

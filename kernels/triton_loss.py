@@ -46,14 +46,25 @@ def _config(dim: int, dtype: torch.dtype) -> dict[str, Any]:
     shrink as D grows and for float32 inputs, and loads are not multi-buffered for float32
     (num_stages=1), so the tiles fit in an H100's 228 KiB of shared memory per SM.
     """
-    block_d = max(16, triton.next_power_of_2(dim))
     if _interpreting():
-        return {"BLOCK_N": 16, "BLOCK_K": 32, "BLOCK_D": block_d, "CAST_FP32": True,
-                "IEEE": True}  # fmt: skip
+        return {"BLOCK_N": 16, "BLOCK_K": 32, "BLOCK_D": max(16, triton.next_power_of_2(dim)),
+                "CAST_FP32": True, "IEEE": True}  # fmt: skip
+    return compiled_config(dim, dtype)
+
+
+def compiled_config(dim: int, dtype: torch.dtype) -> dict[str, Any]:
+    """The compiled (not interpreted) branch of _config; bench/kernel_compile.py compiles every
+    configuration this can return ahead of time, for sm_80 and sm_90."""
+    block_d = max(16, triton.next_power_of_2(dim))
     half = dtype != torch.float32
-    block = max(16, (64 if half else 32) // max(1, block_d // 256))
+    # From BLOCK_D = `wide` on a program gets 8 warps and the blocks halve per doubling of D.
+    # float32 (IEEE dots on the FMA units) needs that one step earlier: with the half-precision
+    # sizes ptxas spilled 400-800 bytes per thread at BLOCK_D = 128 and 256 (sm_80 and sm_90,
+    # bench/results/kernel_compile_table.md); these sizes spill nothing.
+    wide = 256 if half else 128
+    block = max(16, (64 if half else 32) // max(1, block_d // wide))
     return {"BLOCK_N": block, "BLOCK_K": block, "BLOCK_D": block_d, "CAST_FP32": False,
-            "IEEE": not half, "num_warps": 8 if block_d >= 256 else 4,
+            "IEEE": not half, "num_warps": 8 if block_d >= wide else 4,
             "num_stages": 2 if half else 1}  # fmt: skip
 
 

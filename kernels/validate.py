@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from fastproto.value_checks import check_values
+
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
@@ -11,12 +13,19 @@ def _require(condition: bool, message: str) -> None:
 
 
 def check_teacher_inputs(
-    teacher: torch.Tensor, teacher_protos: torch.Tensor, center: torch.Tensor, teacher_temp: float
+    teacher: torch.Tensor,
+    teacher_protos: torch.Tensor,
+    center: torch.Tensor,
+    teacher_temp: float,
+    min_rows: int = 1,
 ) -> None:
+    """The loss needs a teacher row; centring (min_rows=0) also takes a batch without one."""
     for name, t in (("teacher", teacher), ("teacher_protos", teacher_protos), ("center", center)):
         _require(t.is_floating_point(), f"{name} must be a floating tensor, got {t.dtype}")
     _require(teacher.dim() == 2, f"teacher must be [Nt, D], got shape {tuple(teacher.shape)}")
-    _require(teacher.shape[0] >= 1, "teacher has no rows: pass at least one teacher embedding")
+    _require(
+        teacher.shape[0] >= min_rows, "teacher has no rows: pass at least one teacher embedding"
+    )
     _require(
         teacher_protos.dim() == 2 and teacher_protos.shape[0] >= 1,
         f"teacher_protos must be [K, D] with K >= 1, got shape {tuple(teacher_protos.shape)}",
@@ -72,7 +81,7 @@ def check_loss_inputs(
         weights.shape == targets.shape,
         f"weights {tuple(weights.shape)} must have the shape of targets {tuple(targets.shape)}",
     )
-    if targets.numel():
+    if targets.numel() and check_values(targets):  # a device sync: on a GPU in debug mode only
         lo, hi = int(targets.min()), int(targets.max())
         _require(
             lo >= -1 and hi < teacher.shape[0],

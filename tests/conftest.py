@@ -1,8 +1,12 @@
 """Test set-up shared by every tier.
 
 The CPU tier runs Triton kernels through the interpreter: TRITON_INTERPRET must be set before
-`triton` is first imported, so it is set here, at collection time. The GPU tier
-(`FASTPROTO_TEST_TIER=gpu pytest -m gpu`) compiles the kernels for real.
+the kernels are decorated (when fastproto.kernels.triton_kernels is first imported, during
+collection), so it is set here. The GPU tier (`make test-gpu`, or
+`FASTPROTO_TEST_TIER=gpu pytest -m gpu tests`) compiles the kernels for real; a plain
+`pytest -m gpu` on a machine with CUDA is taken as the GPU tier too. Collecting the GPU tier
+needs only torch, triton, timm and numpy: modules that use scipy, FFCV or DALI import them
+inside the tests that need them (tests/test_gpu_tier.py checks this).
 """
 
 from __future__ import annotations
@@ -12,11 +16,21 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-if os.environ.get("FASTPROTO_TEST_TIER") != "gpu":
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+GPU_TIER = os.environ.get("FASTPROTO_TEST_TIER") == "gpu"
+INTERPRET_SET_HERE = not GPU_TIER and "TRITON_INTERPRET" not in os.environ
+if INTERPRET_SET_HERE:
+    os.environ["TRITON_INTERPRET"] = "1"
+elif GPU_TIER:
+    os.environ.pop("TRITON_INTERPRET", None)  # the GPU tier is compiled, whatever the shell set
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`pytest -m gpu` where CUDA is visible runs the kernels compiled, not interpreted."""
+    if INTERPRET_SET_HERE and config.getoption("markexpr") == "gpu" and torch.cuda.is_available():
+        del os.environ["TRITON_INTERPRET"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

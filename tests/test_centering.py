@@ -226,8 +226,10 @@ def test_bad_input_raises_value_error() -> None:
         make_centering("logit", 5)(teacher[:, :8], protos, 0.1, False, "reference")
 
 
-# Two batches: the first split evenly over the ranks, the second 5 / 7, to check row weighting.
-SPLITS = [(6, 6), (5, 7)]
+# Three batches: the first split evenly over the ranks, the second 5 / 7, to check row
+# weighting, the third 0 / 12: a rank without rows (an iBOT batch without a masked token there)
+# still joins the all-reduce and leaves the statistic to the other rank.
+SPLITS = [(6, 6), (5, 7), (0, 12)]
 
 
 def _run_all_kinds(batches, rank: int | None) -> dict[str, list[torch.Tensor]]:

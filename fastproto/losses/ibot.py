@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from fastproto.kernels import prototype_cross_entropy
+from fastproto.value_checks import check_values
 
 
 def _check_patches(
@@ -37,7 +38,9 @@ def _check_patches(
         )
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
-    if image_index.numel() and (int(image_index.min()) < 0 or int(image_index.max()) >= num_images):
+    if not image_index.numel() or not check_values(image_index):  # min/max: a device sync
+        return
+    if int(image_index.min()) < 0 or int(image_index.max()) >= num_images:
         raise ValueError(
             f"image_index must lie in [0, num_images-1]=[0, {num_images - 1}], found "
             f"[{int(image_index.min())}, {int(image_index.max())}]"

@@ -12,7 +12,9 @@ groups of near-equal size (the first K mod T groups hold one more member), and
     h(W) = sum_t h(W_t)    (a sum over groups, not a mean, as in the paper).
 
 Each group's [S, S] similarity tile is only used to pick the neighbour (no grad); the distance
-is then recomputed from the two rows, so autograd stores [S, D], never [S, S].
+is then recomputed from the two rows, so autograd stores [S, D], never [S, S]. Groups of one
+size are batched ([G, S, S] tiles of at most TILE_ELEMENTS floats), so K = 2^20 in groups of
+2048 takes 128 batched steps rather than 512 Python iterations.
 
 KoLeo-data (DINOv2) is the same estimator on the batch embeddings [B, D], over the whole batch.
 
@@ -22,10 +24,15 @@ the norm's gradient at a zero difference is taken as 0, so duplicates give a fin
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 import torch.nn.functional as F
+
+from fastproto.value_checks import check_values
+
+TILE_ELEMENTS = 1 << 24  # similarity floats per batched step: [G, S, S] (64 MiB in float32)
 
 
 def _check_rows(x: torch.Tensor, name: str) -> None:
@@ -36,6 +43,8 @@ def _check_rows(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} needs at least 2 rows: a single row has no nearest neighbour")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be floating point, got {x.dtype}")
+    if not check_values(x):  # the NaN/inf tests are device syncs: on a GPU in debug mode only
+        return
     if torch.isnan(x).any():
         raise ValueError(f"{name} contains NaN; check the training run")
     if torch.isinf(x).any():
@@ -43,12 +52,14 @@ def _check_rows(x: torch.Tensor, name: str) -> None:
 
 
 def _nearest_log_distance(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """log(d_k + eps) for each row of x [S, D] (unit rows), d_k = distance to nearest other row."""
+    """log(d_k + eps) for each row of x [..., S, D] (unit rows), d_k = distance to the nearest
+    other row of the same group -> [..., S]."""
     with torch.no_grad():
-        sim = x @ x.T  # [S, S]
-        sim.fill_diagonal_(-3.0)  # below any cosine, so a row never picks itself
-        neighbour = sim.argmax(dim=1)  # [S]
-    distance = (x - x[neighbour]).norm(dim=1)  # [S], differentiable
+        sim = x @ x.transpose(-1, -2)  # [..., S, S]
+        sim.diagonal(dim1=-2, dim2=-1).fill_(-3.0)  # below any cosine: a row never picks itself
+        neighbour = sim.argmax(dim=-1)  # [..., S]
+    nearest = torch.take_along_dim(x, neighbour[..., None], dim=-2)  # [..., S, D]
+    distance = (x - nearest).norm(dim=-1)  # [..., S], differentiable
     return torch.log(distance + eps)
 
 
@@ -84,10 +95,16 @@ def koleo_proto(
     order = torch.randperm(num, generator=generator, device=device).to(mu.device)  # [K]
     total = mu.new_zeros(())
     start = 0
-    for size in koleo_group_sizes(num, group_size):
-        group = mu[order[start : start + size]]  # [S, D]
-        total = total - _nearest_log_distance(group, eps).mean()
-        start += size
+    # the groups come in at most two runs of one size each: batch each run
+    for size, run in itertools.groupby(koleo_group_sizes(num, group_size)):
+        count = len(list(run))
+        per_step = max(1, TILE_ELEMENTS // (size * size))
+        for first in range(0, count, per_step):
+            n = min(per_step, count - first)
+            index = order[start + first * size : start + (first + n) * size].view(n, size)
+            group_mean = _nearest_log_distance(mu[index], eps).mean(dim=1)  # [n] per group
+            total = total - group_mean.sum()
+        start += count * size
     return total
 
 

@@ -130,7 +130,9 @@ def compute_losses(
         s_out = state.student_ddp(global_crops, local_crops, masks, mask_input=True)
     cls, mean_probs = _cls_loss(state, s_out.cls_y.float(), t_out.cls_y.float(), teacher_temp)
     total, terms = cls, {"dino": float(cls.detach())}
-    if masks is not None and s_out.patch_y is not None and s_out.patch_y.shape[0] > 0:
+    # also with no masked token on this rank: the loss is then a zero attached to the patch
+    # head, so under DDP every parameter still gets its (zero) gradient and all-reduces match
+    if masks is not None and s_out.patch_y is not None:
         assert t_out.patch_y is not None  # the teacher got the same masks
         s_p, t_p = s_out.patch_y.float(), t_out.patch_y.float()
         patch = _patch_loss(state, s_p, t_p, masks, teacher_temp)

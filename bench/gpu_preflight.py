@@ -1,0 +1,69 @@
+"""Is this machine ready for the GPU tier and the GPU benchmarks? Checks, prints, exits 0 or 1.
+
+Run with the interpreter that will run the tests (a lent GPU machine's own python3, with its
+preinstalled torch, triton and timm; the machine is offline, so nothing is installed from a
+registry). Checked: Python >= 3.11, torch with a visible CUDA device, triton, timm, numpy,
+pytest, and setuptools >= 68 (what `pip install --no-build-isolation --no-deps -e .` builds with).
+
+    python3 bench/gpu_preflight.py
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+MIN_PYTHON = (3, 11)
+MIN_SETUPTOOLS = (68,)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split("."):
+        digits = "".join(c for c in piece if c.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def problems() -> list[str]:
+    """What stops the GPU tier here, each as a sentence that says what to do; [] when ready."""
+    found = []
+    if sys.version_info < MIN_PYTHON:
+        found.append(f"Python {sys.version.split()[0]} is older than 3.11: use a newer python3")
+    for name in ("torch", "triton", "timm", "numpy", "pytest", "setuptools"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError as err:
+            found.append(f"cannot import {name} ({err}): use the python3 that has PyTorch")
+            continue
+        print(f"{name} {getattr(module, '__version__', '?')}")
+    if "setuptools" in sys.modules:
+        version = sys.modules["setuptools"].__version__
+        if _version_tuple(version) < MIN_SETUPTOOLS:
+            found.append(f"setuptools {version} cannot make an editable install: need >= 68")
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        if not torch.cuda.is_available():
+            found.append("torch sees no CUDA device: run this on the GPU machine")
+        else:
+            from harness import device_slug
+
+            props = torch.cuda.get_device_properties(0)
+            print(f"GPU {props.name}, sm_{props.major}{props.minor}, "
+                  f"{props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}")  # fmt: skip
+            print(f"device slug: {device_slug(torch.device('cuda'))}")  # names the result CSVs
+    return found
+
+
+def main() -> int:
+    print(f"python {sys.version.split()[0]} at {sys.executable}")
+    found = problems()
+    for line in found:
+        print(f"NOT READY: {line}", file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,248 @@
+"""Every Triton kernel configuration the dispatcher can choose, compiled ahead of time, no GPU.
+
+For each embedding width class (BLOCK_D = 16 ... 1024), each input dtype (float32, float16,
+bfloat16) and each kernel variant the launchers in kernels/triton_loss.py start, the kernel is
+compiled with `kernels.triton_loss.compiled_config` for sm_80 (A100) and sm_90 (H100, H200)
+through triton.compile(ASTSource(...), target=GPUTarget(...)); ptxas (shipped in triton's
+nvidia backend) reports registers, spills and stack. A configuration fails the check when
+
+    shared memory > the per-block maximum (sm_90: 227 KiB of the SM's 228; sm_80: 163 of 164),
+    spill stores or loads > SPILL_LIMIT bytes per thread,
+    registers > 255 per thread,
+
+which on a GPU would be a launch failure (OutOfResources) or slow local-memory traffic.
+Pointers are taken as 16-byte aligned and N, K, D, k_per_split as multiples of 16, as at
+training sizes. Results are cached by a key of the triton version, the kernel source and the
+configuration, so unchanged kernels are not compiled again:
+
+    python bench/kernel_compile.py                  # table; exit 1 if a configuration fails
+    python bench/kernel_compile.py --write          # also bench/results/kernel_compile_table.*
+
+Run with TRITON_INTERPRET unset (interpreted kernels cannot be compiled). Without --cache the
+committed bench/results/kernel_compile_table.json is the cache; new figures are added to it,
+and --write keeps only the current ones and writes the .md table beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    raise SystemExit("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
+os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"  # ptxas -v output, printed by triton
+os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # run ptxas even where triton's own cache has it
+if "TRITON_CACHE_DIR" not in os.environ:  # a scratch cache, so ~/.triton is left alone
+    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="kernel-compile-")
+    atexit.register(shutil.rmtree, os.environ["TRITON_CACHE_DIR"], ignore_errors=True)
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from fastproto.kernels import triton_kernels  # noqa: E402
+from fastproto.kernels.triton_loss import MAX_DIM, compiled_config  # noqa: E402
+from harness import RESULTS_DIR, git_commit  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+ARCHS = {80: 163 * 1024, 90: 227 * 1024}  # compute capability -> shared memory per block
+# Bytes per thread. Measured (triton 3.8): the configurations in use spill at most 64 B (the
+# half-precision backward _column_mix at BLOCK_D = 256 on sm_90); the float32 sizes that were
+# replaced spilled 388-804 B. 128 leaves room for compiler drift and catches the heavy cases.
+SPILL_LIMIT = 128
+MAX_REGISTERS = 255
+DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+TABLE = RESULTS_DIR / "kernel_compile_table"
+SOURCE = Path(triton_kernels.__file__)
+
+# argument types: pointers to embeddings or prototypes take the input dtype (IN), other pointers
+# are float32 (no tag), scalars are tagged with their type
+ARGS = {
+    "_row_lse_kernel": "Y:IN W:IN BIAS OUT_MAX OUT_SUM N:i32 K:i32 D:i32 inv_temp:fp32 "
+    "k_per_split:i32",
+    "_row_mix_kernel": "Y:IN W:IN BIAS SHIFT M:IN MB OUT OUT_B N:i32 K:i32 D:i32 inv_temp:fp32 "
+    "k_per_split:i32",
+    "_column_mix_kernel": "Y:IN W:IN BIAS SHIFT R:IN RV OUT_M OUT_1 OUT_2 N:i32 K:i32 D:i32 "
+    "inv_temp:fp32",
+}
+# (kernel, extra constexprs) as launched: _column_mix with and without the [K, D] sum, in the
+# forward (into fresh buffers) and in the backward (subtracting from the forward's buffers)
+VARIANTS = [
+    ("_row_lse_kernel", {}),
+    ("_row_mix_kernel", {}),
+    *(
+        ("_column_mix_kernel", {"HAS_M": has_m, "SUBTRACT_FROM_OUT": sub})
+        for has_m in (True, False)
+        for sub in (False, True)
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Job:
+    arch: int
+    kernel: str
+    dtype: str
+    constexprs: tuple[tuple[str, object], ...]
+    num_warps: int
+    num_stages: int
+
+    def key(self, source_hash: str) -> str:
+        text = json.dumps([triton.__version__, source_hash, ARGS[self.kernel], self.arch,
+                           self.kernel, self.dtype, self.constexprs, self.num_warps,
+                           self.num_stages])  # fmt: skip
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    def label(self) -> str:
+        c = dict(self.constexprs)
+        flags = "".join(f" {k}" for k in ("HAS_M", "SUBTRACT_FROM_OUT") if c.get(k))
+        return f"{self.kernel}{flags}"
+
+
+def jobs() -> list[Job]:
+    """Every (arch, kernel variant, dtype, config) the dispatcher can reach."""
+    out = []
+    block_ds = [16 << i for i in range((MAX_DIM // 16).bit_length())]  # 16 ... MAX_DIM
+    for arch in ARCHS:
+        for dtype, short in DTYPES.items():
+            for block_d in block_ds:
+                cfg = dict(compiled_config(block_d, dtype))
+                warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+                for kernel, extra in VARIANTS:
+                    consts = tuple(sorted({**cfg, **extra}.items()))
+                    out.append(Job(arch, kernel, short, consts, warps, stages))
+    return out
+
+
+PTXAS = {
+    "registers": re.compile(r"Used (\d+) registers"),
+    "spill_stores": re.compile(r"(\d+) bytes spill stores"),
+    "spill_loads": re.compile(r"(\d+) bytes spill loads"),
+    "stack": re.compile(r"(\d+) bytes stack frame"),
+}
+
+
+def compile_one(job: Job) -> dict[str, object]:
+    """Compile `job` for its target; -> its resource figures (shared bytes, ptxas's numbers)."""
+    fn = getattr(triton_kernels, job.kernel)
+    types = {}
+    for item in ARGS[job.kernel].split():
+        name, _, kind = item.partition(":")
+        types[name] = f"*{job.dtype}" if kind == "IN" else (kind or "*fp32")
+    signature = {name: types.get(name, "constexpr") for name in fn.arg_names}
+    # 16-byte aligned pointers and ints divisible by 16, as triton specialises them at launch
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+             if types.get(name, "fp32") != "fp32"}  # fmt: skip
+    src = ASTSource(fn, signature, constexprs=dict(job.constexprs), attrs=attrs)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        compiled = triton.compile(src, target=GPUTarget("cuda", job.arch, 32),
+                                  options={"num_warps": job.num_warps,
+                                           "num_stages": job.num_stages})  # fmt: skip
+    text = log.getvalue()
+    figures: dict[str, object] = {"shared": int(compiled.metadata.shared)}
+    for name, pattern in PTXAS.items():
+        found = pattern.search(text)
+        if found is None:
+            raise RuntimeError(f"no '{name}' in the ptxas log of {job}:\n{text}")
+        figures[name] = int(found.group(1))
+    return figures
+
+
+def problems(job: Job, fig: dict[str, object]) -> list[str]:
+    found = []
+    shared, limit = int(fig["shared"]), ARCHS[job.arch]  # type: ignore[call-overload]
+    if shared > limit:
+        found.append(f"shared memory {shared} B > {limit} B")
+    spill = max(int(fig["spill_stores"]), int(fig["spill_loads"]))  # type: ignore[call-overload]
+    if spill > SPILL_LIMIT:
+        found.append(f"spills {spill} B > {SPILL_LIMIT} B")
+    if int(fig["registers"]) > MAX_REGISTERS:  # type: ignore[call-overload]
+        found.append(f"registers {fig['registers']} > {MAX_REGISTERS}")
+    return found
+
+
+def run(cache_path: Path, workers: int, prune: bool) -> tuple[list[tuple[Job, dict]], int]:
+    """(job, figures) for every job, compiling only what the cache lacks; -> also the count
+    compiled. The cache file gains the new figures; with `prune` it keeps only current ones."""
+    source_hash = hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+    cached = json.loads(cache_path.read_text())["entries"] if cache_path.exists() else {}
+    todo = [j for j in jobs() if j.key(source_hash) not in cached]
+    if todo:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for job, fig in zip(todo, pool.map(compile_one, todo), strict=True):
+                cached[job.key(source_hash)] = fig
+    results = [(j, cached[j.key(source_hash)]) for j in jobs()]
+    keep = {j.key(source_hash): fig for j, fig in results} if prune else cached
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    cache_path.write_text(json.dumps({"triton": triton.__version__, "entries": keep},
+                                     indent=1, sort_keys=True) + "\n")  # fmt: skip
+    return results, len(todo)
+
+
+def table(results: list[tuple[Job, dict]]) -> list[str]:
+    lines = ["| arch | kernel | dtype | BLOCK_N/K | BLOCK_D | warps | stages | registers | "
+             "spill st/ld B | stack B | shared KiB | limit KiB | ok |",
+             "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]  # fmt: skip
+    for job, fig in results:
+        c = dict(job.constexprs)
+        bad = problems(job, fig)
+        lines.append(
+            f"| sm_{job.arch} | {job.label()} | {job.dtype} | {c['BLOCK_N']} | {c['BLOCK_D']} "
+            f"| {job.num_warps} | {job.num_stages} | {fig['registers']} | {fig['spill_stores']}"
+            f"/{fig['spill_loads']} | {fig['stack']} | {int(fig['shared']) / 1024:.1f} | "
+            f"{ARCHS[job.arch] // 1024} | {'; '.join(bad) if bad else 'yes'} |"
+        )
+    return lines
+
+
+def write_markdown(lines: list[str], path: Path) -> None:
+    head = [
+        "# Triton kernels compiled ahead of time for sm_80 and sm_90",
+        "",
+        f"{dt.date.today().isoformat()}, triton {triton.__version__}, torch {torch.__version__}, "
+        f"commit {git_commit()}; compiled on a CPU machine (no GPU) by "
+        "`python bench/kernel_compile.py --write`, checked by tests/test_kernel_compile.py.",
+        f"Limits: shared memory per block (sm_90 {ARCHS[90] // 1024} KiB, sm_80 "
+        f"{ARCHS[80] // 1024} KiB), spill stores and loads <= {SPILL_LIMIT} B per thread, "
+        f"registers <= {MAX_REGISTERS}.",
+        "",
+    ]
+    path.write_text("\n".join(head + lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--cache", type=Path, default=TABLE.with_suffix(".json"),
+                    help="JSON of compiled figures, read and rewritten (default: the committed "
+                         "bench/results/kernel_compile_table.json)")  # fmt: skip
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="compiler processes")  # fmt: skip
+    ap.add_argument("--write", action="store_true",
+                    help="write the markdown table beside the cache, which keeps only the "
+                         "current figures")  # fmt: skip
+    args = ap.parse_args(argv)
+    results, compiled = run(args.cache, args.jobs, prune=args.write)
+    lines = table(results)
+    print("\n".join(lines))
+    failed = [(j, problems(j, f)) for j, f in results if problems(j, f)]
+    print(f"{len(results)} configurations, {compiled} compiled now, {len(failed)} over a limit")
+    if args.write:
+        write_markdown(lines, args.cache.with_suffix(".md"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
