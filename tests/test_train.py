@@ -56,6 +56,9 @@ def test_a_few_steps_end_to_end(
         assert all(torch.isfinite(torch.tensor(row[k])) for k in ("loss", "dino", "lr"))
         assert ("ibot" in row) == (method == "ibot")  # only iBOT has the patch loss
         assert 0 < row["teacher_entropy"] <= torch.log(torch.tensor(32.0)) + 1e-6
+        for key in ("teacher_entropy_per_sample", "student_entropy_per_sample"):
+            assert 0 < row[key] <= torch.log(torch.tensor(32.0)) + 1e-6
+        assert row["teacher_logit_std"] > 0 and row["student_logit_std"] > 0
     assert steps[0]["lr"] == 0.0 and steps[1]["lr"] > 0  # linear warm-up from zero
     saved = load_checkpoint(latest_checkpoint(tmp_path))  # type: ignore[arg-type]
     assert (saved["step"], saved["epoch"], saved["batch_in_epoch"]) == (2, 0, 2)
@@ -105,6 +108,10 @@ def test_resume_follows_the_uninterrupted_run(data_dirs: dict[str, Path], tmp_pa
     assert epoch["step"] == 3 and 1 <= epoch["unique_prototypes"] <= 32
     assert sum(i * n for i, n in enumerate(epoch["redundancy_histogram"])) == 32  # sum r_m = K
     assert all(0.0 <= acc <= 1.0 for acc in epoch["knn_top1"].values())
+    # the prototypes moved a little in 3 steps, and no two are near each other yet
+    assert 0.0 < epoch["prototype_movement"] < 0.5
+    quantiles = list(epoch["nn_distance_quantiles"].values())
+    assert quantiles == sorted(quantiles) and quantiles[0] > 0.025
 
 
 def _cli_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
