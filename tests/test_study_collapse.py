@@ -49,3 +49,8 @@ def test_all_prototypes_kept_in_moved_runs_at_two_k_is_not_seen() -> None:
     assert "NOT SEEN" in q1
     q1, _ = verdicts([record(256, 0.0, 0, 256, 0.3)])  # one K is not enough
     assert "NOT DECIDED" in q1
+
+
+def test_the_rules_are_printed_with_their_thresholds() -> None:
+    text = "\n".join(collapse_section([record(256, 0.0, 0, 256, 0.3)]))
+    assert ">= 0.1" in text and "<= 0.9" in text and "MIN_MOVEMENT" not in text

@@ -120,6 +120,15 @@ def _knn_lines(baseline: list[dict[str, Any]], regularised: list[dict[str, Any]]
     return lines
 
 
+def _rules_text() -> str:
+    """The rules of the module docstring with the thresholds written in."""
+    text = (__doc__ or "").split("fixed before any run:", 1)[1].split("Beside them", 1)[0]
+    for name, value in (("MIN_MOVEMENT", MIN_MOVEMENT), ("SEEN_RATIO", SEEN_RATIO),
+                        ("KEPT_RATIO", KEPT_RATIO), ("PREVENT_RATIO", PREVENT_RATIO)):  # fmt: skip
+        text = text.replace(name, f"{value:g}")
+    return text.strip()
+
+
 def collapse_section(records: list[dict[str, Any]]) -> list[str]:
     """Markdown lines: the rules, the per-run table and the two verdicts."""
     runs = [r for r in (_run(rec) for rec in records) if r is not None]
@@ -134,7 +143,7 @@ def collapse_section(records: list[dict[str, Any]]) -> list[str]:
     return [
         "## Partial collapse, from runs whose prototypes moved",
         "",
-        __doc__.split("fixed before any run:", 1)[1].split("Beside them", 1)[0].strip(),
+        _rules_text(),
         "",
         f"{informative} of {len(runs)} finished runs are informative (moved >= {MIN_MOVEMENT}).",
         f"The closest pair of prototypes in any run is at cosine distance {closest:.3f} "
