@@ -108,8 +108,8 @@ def test_resume_follows_the_uninterrupted_run(data_dirs: dict[str, Path], tmp_pa
     assert epoch["step"] == 3 and 1 <= epoch["unique_prototypes"] <= 32
     assert sum(i * n for i, n in enumerate(epoch["redundancy_histogram"])) == 32  # sum r_m = K
     assert all(0.0 <= acc <= 1.0 for acc in epoch["knn_top1"].values())
-    # the prototypes moved a little in 3 steps, and no two are near each other yet
-    assert 0.0 < epoch["prototype_movement"] < 0.5
+    # the prototypes moved at most a little in 3 warm-up steps, and no two are near each other
+    assert 0.0 <= epoch["prototype_movement"] < 0.5
     quantiles = list(epoch["nn_distance_quantiles"].values())
     assert quantiles == sorted(quantiles) and quantiles[0] > 0.025
 

@@ -28,7 +28,8 @@ VALUES = StepValues(lr=1e-3, weight_decay=0.04, teacher_temp=0.05, momentum=0.9,
 
 def _config():  # type: ignore[no-untyped-def]
     return load_config("demo", [
-        "model.arch=vit_pico_patch7_28", "model.drop_path=0.0", "head.num_prototypes=32",
+        "model.arch=vit_pico_patch4_28", "data.local_size=12", "model.drop_path=0.0",
+        "head.num_prototypes=32", "method.name='ibot'", "method.koleo_data=0.0",
         "head.hidden_dim=32", "head.bottleneck_dim=16", "optim.batch_size=8",
         "method.loss_impl=chunked", "run.device=cpu",
     ])  # fmt: skip

@@ -68,7 +68,7 @@ def prediction_health(
 def prototype_movement(weights: torch.Tensor, initial: torch.Tensor) -> float:
     """Mean cosine distance of each w_k [K, D] from its initial value w0_k [K, D]."""
     cos = F.cosine_similarity(weights.float(), initial.float().to(weights.device), dim=1)
-    return float((1.0 - cos).mean())
+    return float((1.0 - cos).clamp_min(0.0).mean())  # rounding can put cos a hair above 1
 
 
 @torch.no_grad()
