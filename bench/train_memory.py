@@ -1,176 +1,233 @@
-"""Peak GPU memory and images/s of one full iBOT training step against the number of prototypes K.
+"""Memory and time of one full iBOT training step against the number of prototypes K (Table 12).
 
 One step = teacher forward, student forward on 2 global (224 px) + 10 local (96 px) crops with
 block masks, DINO + iBOT patch loss + KoLeo-proto, backward, clip, AdamW, EMA: the trainer's own
 `train_step`, on ViT-S/16 with the Table 6 head (3 layers, 2048 hidden, 256 bottleneck, shared).
-For each batch B in {64, 100} and K in the preset, with the materialised `reference` loss and the
-streaming loss (`auto`: Triton on GPU), it records peak memory (GB) and images/s, prints a table
-laid out like paper 1 Table 12 with the paper's numbers beside ours, and the slope of memory per
-1024 prototypes (least squares over K). Each point: one warm-up step, then timed steps (CUDA
-events), the peak taken over those plain steps. Rows go to bench/results/train_memory_<device>.csv
-as each point is measured.
+Every (B, impl, K) point runs in a fresh subprocess, so no point inherits another's allocator
+state. Rows go to bench/results/train_memory_<device>.csv as each point is measured; the
+markdown table (laid out like paper 1 Table 12, the paper's column beside ours, least-squares
+slopes per 1024 prototypes) and a PNG of memory against K are rebuilt from that CSV at the end.
 
-    .venv/bin/python bench/train_memory.py                   # GPU, fp16 (as Table 12)
-    .venv/bin/python bench/train_memory.py --precision bf16
-    .venv/bin/python bench/train_memory.py --batch 64 --points reference:1024 auto:65536
-    .venv/bin/python bench/train_memory.py --smoke           # CPU, tiny model, seconds
+What is measured:
+  cuda: peak allocated memory (GB) over plain timed steps after one warm-up step, as Table 12.
+  cpu:  the peak RSS growth of one step over the same process's RSS after `build_state` (MB):
+        the optimizer state (AdamW's two moments, which torch creates in the first step) is
+        allocated first by an lr = 0 step on zero gradients, so the growth holds the moments,
+        the gradients and everything transient, and not the weights the process already held.
+  head-only (impl "auto", `--head-only`): the same step with the ViT's transformer blocks
+        removed (patch embedding, head, losses, KoLeo-proto, optimizer, EMA), so that K = 2^20
+        fits on the CPU; the row counts are the recipe's (768 CLS rows, ~7600 masked tokens).
+
+A point whose memory would exceed what the machine has free is skipped with a message: before
+launch when the points already measured for that impl predict it, else by the child itself,
+which watches its own RSS and stops before the kernel's OOM killer would.
+
+    .venv/bin/python bench/train_memory.py --device cpu            # the CPU table, ~1 hour
+    .venv/bin/python bench/train_memory.py                         # GPU, fp16 (as Table 12)
+    .venv/bin/python bench/train_memory.py --points reference:1024 auto:65536 head:1048576
+    .venv/bin/python bench/train_memory.py --smoke                 # CPU, tiny model, seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS_DIR, append_rows, device_slug, make_row, time_and_peak  # noqa: E402
+from harness import RESULTS_DIR, append_rows, make_row  # noqa: E402
+from train_memory_point import PointResult, available_mb  # noqa: E402
+from train_memory_report import write_report  # noqa: E402
 
-from fastproto.config import load_config  # noqa: E402
-from fastproto.data.masking import block_masks  # noqa: E402
-from fastproto.train.distributed import DistInfo  # noqa: E402
-from fastproto.train.setup import build_state  # noqa: E402
-from fastproto.train.step import StepValues, train_step  # noqa: E402
-
-PRESETS = {
-    "full": {"batches": (64, 100),
-             "ks": (1024, 2048, 4096, 8192, 10240, 32768, 65536, 131072, 262144)},
-    "smoke": {"batches": (4,), "ks": (64, 256)},
-}  # fmt: skip
+OP = "train_step_ibot_vits16"
 # paper 1, Table 12: iBOT ViT-S/16, fp16, GPU memory (GB) by (B, K)
 PAPER = {
-    (64, 1024): 12.9, (64, 2048): 13.7, (64, 4096): 15.3, (64, 8192): 18.6, (64, 10240): 20.2,
-    (100, 1024): 19.7, (100, 2048): 21.0, (100, 4096): 23.5, (100, 8192): 28.6, (100, 10240): 31.1,
-}  # fmt: skip
-VALUES = StepValues(lr=1e-4, weight_decay=0.04, teacher_temp=0.04, momentum=0.996,
-                    freeze_last_layer=False)  # fmt: skip
+    (64, 1024): 12.9,
+    (64, 2048): 13.7,
+    (64, 4096): 15.3,
+    (64, 8192): 18.6,
+    (64, 10240): 20.2,
+    (100, 1024): 19.7,
+    (100, 2048): 21.0,
+    (100, 4096): 23.5,
+    (100, 8192): 28.6,
+    (100, 10240): 31.1,
+}
+PAPER_KS = (1024, 2048, 4096, 8192, 10240)
+# (impl, K) per preset; "head" is the head-only step with impl "auto"
+PRESETS = {
+    "cpu": {
+        "batches": (64,),
+        "points": [("reference", k) for k in PAPER_KS]
+        + [("auto", k) for k in (1024, 8192, 65536, 131072, 262144)]
+        + [("head", 262144), ("head", 1048576)],
+    },
+    "cuda": {
+        "batches": (64, 100),
+        "points": [("reference", k) for k in PAPER_KS]
+        + [("auto", k) for k in (1024, 8192, 65536, 131072, 262144, 1048576)],
+    },
+    "smoke": {
+        "batches": (4,),
+        "points": [("reference", 64), ("auto", 64), ("auto", 256), ("head", 256)],
+    },
+}
+SAFETY = 0.9  # of the free memory a point may plan to use
 
 
-def make_config(k: int, batch: int, impl: str, precision: str, smoke: bool):  # type: ignore[no-untyped-def]
-    items = [f"head.num_prototypes={k}", f"optim.batch_size={batch}",
-             f"method.loss_impl={impl!r}", f"run.precision={precision!r}"]  # fmt: skip
-    if smoke:
-        items += ["model.arch='vit_pico_patch4_28'", "data.global_size=28", "data.local_size=12",
-                  "head.hidden_dim=64", "head.bottleneck_dim=32", "run.device='cpu'"]  # fmt: skip
-    return load_config(None, items)
-
-
-def make_inputs(config, device: torch.device):  # type: ignore[no-untyped-def]
-    d, b = config.data, config.optim.batch_size
-    patch = 4 if config.model.arch.endswith("_28") else 16
-    g = torch.randn(d.global_crops * b, 3, d.global_size, d.global_size, device=device)
-    loc = torch.randn(d.local_crops * b, 3, d.local_size, d.local_size, device=device)
-    grid = d.global_size // patch
-    masks = block_masks(d.global_crops * b, (grid, grid), 0.3, 0.2).to(device)
-    return g, loc, masks
-
-
-def measure(k: int, batch: int, impl: str, args: argparse.Namespace, device: torch.device):  # type: ignore[no-untyped-def]
-    """-> (peak memory GB or None on CPU, timing of one step) or None when out of memory."""
-    config = make_config(k, batch, impl, args.precision, args.smoke)
-    try:
-        torch.manual_seed(0)
-        state = build_state(config, DistInfo(0, 1, 0, device))
-        g, loc, masks = make_inputs(config, device)
-        # the warm-up step compiles kernels and allocates the optimizer state; no L2 flush
-        # (a whole step is far bigger than the cache), so the peak is the step's own
-        timing, memory = time_and_peak(lambda: train_step(state, g, loc, masks, VALUES), device,
-                                       warmup=1, repeats=args.repeats, flush_l2=False)  # fmt: skip
-        return (None if memory is None else memory.peak / 1e9), timing
-    except torch.OutOfMemoryError:
-        return None
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-
-def slope_per_1024(points: list[tuple[int, float]]) -> float:
-    """Least-squares slope of memory (GB) against K, per 1024 prototypes."""
-    if len(points) < 2:
-        return float("nan")
-    ks = torch.tensor([p[0] for p in points], dtype=torch.float64)
-    mem = torch.tensor([p[1] for p in points], dtype=torch.float64)
-    kc = ks - ks.mean()
-    return float((kc * (mem - mem.mean())).sum() / (kc * kc).sum()) * 1024
-
-
-def points(args: argparse.Namespace, ks: tuple[int, ...]) -> list[tuple[str, int]]:
-    """(loss impl, K) pairs to run: --points as given, else every impl over the preset's K."""
-    if args.points is None:
-        return [(impl, k) for impl in args.impls.split(",") for k in ks]
+def parse_points(items: list[str]) -> list[tuple[str, int]]:
     out = []
-    for item in args.points:
+    for item in items:
         impl, sep, k = item.partition(":")
-        if not sep or not k.isdigit():
-            raise SystemExit(f"--points takes IMPL:K items such as auto:65536, got {item!r}")
+        if not sep or not k.isdigit() or impl not in ("reference", "auto", "chunked", "head"):
+            raise SystemExit(
+                f"--points takes IMPL:K items with IMPL reference, auto, chunked or head "
+                f"(head-only), such as auto:65536 or head:1048576; got {item!r}"
+            )
         out.append((impl, int(k)))
     return out
 
 
-def run_point(batch: int, impl: str, k: int, args: argparse.Namespace, device: torch.device,
-              out: Path) -> float | None:  # fmt: skip
-    """Measure one point, print its line, append its rows to `out`; -> peak GB (None: no peak)."""
-    got = measure(k, batch, impl, args, device)
-    shape = f"B={batch},K={k},{args.precision}"
-    paper = PAPER.get((batch, k))
-    if got is None:
-        print(f"{batch:>4} {k:>7} {impl:>9} {paper or '':>9} {'OOM':>8}", flush=True)
+def fit_line(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares (intercept, slope per prototype) of memory against K."""
+    n = len(points)
+    mk = sum(k for k, _ in points) / n
+    mm = sum(m for _, m in points) / n
+    var = sum((k - mk) ** 2 for k, _ in points)
+    slope = sum((k - mk) * (m - mm) for k, m in points) / var if var else 0.0
+    return mm - slope * mk, slope
+
+
+def predicted_mb(measured: list[tuple[int, float]], k: int) -> float | None:
+    """The process's whole RSS (MB) that the points measured so far predict at K, or None."""
+    if len(measured) < 2:
         return None
-    peak, timing = got
-    rate = batch / timing.p50
-    rows = [make_row("train_step_ibot_vits16", impl, shape, "images_per_s", "img/s", rate,
-                     device)]  # fmt: skip
-    if peak is not None:
-        rows.append(make_row("train_step_ibot_vits16", impl, shape, "peak_memory", "GB", peak,
-                             device))  # fmt: skip
-    append_rows(out, rows)  # per point: a run cut short by a time budget keeps what it measured
-    ours = f"{peak:.1f}" if peak is not None else "-"
-    print(f"{batch:>4} {k:>7} {impl:>9} {paper or '':>9} {ours:>8} {rate:>8.1f}", flush=True)
-    return peak
+    intercept, slope = fit_line(measured)
+    return intercept + slope * k
+
+
+def run_child(batch: int, impl: str, k: int, args: argparse.Namespace) -> PointResult:
+    """One point in a fresh interpreter (train_memory_point.py); -> its parsed result."""
+    cmd = [
+        sys.executable,
+        str(Path(__file__).with_name("train_memory_point.py")),
+        "--batch",
+        str(batch),
+        "--impl",
+        impl,
+        "--k",
+        str(k),
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        "--repeats",
+        str(args.repeats),
+    ]
+    if args.smoke:
+        cmd.append("--smoke")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        why = f"the point's process exited {proc.returncode}: " + " | ".join(tail)
+        return PointResult(status="failed", why=why)
+    return PointResult(**json.loads(lines[-1]))
+
+
+def record(out: Path, batch: int, impl: str, k: int, got: PointResult, args) -> None:  # type: ignore[no-untyped-def]
+    """Append the point's rows: memory, step time and images/s."""
+    import torch
+
+    device = torch.device(args.device)
+    op = OP + ("_head_only" if impl == "head" else "")
+    name = "auto" if impl == "head" else impl
+    shape = f"B={batch},K={k},{args.precision}"
+    rows = [
+        make_row(op, name, shape, "step_time", "s", got.step_s, device),
+        make_row(op, name, shape, "images_per_s", "img/s", batch / got.step_s, device),
+    ]
+    if args.device == "cpu":
+        rows += [
+            make_row(op, name, shape, "peak_rss_growth", "MB", got.growth_mb, device),
+            make_row(op, name, shape, "peak_rss", "MB", got.peak_mb, device),
+        ]
+    else:
+        rows += [make_row(op, name, shape, "peak_memory", "GB", got.peak_mb / 1e3, device)]
+    append_rows(out, rows)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run for CI")
-    parser.add_argument("--precision", default="fp16", choices=("fp16", "bf16", "fp32"),
-                        help="mixed precision of the step (Table 12 used fp16)")  # fmt: skip
-    parser.add_argument("--impls", default="reference,auto", help="comma-separated loss impls")
-    parser.add_argument("--batch", type=int, nargs="+", default=None,
-                        help="batch sizes (default: the preset's)")  # fmt: skip
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available"
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp16",
+        choices=("fp16", "bf16", "fp32"),
+        help="mixed precision on cuda (Table 12 used fp16); cpu runs fp32",
+    )
+    parser.add_argument(
+        "--batch", type=int, nargs="+", default=None, help="batch sizes (default: the preset's)"
+    )
     parser.add_argument(
         "--points",
         nargs="+",
         default=None,
         metavar="IMPL:K",
-        help="run only these (impl, K) points, in this order, e.g. "
-        "reference:1024 auto:65536 (overrides --impls and the preset's K)",
+        help="only these points, in this order (IMPL: reference, auto, head)",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per point")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per point (cuda)")
     parser.add_argument(
         "--out", default=None, help="CSV file (default bench/results/train_memory_<device>.csv)"
     )
+    parser.add_argument("--no-report", action="store_true", help="skip the markdown and PNG")
     args = parser.parse_args()
-    device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
-    if device.type == "cpu":
+    import torch
+
+    if args.smoke:
+        args.device = "cpu"
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cpu":
         args.precision = "fp32"
-    preset = PRESETS["smoke" if args.smoke else "full"]
-    batches = args.batch or preset["batches"]
-    out = Path(args.out or RESULTS_DIR / f"train_memory_{device_slug(device)}.csv")
-    mem_points: dict[tuple[int, str], list[tuple[int, float]]] = {}
-    print(f"{'B':>4} {'K':>7} {'impl':>9} {'paper GB':>9} {'ours GB':>8} {'img/s':>8}")
-    for batch in batches:
-        for impl, k in points(args, preset["ks"]):
-            peak = run_point(batch, impl, k, args, device, out)
-            if peak is not None:
-                mem_points.setdefault((batch, impl), []).append((k, peak))
-    for (batch, impl), pts in mem_points.items():
-        print(f"slope B={batch} {impl}: {slope_per_1024(pts):.3f} GB per 1024 prototypes")
-    for batch in batches:
-        paper_points = [(k, v) for (b, k), v in PAPER.items() if b == batch]
-        if paper_points:
-            slope = slope_per_1024(paper_points)
-            print(f"paper 1 Table 12 slope B={batch}: {slope:.3f} GB per 1024 prototypes")
+    preset = PRESETS["smoke" if args.smoke else args.device]
+    points = parse_points(args.points) if args.points else preset["points"]
+    out = Path(args.out or RESULTS_DIR / f"train_memory_{args.device}.csv")
+    print(
+        f"{'B':>4} {'K':>8} {'impl':>9} {'paper GB':>9} {'ours':>10} {'step s':>7}  "
+        f"({'peak RSS growth over build_state, MB' if args.device == 'cpu' else 'peak GB'})",
+        flush=True,
+    )
+    for batch in args.batch or preset["batches"]:
+        measured: dict[str, list[tuple[int, float]]] = {}
+        for impl, k in points:
+            guess = predicted_mb(measured.get(impl, []), k)
+            if guess is not None and guess > SAFETY * available_mb() and args.device == "cpu":
+                print(
+                    f"{batch:>4} {k:>8} {impl:>9} skipped: the measured points predict "
+                    f"{guess / 1e3:.1f} GB, more than this machine has free",
+                    flush=True,
+                )
+                continue
+            got = run_child(batch, impl, k, args)
+            paper = PAPER.get((batch, k), "")
+            if got.status != "ok":
+                print(f"{batch:>4} {k:>8} {impl:>9} {paper:>9} {got.status}: {got.why}", flush=True)
+                continue
+            record(out, batch, impl, k, got, args)
+            measured.setdefault(impl, []).append((k, got.peak_mb))
+            ours = got.growth_mb if args.device == "cpu" else got.peak_mb / 1e3
+            print(
+                f"{batch:>4} {k:>8} {impl:>9} {paper:>9} {ours:>10.1f} {got.step_s:>7.1f}",
+                flush=True,
+            )
+    if not args.no_report and out.exists():
+        md, png = write_report(out, PAPER)
+        print(f"wrote {md} and {png}")
     return 0
 
 

@@ -167,3 +167,16 @@ def test_batched_groups_match_the_group_loop(
     tol = {torch.float64: 1e-12, torch.float32: 1e-5}[dtype]
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
     torch.testing.assert_close(grad, want_grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("num,group_size", [(40, 8), (23, 5), (7, 2)])
+def test_koleo_proto_backward_passes_gradcheck(num: int, group_size: int) -> None:
+    # its backward is written by hand: check it against finite differences in float64, with
+    # rows of different norms (the backward goes through w / ||w||) and a scaled output
+    w = (torch.randn(num, 6, dtype=torch.float64) * torch.rand(num, 1, dtype=torch.float64) * 3)
+    w.requires_grad_()
+
+    def scaled(x: torch.Tensor) -> torch.Tensor:
+        return 2.5 * koleo_proto(x, group_size, torch.Generator().manual_seed(11))
+
+    assert torch.autograd.gradcheck(scaled, (w,), eps=1e-6, atol=1e-7)

@@ -11,10 +11,21 @@ groups of near-equal size (the first K mod T groups hold one more member), and
 
     h(W) = sum_t h(W_t)    (a sum over groups, not a mean, as in the paper).
 
-Each group's [S, S] similarity tile is only used to pick the neighbour (no grad); the distance
-is then recomputed from the two rows, so autograd stores [S, D], never [S, S]. Groups of one
+Each group's [S, S] similarity tile is only used to pick the neighbour (no grad). Groups of one
 size are batched ([G, S, S] tiles of at most TILE_ELEMENTS floats), so K = 2^20 in groups of
 2048 takes 128 batched steps rather than 512 Python iterations.
+
+KoLeo-proto has its own backward, so that nothing [K, D]-sized waits in the autograd graph: the
+forward keeps only the permutation and each prototype's neighbour ([K] integers), and the
+backward regathers each batch of groups from W and writes its rows of dL/dW [K, D] directly.
+With e_k = (mu_k - mu_j) / d_k for the neighbour j = j(k) and a_k = -(1/S) / (d_k + eps):
+
+    dL/dmu_k = a_k e_k - sum_{i: j(i) = k} a_i e_i           (neighbours lie in the same group)
+    dL/dw_k  = (g_k - <g_k, mu_k> mu_k) / ||w_k||,   g_k = dL/dmu_k
+
+Autograd through the plain formula held about four [K, D] copies (the normalised prototypes,
+the gathered groups, their neighbours and differences) from the forward to the backward, and
+one more [K, D] gradient per batch of groups in the backward.
 
 KoLeo-data (DINOv2) is the same estimator on the batch embeddings [B, D], over the whole batch.
 
@@ -26,6 +37,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,16 +64,84 @@ def _check_rows(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains inf; check the training run")
 
 
-def _nearest_log_distance(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """log(d_k + eps) for each row of x [..., S, D] (unit rows), d_k = distance to the nearest
-    other row of the same group -> [..., S]."""
+def _neighbours(x: torch.Tensor) -> torch.Tensor:
+    """Index of each row's nearest other row in its group, x [..., S, D] unit rows -> [..., S]."""
     with torch.no_grad():
         sim = x @ x.transpose(-1, -2)  # [..., S, S]
         sim.diagonal(dim1=-2, dim2=-1).fill_(-3.0)  # below any cosine: a row never picks itself
-        neighbour = sim.argmax(dim=-1)  # [..., S]
-    nearest = torch.take_along_dim(x, neighbour[..., None], dim=-2)  # [..., S, D]
-    distance = (x - nearest).norm(dim=-1)  # [..., S], differentiable
+        return sim.argmax(dim=-1)
+
+
+def _nearest_log_distance(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """log(d_k + eps) for each row of x [..., S, D] (unit rows), d_k = distance to the nearest
+    other row of the same group -> [..., S]; differentiable."""
+    nearest = torch.take_along_dim(x, _neighbours(x)[..., None], dim=-2)  # [..., S, D]
+    distance = (x - nearest).norm(dim=-1)  # [..., S]
     return torch.log(distance + eps)
+
+
+def _unit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x / ||x||, ||x||) over the last dim, with F.normalize's floor on the norm."""
+    norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [..., 1]
+    return x / norm, norm
+
+
+def _group_gradient(x: torch.Tensor, neighbour: torch.Tensor, eps: float) -> torch.Tensor:
+    """dL/dx [n, S, D] of L = -sum over the n groups of mean_k log(d_k + eps), x [n, S, D] raw
+    prototype rows, neighbour [n, S] (see the module docstring)."""
+    mu, norm = _unit(x)
+    diff = mu - torch.take_along_dim(mu, neighbour[..., None], dim=-2)  # [n, S, D]
+    distance = diff.norm(dim=-1, keepdim=True)  # [n, S, 1]
+    # a_k / d_k; a zero distance (duplicates) gets a zero gradient, as torch's norm gives
+    coef = torch.where(distance > 0, -1.0 / (x.shape[1] * distance * (distance + eps)), 0.0)
+    push = diff.mul_(coef)  # [n, S, D], a_k e_k: pushes row k away from its neighbour
+    # ... and the neighbour j(k) gets -a_k e_k
+    grad_mu = push.scatter_add(1, neighbour[..., None].expand_as(push), push.neg())
+    radial = (grad_mu * mu).sum(dim=-1, keepdim=True)  # [n, S, 1]
+    return grad_mu.sub_(radial * mu).div_(norm)
+
+
+def _group_batches(order: torch.Tensor, num: int, group_size: int) -> Iterator[torch.Tensor]:
+    """Index tensors [n, S] of the permuted prototypes, each batch of groups of one size S with
+    n * S * S <= TILE_ELEMENTS (the groups come in at most two runs of one size each)."""
+    start = 0
+    for size, run in itertools.groupby(koleo_group_sizes(num, group_size)):
+        count = len(list(run))
+        per_step = max(1, TILE_ELEMENTS // (size * size))
+        for first in range(0, count, per_step):
+            n = min(per_step, count - first)
+            yield order[start + first * size : start + (first + n) * size].view(n, size)
+        start += count * size
+
+
+class _KoLeoProto(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, weights: torch.Tensor, order: torch.Tensor, group_size: int,
+                eps: float) -> torch.Tensor:  # fmt: skip
+        total = weights.new_zeros(())
+        neighbours = []
+        for index in _group_batches(order, weights.shape[0], group_size):
+            mu = _unit(weights[index])[0]  # [n, S, D]
+            neighbour = _neighbours(mu)  # [n, S]
+            nearest = torch.take_along_dim(mu, neighbour[..., None], dim=-2)
+            distance = (mu - nearest).norm(dim=-1)  # [n, S]
+            total -= torch.log(distance + eps).mean(dim=1).sum()
+            neighbours.append(neighbour)
+        ctx.save_for_backward(weights, order, torch.cat([n.flatten() for n in neighbours]))
+        ctx.group_size, ctx.eps = group_size, eps
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor):
+        weights, order, neighbours = ctx.saved_tensors
+        grad = torch.empty_like(weights)  # [K, D]: every row lies in exactly one group
+        done = 0
+        for index in _group_batches(order, weights.shape[0], ctx.group_size):
+            neighbour = neighbours[done : done + index.numel()].view_as(index)
+            rows = _group_gradient(weights[index], neighbour, ctx.eps)  # [n, S, D]
+            grad.index_copy_(0, index.flatten(), rows.flatten(0, 1).mul_(grad_total))
+            done += index.numel()
+        return grad, None, None, None
 
 
 def koleo_group_sizes(num: int, group_size: int) -> list[int]:
@@ -89,23 +170,9 @@ def koleo_proto(
         )
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    mu = F.normalize(weights, dim=1)  # [K, D]
-    num = mu.shape[0]
     device = generator.device if generator is not None else torch.device("cpu")
-    order = torch.randperm(num, generator=generator, device=device).to(mu.device)  # [K]
-    total = mu.new_zeros(())
-    start = 0
-    # the groups come in at most two runs of one size each: batch each run
-    for size, run in itertools.groupby(koleo_group_sizes(num, group_size)):
-        count = len(list(run))
-        per_step = max(1, TILE_ELEMENTS // (size * size))
-        for first in range(0, count, per_step):
-            n = min(per_step, count - first)
-            index = order[start + first * size : start + (first + n) * size].view(n, size)
-            group_mean = _nearest_log_distance(mu[index], eps).mean(dim=1)  # [n] per group
-            total = total - group_mean.sum()
-        start += count * size
-    return total
+    order = torch.randperm(weights.shape[0], generator=generator, device=device)  # [K]
+    return _KoLeoProto.apply(weights, order.to(weights.device), group_size, eps)
 
 
 def koleo_data(embeddings: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
