@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -103,3 +106,38 @@ def test_collapse_warning_fires_once_after_a_flat_epoch_past_warm_up() -> None:
     for _ in range(3):
         watch.update({"teacher_entropy_per_sample": flat})
     assert watch.end_epoch(3) is None  # once per run
+
+
+@pytest.mark.gpu
+def test_epoch_end_analyses_the_prototypes_on_the_training_device(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # the greedy partition and the neighbour distances run where the weights live: on a GPU
+    # they take seconds at K = 262144 where a copy to the CPU took minutes
+    from fastproto import prototypes
+    from fastproto.config import load_config
+    from fastproto.train.distributed import DistInfo
+    from fastproto.train.loop import epoch_end
+    from fastproto.train.metrics import MetricsLog
+    from fastproto.train.setup import build_state
+
+    device = torch.device("cuda")
+    config = load_config("demo", ["head.num_prototypes=4096", "run.knn_every_epochs=0",
+                                  "run.device='cuda'"])  # fmt: skip
+    state = build_state(config, DistInfo(0, 1, 0, device))
+    state.initial_prototypes = state.teacher.cls_head.prototypes().detach().clone()
+    seen: list[torch.device] = []
+    original = prototypes.unique_prototypes
+
+    def spy(weights: torch.Tensor, eps: float = 0.025, block_size: int = 4096):  # type: ignore[no-untyped-def]
+        seen.append(weights.device)
+        return original(weights, eps, block_size)
+
+    monkeypatch.setattr(prototypes, "unique_prototypes", spy)
+    log = MetricsLog(tmp_path, enabled=True)
+    epoch_end(state, log, 0, is_main=True)
+    log.close()
+    assert seen and seen[0].type == "cuda"
+    record = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert record[-1]["unique_prototypes"] == 4096
+    assert record[-1]["prototype_movement"] == pytest.approx(0.0, abs=1e-6)

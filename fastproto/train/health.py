@@ -97,7 +97,8 @@ def prototype_health(weights: torch.Tensor, initial: torch.Tensor) -> dict[str, 
     record: dict[str, object] = {"prototype_movement": prototype_movement(weights, initial)}
     if weights.shape[0] >= 2:
         distances = nearest_neighbour_distances(weights).double()
-        q = torch.quantile(distances, torch.tensor(NN_QUANTILES, dtype=torch.float64))
+        levels = torch.tensor(NN_QUANTILES, dtype=torch.float64, device=distances.device)
+        q = torch.quantile(distances, levels)
         record["nn_distance_quantiles"] = dict(
             zip([f"p{round(100 * x)}" for x in NN_QUANTILES], q.tolist(), strict=True)
         )

@@ -179,16 +179,17 @@ def epoch_end(state: TrainState, log: MetricsLog, epoch: int, is_main: bool) -> 
         return
     from fastproto.prototypes import unique_prototypes
 
-    weights = head_prototypes(state.teacher.cls_head).detach().float().cpu()
+    # on the training device: at K = 262144 the greedy partition takes minutes on a CPU
+    weights = head_prototypes(state.teacher.cls_head).detach().float()
     report = unique_prototypes(weights, eps=0.025)
-    redundancy = torch.as_tensor(report.redundancy).long()
+    redundancy = torch.as_tensor(report.redundancy).long().cpu()
     histogram = torch.bincount(redundancy).tolist() if redundancy.numel() else []
     record: dict[str, object] = {
         "epoch": epoch, "unique_prototypes": int(report.num_unique),
         "num_prototypes": int(weights.shape[0]), "redundancy_histogram": histogram,
     }  # fmt: skip
     if state.initial_prototypes is not None:
-        record |= prototype_health(weights, state.initial_prototypes.cpu())
+        record |= prototype_health(weights, state.initial_prototypes)
     every = state.config.run.knn_every_epochs
     if every > 0 and (epoch + 1) % every == 0:
         record["knn_top1"] = knn_now(state)
