@@ -173,7 +173,7 @@ def test_batched_groups_match_the_group_loop(
 def test_koleo_proto_backward_passes_gradcheck(num: int, group_size: int) -> None:
     # its backward is written by hand: check it against finite differences in float64, with
     # rows of different norms (the backward goes through w / ||w||) and a scaled output
-    w = (torch.randn(num, 6, dtype=torch.float64) * torch.rand(num, 1, dtype=torch.float64) * 3)
+    w = torch.randn(num, 6, dtype=torch.float64) * torch.rand(num, 1, dtype=torch.float64) * 3
     w.requires_grad_()
 
     def scaled(x: torch.Tensor) -> torch.Tensor:

@@ -129,7 +129,7 @@ def compute_losses(
     with _autocast(state):
         s_out = state.student_ddp(global_crops, local_crops, masks, mask_input=True)
     cls, mean_probs = _cls_loss(state, s_out.cls_y.float(), t_out.cls_y.float(), teacher_temp)
-    total, terms = cls, {"dino": float(cls.detach())}
+    total, parts = cls, {"dino": cls}
     # also with no masked token on this rank: the loss is then a zero attached to the patch
     # head, so under DDP every parameter still gets its (zero) gradient and all-reduces match
     if masks is not None and s_out.patch_y is not None:
@@ -137,7 +137,7 @@ def compute_losses(
         s_p, t_p = s_out.patch_y.float(), t_out.patch_y.float()
         patch = _patch_loss(state, s_p, t_p, masks, teacher_temp)
         total = total + m.patch_loss_weight * patch
-        terms["ibot"] = float(patch.detach())
+        parts["ibot"] = patch
     if m.koleo_proto > 0:
         reg = torch.stack(
             [
@@ -146,17 +146,20 @@ def compute_losses(
             ]
         ).sum()
         total = total + m.koleo_proto * reg
-        terms["koleo_proto"] = float(reg.detach())
+        parts["koleo_proto"] = reg
     if m.koleo_data > 0:
         chunks = s_out.cls_features.float().chunk(state.config.data.global_crops)
         reg_d = torch.stack([koleo_data(c) for c in chunks]).sum()
         total = total + m.koleo_data * reg_d
-        terms["koleo_data"] = float(reg_d.detach())
+        parts["koleo_data"] = reg_d
     if m.me_max > 0:
         reg_m = _me_max(state, s_out.cls_y.float())
         total = total + m.me_max * reg_m
-        terms["me_max"] = float(reg_m.detach())
-    terms["loss"] = float(total.detach())
+        parts["me_max"] = reg_m
+    parts["loss"] = total
+    # one device-to-host copy for all the terms (a float() each would wait on the device each)
+    values = torch.stack([t.detach().float() for t in parts.values()]).tolist()
+    terms = dict(zip(parts, values, strict=True))
     return total, terms | state.extras, mean_probs
 
 
@@ -234,7 +237,7 @@ def train_step(
     total, terms, mean_probs = compute_losses(
         state, global_crops, local_crops, masks, values.teacher_temp
     )
-    if not torch.isfinite(total):
+    if not math.isfinite(terms["loss"]):  # read on the host already: no extra sync
         raise NonFiniteError(
             f"the loss is {terms['loss']} at step {state.step} (terms {terms}); the step was not "
             "applied"
