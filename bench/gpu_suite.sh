@@ -10,7 +10,8 @@
 #                        against the materialised reference at K = 65536 (bench/prototype_loss.py)
 #   memory        115 s  paper 1 Table 12 points, a full iBOT ViT-S/16 step at B = 64, fp16:
 #                        reference at K = 1024, 8192; fused at 8192, 65536, 262144, 2^20
-#                        (bench/train_memory.py)
+#                        (bench/train_memory.py; each point in a fresh process, ~10 s of
+#                        start-up each, kernels from the triton cache after the first)
 #   pytest_gpu    140 s  the `gpu` test tier, kernels compiled
 #   (kill grace 5 x 5 s, summary and copies 5 s)
 #   total         415 s
@@ -86,7 +87,7 @@ copy_results
 step memory 115 "$OUT/memory.log" \
     "$PY" bench/train_memory.py --precision fp16 --batch 64 --repeats 3 \
     --points reference:1024 reference:8192 auto:8192 auto:65536 auto:262144 auto:1048576 \
-    --out "bench/results/train_memory_$SLUG.csv"
+    --no-report --out "bench/results/train_memory_$SLUG.csv"
 copy_results
 
 step pytest_gpu 140 "$OUT/pytest_gpu.log" \
