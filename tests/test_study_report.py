@@ -165,3 +165,20 @@ def test_incomplete_ok_record_is_named(tmp_path: Path) -> None:
     (tmp_path / "results" / "b256s0.json").write_text(json.dumps(broken))
     with pytest.raises(ValueError, match="b256s0.json says status ok but lacks"):
         build_report(tmp_path)
+
+
+def test_a_recipe_regulariser_does_not_make_a_baseline_a_koleo_data_run() -> None:
+    # the study recipe trains every run with KoLeo-data 0.1; the grid's regulariser axis says
+    # which runs are baselines (none) and which KoLeo-proto
+    from fastproto.study.results import to_row
+
+    base = record(("b", 64, "koleo-data", 0.1, "vmf", "probability", 32, 0, 60, 0.6))
+    base["settings"] |= {"regulariser": "none", "koleo_lambda": 0.0}
+    kp = record(("k", 64, "koleo-data", 0.1, "vmf", "probability", 32, 0, 64, 0.6))
+    kp["config"]["method"]["koleo_proto"] = 0.1
+    kp["settings"] |= {"regulariser": "koleo-proto", "koleo_lambda": 0.1}
+    assert (to_row("b", base).regulariser, to_row("b", base).lam) == ("none", 0.0)
+    assert (to_row("k", kp).regulariser, to_row("k", kp).lam) == ("koleo-proto", 0.1)
+    # a record without the grid's axis falls back to the config
+    plain = record(("p", 64, "koleo-data", 0.3, "vmf", "probability", 32, 0, 60, 0.6))
+    assert (to_row("p", plain).regulariser, to_row("p", plain).lam) == ("koleo-data", 0.3)

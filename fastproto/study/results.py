@@ -3,8 +3,11 @@
 A Row takes the run's settings from its resolved config (what actually trained):
 
     K = head.num_prototypes, norm = head.norm, batch = optim.batch_size, seed = run.seed,
-    regulariser = koleo-proto if method.koleo_proto > 0, koleo-data if method.koleo_data > 0,
-                  else none; lam = that weight (0 for none),
+    regulariser, lam = the grid's regulariser axis and its koleo_lambda (0 for none) when the
+                  record has them: the recipe itself may carry a regulariser in every run (the
+                  demo's KoLeo-data 0.1), which does not make a run a KoLeo-data run; without
+                  them, koleo-proto if method.koleo_proto > 0, koleo-data if method.koleo_data
+                  > 0, else none, and lam = that weight,
     centering = the grid's centring name ('me-max' for runs with the ME-MAX penalty).
 
 A cell is the rows that differ only by seed: mean and sample standard deviation over seeds.
@@ -82,16 +85,26 @@ def _knn(metrics: dict[str, Any]) -> float:
     return float(knn["20"] if "20" in knn else knn[max(knn, key=int)])
 
 
+def _regulariser(settings: dict[str, Any], method: dict[str, Any]) -> tuple[str, float]:
+    """(regulariser, lambda) of a run: the grid's axis if recorded, else from the config."""
+    if "regulariser" in settings:
+        name = str(settings["regulariser"])
+        return name, 0.0 if name == "none" else float(settings.get("koleo_lambda", 0.0))
+    proto, data = float(method["koleo_proto"]), float(method["koleo_data"])
+    if proto > 0:
+        return "koleo-proto", proto
+    return ("koleo-data", data) if data > 0 else ("none", 0.0)
+
+
 def to_row(file: str, record: dict[str, Any]) -> Row:
     """A Row of a record with status ok (KeyError if the record misses a needed field)."""
     config, metrics = record["config"], record["metrics"]
     method = config["method"]
-    proto, data = float(method["koleo_proto"]), float(method["koleo_data"])
-    regulariser = "koleo-proto" if proto > 0 else "koleo-data" if data > 0 else "none"
+    regulariser, lam = _regulariser(record.get("settings", {}), method)
     linear = metrics.get("linear_top1")
     return Row(
         file=file, run_id=str(record["run_id"]), K=int(config["head"]["num_prototypes"]),
-        regulariser=regulariser, lam=proto if proto > 0 else data, norm=str(config["head"]["norm"]),
+        regulariser=regulariser, lam=lam, norm=str(config["head"]["norm"]),
         centering=str(record.get("settings", {}).get("centering", method["centering"])),
         batch=int(config["optim"]["batch_size"]), seed=int(config["run"]["seed"]),
         unique=float(metrics["unique_prototypes"]), knn=_knn(metrics),
