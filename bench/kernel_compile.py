@@ -52,15 +52,21 @@ if "TRITON_CACHE_DIR" not in os.environ:  # a scratch cache, so ~/.triton is lef
 import torch  # noqa: E402
 import triton  # noqa: E402
 from fastproto.kernels import triton_kernels  # noqa: E402
-from fastproto.kernels.triton_loss import MAX_DIM, compiled_config  # noqa: E402
+from fastproto.kernels.triton_loss import (  # noqa: E402
+    MAX_DIM,
+    backward_config,
+    compiled_config,
+    fuses_backward,
+)
 from harness import RESULTS_DIR, git_commit  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 ARCHS = {80: 163 * 1024, 90: 227 * 1024}  # compute capability -> shared memory per block
-# Bytes per thread. Measured (triton 3.8): the configurations in use spill at most 64 B (the
-# half-precision backward _column_mix at BLOCK_D = 256 on sm_90); the float32 sizes that were
-# replaced spilled 388-804 B. 128 leaves room for compiler drift and catches the heavy cases.
+# Bytes per thread. Measured (triton 3.8): the configurations in use spill at most 24 B (the
+# half-precision forward _column_mix HAS_M at BLOCK_D = 256 on sm_90); the float32 sizes that
+# were replaced spilled 388-804 B, the fused backward at the forward's sizes 216-696 B. 128
+# leaves room for compiler drift and catches the heavy cases.
 SPILL_LIMIT = 128
 MAX_REGISTERS = 255
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -76,16 +82,19 @@ ARGS = {
     "k_per_split:i32",
     "_column_mix_kernel": "Y:IN W:IN BIAS SHIFT R:IN RV OUT_M OUT_1 OUT_2 N:i32 K:i32 D:i32 "
     "inv_temp:fp32",
+    "_student_grad_kernel": "Y:IN W:IN BIAS SHIFT DY DW DB N:i32 K:i32 D:i32 inv_temp:fp32 "
+    "k_per_split:i32",
 }
-# (kernel, extra constexprs) as launched: _column_mix with and without the [K, D] sum, in the
-# forward (into fresh buffers) and in the backward (subtracting from the forward's buffers)
+# (kernel, extra constexprs) as launched: _column_mix with and without the [K, D] sum (forward);
+# the backward's _student_grad with dY and dW/dB (training; where fuses_backward allows), dY
+# alone (prototypes frozen, or the first of two launches) and dW/dB alone (embeddings detached)
 VARIANTS = [
     ("_row_lse_kernel", {}),
     ("_row_mix_kernel", {}),
+    *(("_column_mix_kernel", {"HAS_M": has_m}) for has_m in (True, False)),
     *(
-        ("_column_mix_kernel", {"HAS_M": has_m, "SUBTRACT_FROM_OUT": sub})
-        for has_m in (True, False)
-        for sub in (False, True)
+        ("_student_grad_kernel", {"HAS_DY": dy, "HAS_DW": dw})
+        for dy, dw in ((True, True), (True, False), (False, True))
     ),
 ]
 
@@ -107,8 +116,21 @@ class Job:
 
     def label(self) -> str:
         c = dict(self.constexprs)
-        flags = "".join(f" {k}" for k in ("HAS_M", "SUBTRACT_FROM_OUT") if c.get(k))
+        flags = "".join(f" {k}" for k in ("HAS_M", "HAS_DY", "HAS_DW") if c.get(k))
         return f"{self.kernel}{flags}"
+
+
+def _launch_config(kernel: str, extra: dict[str, bool], block_d: int,
+                   dtype: torch.dtype) -> dict[str, object] | None:  # fmt: skip
+    """The configuration the launchers give `kernel` at this width and dtype; None where that
+    variant is never launched (the fused backward where fuses_backward says two launches)."""
+    cfg = compiled_config(block_d, dtype)
+    if kernel != "_student_grad_kernel":
+        return dict(cfg)
+    cfg = backward_config(cfg)
+    if extra["HAS_DY"] and extra["HAS_DW"] and not fuses_backward(cfg):
+        return None
+    return cfg
 
 
 def jobs() -> list[Job]:
@@ -118,9 +140,11 @@ def jobs() -> list[Job]:
     for arch in ARCHS:
         for dtype, short in DTYPES.items():
             for block_d in block_ds:
-                cfg = dict(compiled_config(block_d, dtype))
-                warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
                 for kernel, extra in VARIANTS:
+                    cfg = _launch_config(kernel, extra, block_d, dtype)
+                    if cfg is None:
+                        continue
+                    warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
                     consts = tuple(sorted({**cfg, **extra}.items()))
                     out.append(Job(arch, kernel, short, consts, warps, stages))
     return out

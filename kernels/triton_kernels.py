@@ -6,10 +6,14 @@ per-row shift (a row log-sum-exp, possibly minus log of a row weight); nothing N
 
     _row_lse_kernel     grid (row blocks, K splits): running (max, sum exp) per row and split
     _row_mix_kernel     grid (row blocks, K splits): out[n] = sum_k p[n, k] M[k]  [S, N, D],
-                        out_b[n] = sum_k p[n, k] mb[k]  [S, N]      (V, u; and dL/dy_s)
+                        out_b[n] = sum_k p[n, k] mb[k]  [S, N]      (V, u)
     _column_mix_kernel  grid (K blocks): out_m[k] = sum_n p[n, k] R[n]  [K, D],
                         out_1[k] = sum_n p[n, k], out_2[k] = sum_n p[n, k] r[n]
-                        (teacher column sums, q^T Z, q^T c; and dL/dw_s, dL/dbias_s)
+                        (teacher column sums, q^T Z, q^T c)
+    _student_grad_kernel  grid (row blocks, K splits), the whole backward in one pass over the
+                        student tiles: DY[s, n] = sum_k p[n, k] w_s[k]  [S, N, D], and
+                        DW[k] += sum_n p[n, k] y_s[n]  [K, D], DB[k] += sum_n p[n, k]  [K]
+                        by float32 atomic adds (dL/dy_s, dL/dw_s, dL/dbias_s before scaling)
 
 Row and prototype offsets are int64 (N*K and K*D pass 2^31). A whole row of D (padded to
 BLOCK_D) is loaded at once. CAST_FP32 turns every tile to float32 before tl.dot (needed under
@@ -123,8 +127,8 @@ def _row_mix_kernel(Y, W, BIAS, SHIFT, M, MB, OUT, OUT_B, N, K, D, inv_temp, k_p
 @triton.jit
 def _column_mix_kernel(Y, W, BIAS, SHIFT, R, RV, OUT_M, OUT_1, OUT_2, N, K, D, inv_temp,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                       CAST_FP32: tl.constexpr, IEEE: tl.constexpr, HAS_M: tl.constexpr,
-                       SUBTRACT_FROM_OUT: tl.constexpr):  # fmt: skip
+                       CAST_FP32: tl.constexpr, IEEE: tl.constexpr,
+                       HAS_M: tl.constexpr):  # fmt: skip
     pid_k = tl.program_id(0).to(tl.int64)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, BLOCK_D)
@@ -135,10 +139,6 @@ def _column_mix_kernel(Y, W, BIAS, SHIFT, R, RV, OUT_M, OUT_1, OUT_2, N, K, D, i
     acc_m = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
     acc_1 = tl.zeros((BLOCK_K,), dtype=tl.float32)
     acc_2 = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    if SUBTRACT_FROM_OUT:  # out = (this sum) - (what OUT holds): the backward reuses a buffer
-        if HAS_M:
-            acc_m -= tl.load(OUT_M + out_m, mask=mask_m, other=0.0)
-        acc_1 -= tl.load(OUT_1 + offs_k, mask=kmask, other=0.0)
     for r0 in range(0, N, BLOCK_N):
         offs_n = r0 + tl.arange(0, BLOCK_N).to(tl.int64)
         y = _load_rows(Y, offs_n, N, D, BLOCK_D, CAST_FP32)
@@ -154,3 +154,63 @@ def _column_mix_kernel(Y, W, BIAS, SHIFT, R, RV, OUT_M, OUT_1, OUT_2, N, K, D, i
         tl.store(OUT_M + out_m, acc_m, mask=mask_m)
     tl.store(OUT_1 + offs_k, acc_1, mask=kmask)
     tl.store(OUT_2 + offs_k, acc_2, mask=kmask)
+
+
+@triton.jit
+def _row_block(Y, SHIFT, pid_n, N, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+               CAST_FP32: tl.constexpr):  # fmt: skip
+    """Row offsets [BLOCK_N], rows y [BLOCK_N, BLOCK_D] and shift [BLOCK_N] of row block pid_n.
+    Rows past N get shift = inf, as do rows of weight 0 (shift = lse - log 0): their p is 0."""
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    y = _load_rows(Y, offs_n, N, D, BLOCK_D, CAST_FP32)
+    shift = tl.load(SHIFT + offs_n, mask=offs_n < N, other=float("inf"))
+    return offs_n, y, shift
+
+
+@triton.jit
+def _weighted_tile(y, shift, W, BIAS, offs_k, k_end, D, inv_temp, BLOCK_D: tl.constexpr,
+                   CAST_FP32: tl.constexpr, IEEE: tl.constexpr):  # fmt: skip
+    """Prototypes offs_k, w [BLOCK_K, BLOCK_D], and p = exp(logits - shift) [BLOCK_N, BLOCK_K]
+    (0 in columns from k_end on)."""
+    w, bias = _load_protos(W, BIAS, offs_k, k_end, D, BLOCK_D, CAST_FP32)
+    return w, tl.exp(_logits(y, w, bias, offs_k, k_end, inv_temp, IEEE) - shift[:, None])
+
+
+@triton.jit
+def _add_column_tile(OUT, offs_k, k_end, D, tile, BLOCK_D: tl.constexpr):
+    """OUT[offs_k] += tile for OUT [K, D] float32 and tile [BLOCK_K, BLOCK_D], atomically: every
+    row block adds into the same prototype rows. Relaxed order: only the final sum is read, after
+    the kernel ends."""
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_k < k_end)[:, None] & (offs_d[None, :] < D)
+    tl.atomic_add(OUT + offs_k[:, None] * D + offs_d[None, :], tile, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _student_grad_kernel(Y, W, BIAS, SHIFT, DY, DW, DB, N, K, D, inv_temp, k_per_split,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                         CAST_FP32: tl.constexpr, IEEE: tl.constexpr, HAS_DY: tl.constexpr,
+                         HAS_DW: tl.constexpr):  # fmt: skip
+    # One program: a block of student rows against the K blocks of one split. Each logit tile
+    # [BLOCK_N, BLOCK_K] is computed once and feeds all three gradients. dY stays in registers
+    # across the split (the program owns its rows: a plain store of one partial per split);
+    # dW and dB are shared by all row blocks, so they are atomic adds into float32 buffers that
+    # already hold the teacher terms -q^T Z and -q^T c.
+    pid_s = tl.program_id(1).to(tl.int64)
+    offs_n, y, shift = _row_block(Y, SHIFT, tl.program_id(0).to(tl.int64), N, D, BLOCK_N,
+                                  BLOCK_D, CAST_FP32)  # fmt: skip
+    acc_y = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    k_end = tl.minimum((pid_s + 1) * k_per_split, K)
+    for k0 in range(pid_s * k_per_split, k_end, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        w, p = _weighted_tile(y, shift, W, BIAS, offs_k, k_end, D, inv_temp, BLOCK_D, CAST_FP32,
+                              IEEE)  # fmt: skip
+        if HAS_DY:
+            acc_y += _dot(p, w, IEEE)  # [BLOCK_N, BLOCK_D]
+        if HAS_DW:  # dW and dB together: dB is a column sum of the tile already at hand
+            _add_column_tile(DW, offs_k, k_end, D, _dot(tl.trans(p), y, IEEE), BLOCK_D)
+            tl.atomic_add(DB + offs_k, tl.sum(p, axis=0), mask=offs_k < k_end, sem="relaxed")
+    if HAS_DY:  # partial of split pid_s: DY [S, N, D]
+        offs_d = tl.arange(0, BLOCK_D)
+        out = (pid_s * N + offs_n)[:, None] * D + offs_d[None, :]
+        tl.store(DY + out, acc_y, mask=(offs_n < N)[:, None] & (offs_d[None, :] < D))

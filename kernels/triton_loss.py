@@ -7,9 +7,9 @@ Forward:  lse_t [Nt], lse_s [Ns]              _row_lse_kernel (partials [S, N] m
           V = q @ w_s [Nt, D], u = q @ bias_s   _row_mix_kernel on teacher rows
           col_sum [K], q^T Z [K, D], q^T c [K]  _column_mix_kernel on teacher rows
           loss = sum_n W[n] lse_s[n] - sum_{n,p} weight (<y_s[n], V[t]>/tau_s + u[t])
-Backward: p = W softmax(a) = exp(a - (lse_s - log W))
-          dL/dw_s = (p^T y_s - q^T Z)/tau_s, dL/dbias_s = p^T 1 - q^T c   _column_mix_kernel
-          dL/dy_s = (p @ w_s - sum_p weight V[t])/tau_s                    _row_mix_kernel
+Backward: p = W softmax(a) = exp(a - (lse_s - log W)), one pass over the student tiles:
+          dL/dy_s = (p @ w_s - sum_p weight V[t])/tau_s                    _student_grad_kernel
+          dL/dw_s = (p^T y_s - q^T Z)/tau_s, dL/dbias_s = p^T 1 - q^T c   (same kernel)
 Scratch memory is O(S * N * D + K * D), never O(N * K); q^T Z is the prototype gradient buffer.
 
 Inputs may be float32, float16 or bfloat16 (accumulation in float32). Block sizes are fixed, not
@@ -28,10 +28,14 @@ from fastproto.kernels.triton_kernels import (
     _column_mix_kernel,
     _row_lse_kernel,
     _row_mix_kernel,
+    _student_grad_kernel,
 )
+from torch import Tensor
 
 MAX_DIM = 1024  # a whole row of D is held in one tile
 TARGET_PROGRAMS = 512  # enough programs to fill an H100's 132 SMs a few times over
+BACKWARD_TILE_ELEMENTS = 4096  # per [BLOCK, BLOCK_D] tile of the backward kernel
+FUSED_MAX_BLOCK_D = 512  # wider rows: dY and dW/dB in two launches
 
 
 def _interpreting() -> bool:
@@ -124,28 +128,74 @@ def _row_mix(rows, protos, bias, shift, mix, mix_b, inv_temp: float, cfg: dict[s
     return out.sum(dim=0), out_b.sum(dim=0)
 
 
-def _column_mix(rows, protos, bias, shift, mix, mix_v, inv_temp: float, cfg: dict[str, Any],
-                minus=None):  # fmt: skip
+def _column_mix(rows, protos, bias, shift, mix, mix_v, inv_temp: float, cfg: dict[str, Any]):
     """sum_n exp(logit[n, k] - shift[n]) * (mix[n], 1, mix_v[n]) -> ([K, D] or None, [K], [K]).
 
-    mix=None skips the [K, D] sum. With minus=(m [K, D] or None, v [K]) the first two sums are
-    returned as (sum - m, sum - v), written into m and v (the backward's gradient buffers).
+    mix=None skips the [K, D] sum.
     """
     k, d = protos.shape
     dev = protos.device
-    if minus is None:
-        out_m = None if mix is None else torch.empty(k, d, dtype=torch.float32, device=dev)
-        out_1 = torch.empty(k, dtype=torch.float32, device=dev)
-    else:
-        out_m, out_1 = minus
-    has_m = mix is not None and out_m is not None
+    out_m = None if mix is None else torch.empty(k, d, dtype=torch.float32, device=dev)
+    out_1 = torch.empty(k, dtype=torch.float32, device=dev)
     out_2 = torch.empty(k, dtype=torch.float32, device=dev)
     grid = (triton.cdiv(k, cfg["BLOCK_K"]),)
-    _column_mix_kernel[grid](rows, protos, bias, shift, mix if has_m else rows, mix_v,
-                             out_m if has_m else out_2, out_1, out_2, rows.shape[0], k, d,
-                             inv_temp, **cfg, HAS_M=has_m,
-                             SUBTRACT_FROM_OUT=minus is not None)  # fmt: skip
-    return (out_m if has_m else None), out_1, out_2
+    _column_mix_kernel[grid](rows, protos, bias, shift, rows if mix is None else mix, mix_v,
+                             out_2 if out_m is None else out_m, out_1, out_2, rows.shape[0], k, d,
+                             inv_temp, **cfg, HAS_M=mix is not None)  # fmt: skip
+    return out_m, out_1, out_2
+
+
+def backward_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The backward kernel's sizes, from the forward's `cfg` (interpreted or compiled).
+
+    _student_grad_kernel holds float32 [BLOCK, BLOCK_D] tiles beyond the forward kernels' (the
+    dY accumulator, a dW tile), so BLOCK_N and BLOCK_K halve, down to 16, until a [BLOCK,
+    BLOCK_D] tile has at most BACKWARD_TILE_ELEMENTS. With the forward's half-precision sizes
+    ptxas spilled 216 B per thread at BLOCK_D = 256 on sm_90 and 696 B at BLOCK_D = 128 on sm_80
+    (dW alone); bench/results/kernel_compile_table.md has the figures of the sizes used.
+    """
+    out = dict(cfg)
+    for key in ("BLOCK_N", "BLOCK_K"):
+        while out[key] > 16 and out[key] * out["BLOCK_D"] > BACKWARD_TILE_ELEMENTS:
+            out[key] //= 2
+    return out
+
+
+def fuses_backward(cfg: dict[str, Any]) -> bool:
+    """Whether one launch makes dY and dW together. Beyond FUSED_MAX_BLOCK_D the blocks are
+    already 16 and the fused program spilled 250-270 B per thread on sm_80, so there dY and
+    dW/dB are two launches of the same kernel (two passes over the student tiles)."""
+    return cfg["BLOCK_D"] <= FUSED_MAX_BLOCK_D
+
+
+def _student_grads(ys, ws, bs, shift, inv_ts: float, cfg: dict[str, Any], need_y: bool,
+                   dw: Tensor | None, db: Tensor | None) -> Tensor | None:  # fmt: skip
+    """One pass over the student logit tiles with p = exp(logit - shift[n]) [Ns, K] (never held):
+    -> p @ w_s [Ns, D] float32 (need_y, else None); adds p^T y_s into dw [K, D] and p^T 1 into
+    db [K] in place (both float32, both given or both None). `cfg`: backward_config's sizes.
+    """
+    has_dw = dw is not None and db is not None
+    if need_y and has_dw and not fuses_backward(cfg):
+        _launch_student_grad(ys, ws, bs, shift, inv_ts, cfg, False, dw, db)
+        return _launch_student_grad(ys, ws, bs, shift, inv_ts, cfg, True, None, None)
+    if not (need_y or has_dw):
+        return None
+    return _launch_student_grad(ys, ws, bs, shift, inv_ts, cfg, need_y, dw, db)
+
+
+def _launch_student_grad(ys, ws, bs, shift, inv_ts: float, cfg: dict[str, Any], need_y: bool,
+                         dw: Tensor | None, db: Tensor | None) -> Tensor | None:  # fmt: skip
+    """One _student_grad_kernel launch; arguments and result as in _student_grads."""
+    n, k, d = ys.shape[0], ws.shape[0], ws.shape[1]
+    n_splits, per_split = _splits(n, k, cfg)
+    # dY: one partial per K split [S, N, D], summed below; dW, dB: atomic adds across row blocks
+    dy = torch.empty(n_splits, n, d, dtype=torch.float32, device=ys.device) if need_y else None
+    has_dw = dw is not None and db is not None
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), n_splits)
+    _student_grad_kernel[grid](ys, ws, bs, shift, shift if dy is None else dy,
+                               dw if has_dw else shift, db if has_dw else shift, n, k, d, inv_ts,
+                               per_split, **cfg, HAS_DY=need_y, HAS_DW=has_dw)  # fmt: skip
+    return None if dy is None else dy.sum(dim=0)
 
 
 def _scatter_pairs(values: torch.Tensor, rows: torch.Tensor, pair_w: torch.Tensor,
@@ -165,6 +215,17 @@ def _gather_pairs(values: torch.Tensor, rows: torch.Tensor, pair_w: torch.Tensor
         w = pair_w[:, p].reshape(-1, *([1] * (values.dim() - 1)))
         out += values.index_select(0, rows[:, p]) * w
     return out
+
+
+def _prototype_grad_buffers(ws: torch.Tensor, qz: torch.Tensor | None,
+                            qc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """float32 (dW [K, D], dB [K]) buffers holding the teacher terms (-q^T Z, -q^T c), to which
+    the backward kernel adds the student terms. qz is the forward's buffer, reused in place; it
+    is None when the forward skipped it (only the bias needs a gradient, which the public entry
+    point never asks: the bias comes from the prototypes) and a zero buffer stands in."""
+    if qz is None:
+        return torch.zeros(ws.shape, dtype=torch.float32, device=ws.device), qc.neg()
+    return qz.neg_(), qc.neg()
 
 
 class _TritonLoss(torch.autograd.Function):
@@ -198,21 +259,21 @@ class _TritonLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, _grad_probs: torch.Tensor):
         ys, ws, bs, rows, pair_w, lse_s, v, qz, qc = ctx.saved_tensors
-        inv_ts, cfg = ctx.inv_ts, ctx.cfg
+        need_y, need_w, need_b = ctx.needs_input_grad[:3]
+        inv_ts, scale = ctx.inv_ts, grad_loss.float()
         # W[n] softmax(a[n]) = exp(a[n] - shift[n]); rows with W = 0 get shift = inf, p = 0
         shift = (lse_s - torch.log(pair_w.sum(dim=1))).contiguous()  # [Ns]
-        scale = grad_loss.float()
+        dw, db = _prototype_grad_buffers(ws, qz, qc) if need_w or need_b else (None, None)
+        cfg = backward_config(ctx.cfg)
+        dy = _student_grads(ys, ws, bs, shift, inv_ts, cfg, need_y, dw, db)  # [Ns, D] or None
         out_y = out_w = out_b = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            dummy = torch.zeros_like(lse_s)
-            mix = ys if ctx.needs_input_grad[1] else None
-            dw, db, _ = _column_mix(ys, ws, bs, shift, mix, dummy, inv_ts, cfg, minus=(qz, qc))
-            out_w = None if dw is None else dw.mul_(scale * inv_ts).to(ctx.dtypes[1])
-            out_b = db.mul_(scale)
-        if ctx.needs_input_grad[0]:
-            dy, _ = _row_mix(ys, ws, bs, shift, ws, bs, inv_ts, cfg)  # [Ns, D]
+        if dy is not None:
             dy -= _gather_pairs(v, rows, pair_w)
             out_y = dy.mul_(scale * inv_ts).to(ctx.dtypes[0])
+        if need_w and dw is not None:
+            out_w = dw.mul_(scale * inv_ts).to(ctx.dtypes[1])
+        if need_b and db is not None:
+            out_b = db.mul_(scale)
         return out_y, out_w, out_b, None, None, None, None, None, None, None
 
 

@@ -230,6 +230,77 @@ def test_chunked_and_triton_agree_in_float32() -> None:
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4, msg=name)
 
 
+def _backward_case() -> Case:
+    """40 student rows (3 interpreter row blocks of 16, the last partial) against K = 97 (4 blocks
+    of 32, the last holding one prototype), with rows of zero weight: row 0 has no teacher at
+    all and rows 5 and 6 have teachers but weight 0 (W = 0 gives shift = inf, p = 0)."""
+    c = make_case(40, 9, 97, 24, 2, vmf=True, centred=True)
+    c.weights[5:7] = 0.0
+    return c
+
+
+@pytest.mark.parametrize("programs", [1, 6, 512])
+def test_triton_backward_over_row_and_k_blocks(monkeypatch: pytest.MonkeyPatch,
+                                               programs: int) -> None:  # fmt: skip
+    """The fused backward adds dW, dB from every row block atomically and carries dY across the
+    K blocks of a split. TARGET_PROGRAMS = 1 makes one split of all 4 K blocks per row block,
+    6 makes 2 splits of 2 blocks (the second ending in a partial block), 512 one block each."""
+    import fastproto.kernels.triton_loss as tl_mod
+
+    monkeypatch.setattr(tl_mod, "TARGET_PROGRAMS", programs)
+    c = _backward_case()
+    scale = -0.8
+    want = truth(c, scale)
+    low = c.cast(torch.float32)
+    got = run(low, "triton", scale)
+    assert_close_rel(got, want, max_err(run(low, "reference", scale), want), torch.float32)
+    assert float(got[1][0].abs().max()) == 0.0  # no teacher: no gradient into that row
+    assert float(got[1][5:7].abs().max()) == 0.0  # weight 0: none either
+
+
+def _grads_with(c: Case, impl: str, need_y: bool, need_w: bool) -> list[torch.Tensor | None]:
+    """(d loss/d student, d loss/d student_protos), each None where it is not asked for."""
+    ys = c.student.clone().requires_grad_(need_y)
+    ws = c.student_protos.clone().requires_grad_(need_w)
+    args = (ys, c.teacher, ws, c.teacher_protos, c.targets, c.weights, c.center,
+            STUDENT_TEMP, TEACHER_TEMP, c.vmf)  # fmt: skip
+    loss, _ = prototype_cross_entropy(*args, impl=impl)
+    wanted = [t for t, on in ((ys, need_y), (ws, need_w)) if on]
+    grads = iter(torch.autograd.grad(loss * 1.7, wanted))
+    return [next(grads) if on else None for on in (need_y, need_w)]
+
+
+@pytest.mark.parametrize("need", [(True, False), (False, True)], ids=["student", "protos"])
+@pytest.mark.parametrize("vmf", [False, True])
+def test_triton_backward_partial_gradients(need: tuple[bool, bool], vmf: bool) -> None:
+    """Frozen prototypes launch the kernel for dY alone, a detached student for dW and dB alone
+    (with vmf the bias gradient reaches ||w_s|| through autograd)."""
+    base = _backward_case()
+    fields = ("student", "teacher", "student_protos", "teacher_protos", "targets", "weights",
+              "center")  # fmt: skip
+    c = Case(*[getattr(base, f) for f in fields], vmf=vmf).cast(torch.float32)
+    got = _grads_with(c, "triton", *need)
+    want = _grads_with(c.cast(torch.float64), "reference", *need)
+    for g, w in zip(got, want, strict=True):
+        assert (g is None) == (w is None)
+        if g is not None and w is not None:
+            torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4)
+
+
+def test_triton_backward_in_two_launches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where fuses_backward says no (BLOCK_D = 1024 when compiled), dY and dW/dB come from two
+    launches of the kernel; forced here, they must equal the fused launch's results."""
+    import fastproto.kernels.triton_loss as tl_mod
+
+    c = _backward_case().cast(torch.float32)
+    fused = run(c, "triton", 1.3)
+    monkeypatch.setattr(tl_mod, "FUSED_MAX_BLOCK_D", 16)
+    assert not tl_mod.fuses_backward(tl_mod.backward_config(tl_mod._config(24, torch.float32)))
+    split = run(c, "triton", 1.3)
+    for name, x, y in zip(NAMES, fused, split, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6, msg=name)
+
+
 def test_auto_is_chunked_on_cpu_and_gradient_reaches_vmf_norm() -> None:
     c = make_case(6, 3, 40, 16, 2, vmf=True, centred=False)
     auto, chunked = run(c, "auto", 1.0), run(c, "chunked", 1.0)

@@ -42,3 +42,20 @@ def test_compiled_tiles_fit_shared_memory(
     assert cfg["BLOCK_D"] >= dim and cfg["BLOCK_N"] >= 16 and cfg["BLOCK_K"] >= 16
     assert cfg["IEEE"] == (dtype == torch.float32)
     assert not cfg["CAST_FP32"]
+
+
+@pytest.mark.parametrize("dim", [16, 100, 256, 512, 1024])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_backward_config_fuses_up_to_block_d_512(
+    monkeypatch: pytest.MonkeyPatch, dim: int, dtype: torch.dtype
+) -> None:
+    """The fused backward shrinks only BLOCK_N and BLOCK_K, never below 16, and makes dY and dW
+    in one launch for every BLOCK_D up to 512."""
+    fwd = compiled_config(monkeypatch, dim, dtype)
+    cfg = triton_loss.backward_config(fwd)
+    same = ("BLOCK_D", "IEEE", "CAST_FP32", "num_warps", "num_stages")
+    assert {k: cfg[k] for k in same} == {k: fwd[k] for k in same}
+    for key in ("BLOCK_N", "BLOCK_K"):
+        assert 16 <= cfg[key] <= fwd[key]
+        assert cfg[key] == 16 or cfg[key] * cfg["BLOCK_D"] <= triton_loss.BACKWARD_TILE_ELEMENTS
+    assert triton_loss.fuses_backward(cfg) == (fwd["BLOCK_D"] <= 512)
