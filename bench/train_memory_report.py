@@ -68,9 +68,16 @@ def markdown(table: dict, rows: list[dict], paper: dict[tuple[int, int], float])
         if metric == "peak_rss_growth"
         else "peak allocated memory over timed steps, GB"
     )
-    stamps = sorted({(r["device"], r["date"], r["commit"], r["versions"]) for r in rows})
+    machines: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+    for r in rows:  # per machine: its dates and commits in the order the rows were written
+        dates, commits = machines.setdefault((r["device"], r["versions"]), ([], []))
+        dates += [] if r["date"] in dates else [r["date"]]
+        commits += [] if r["commit"] in commits else [r["commit"]]
     lines = ["# Memory of one iBOT ViT-S/16 training step against K (paper 1 Table 12 layout)", ""]
-    lines += [f"- measured on {d}, {day}, commit {c} ({v})" for d, day, c, v in stamps]
+    lines += [
+        f"- measured on {d}, {', '.join(days)}, commits {', '.join(cs)} ({v})"
+        for (d, v), (days, cs) in machines.items()
+    ]
     lines += [
         f"- ours: {what}; step time in seconds after the slash",
         "- paper: Table 12, iBOT ViT-S/16 fp16 on a GPU, peak memory in GB",
