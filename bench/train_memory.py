@@ -153,6 +153,7 @@ def record(out: Path, batch: int, impl: str, k: int, got: PointResult, args) -> 
         rows += [
             make_row(op, name, shape, "peak_rss_growth", "MB", got.growth_mb, device),
             make_row(op, name, shape, "peak_rss", "MB", got.peak_mb, device),
+            make_row(op, name, shape, "peak_anon_rss_growth", "MB", got.anon_growth_mb, device),
         ]
     else:
         rows += [make_row(op, name, shape, "peak_memory", "GB", got.peak_mb / 1e3, device)]
