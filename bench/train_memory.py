@@ -38,8 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import RESULTS_DIR, append_rows, make_row  # noqa: E402
-from train_memory_point import PointResult, available_mb  # noqa: E402
-from train_memory_report import write_report  # noqa: E402
+from train_memory_point import SAFETY, PointResult, available_mb  # noqa: E402
+from train_memory_report import fit_line, write_report  # noqa: E402
 
 OP = "train_step_ibot_vits16"
 # paper 1, Table 12: iBOT ViT-S/16, fp16, GPU memory (GB) by (B, K)
@@ -74,7 +74,6 @@ PRESETS = {
         "points": [("reference", 64), ("auto", 64), ("auto", 256), ("head", 256)],
     },
 }
-SAFETY = 0.9  # of the free memory a point may plan to use
 
 
 def parse_points(items: list[str]) -> list[tuple[str, int]]:
@@ -88,16 +87,6 @@ def parse_points(items: list[str]) -> list[tuple[str, int]]:
             )
         out.append((impl, int(k)))
     return out
-
-
-def fit_line(points: list[tuple[int, float]]) -> tuple[float, float]:
-    """Least-squares (intercept, slope per prototype) of memory against K."""
-    n = len(points)
-    mk = sum(k for k, _ in points) / n
-    mm = sum(m for _, m in points) / n
-    var = sum((k - mk) ** 2 for k, _ in points)
-    slope = sum((k - mk) * (m - mm) for k, m in points) / var if var else 0.0
-    return mm - slope * mk, slope
 
 
 def predicted_mb(measured: list[tuple[int, float]], k: int) -> float | None:

@@ -41,13 +41,18 @@ class PointResult:
     anon_growth_mb: float = math.nan  # CPU: sampled peak of the anonymous RSS over its base
 
 
+def _proc_kb_mb(path: str, key: str) -> float:
+    """The "key: N kB" line of a /proc file, in MB."""
+    with open(path) as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024 / 1e6
+    raise RuntimeError(f"{path} has no {key} line")
+
+
 def available_mb() -> float:
     """MemAvailable of this machine, MB."""
-    with open("/proc/meminfo") as handle:
-        for line in handle:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    raise RuntimeError("/proc/meminfo has no MemAvailable line")
+    return _proc_kb_mb("/proc/meminfo", "MemAvailable")
 
 
 def rss_mb() -> float:
@@ -61,11 +66,7 @@ def peak_rss_mb() -> float:
 
 def anon_rss_mb() -> float:
     """Anonymous resident memory (heap and tensors, not the mapped libraries), MB."""
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    raise RuntimeError("/proc/self/status has no RssAnon line")
+    return _proc_kb_mb("/proc/self/status", "RssAnon")
 
 
 class MemoryWatch:

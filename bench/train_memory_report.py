@@ -42,15 +42,19 @@ def memory_metric(table: dict) -> tuple[str, str, float]:
     return "peak_memory", "GB", 1e3
 
 
-def slope_mb_per_1024(points: list[tuple[int, float]]) -> float | None:
-    """Least-squares slope, MB per 1024 prototypes, of (K, MB) points."""
-    if len(points) < 2:
-        return None
+def fit_line(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares (intercept, slope per prototype) of memory against K, >= 2 points."""
     n = len(points)
     mk = sum(k for k, _ in points) / n
     mm = sum(m for _, m in points) / n
     var = sum((k - mk) ** 2 for k, _ in points)
-    return sum((k - mk) * (m - mm) for k, m in points) / var * 1024
+    slope = sum((k - mk) * (m - mm) for k, m in points) / var if var else 0.0
+    return mm - slope * mk, slope
+
+
+def slope_mb_per_1024(points: list[tuple[int, float]]) -> float | None:
+    """Least-squares slope, MB per 1024 prototypes, of (K, MB) points."""
+    return None if len(points) < 2 else fit_line(points)[1] * 1024
 
 
 def _series(table: dict, batch: int, column: str, metric: str, scale: float):  # type: ignore[no-untyped-def]

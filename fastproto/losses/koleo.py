@@ -72,12 +72,16 @@ def _neighbours(x: torch.Tensor) -> torch.Tensor:
         return sim.argmax(dim=-1)
 
 
+def _log_distance(x: torch.Tensor, neighbour: torch.Tensor, eps: float) -> torch.Tensor:
+    """log(||x_k - x_neighbour[k]|| + eps) for x [..., S, D], neighbour [..., S] -> [..., S]."""
+    nearest = torch.take_along_dim(x, neighbour[..., None], dim=-2)  # [..., S, D]
+    return torch.log((x - nearest).norm(dim=-1) + eps)
+
+
 def _nearest_log_distance(x: torch.Tensor, eps: float) -> torch.Tensor:
     """log(d_k + eps) for each row of x [..., S, D] (unit rows), d_k = distance to the nearest
     other row of the same group -> [..., S]; differentiable."""
-    nearest = torch.take_along_dim(x, _neighbours(x)[..., None], dim=-2)  # [..., S, D]
-    distance = (x - nearest).norm(dim=-1)  # [..., S]
-    return torch.log(distance + eps)
+    return _log_distance(x, _neighbours(x), eps)
 
 
 def _unit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,9 +127,7 @@ class _KoLeoProto(torch.autograd.Function):
         for index in _group_batches(order, weights.shape[0], group_size):
             mu = _unit(weights[index])[0]  # [n, S, D]
             neighbour = _neighbours(mu)  # [n, S]
-            nearest = torch.take_along_dim(mu, neighbour[..., None], dim=-2)
-            distance = (mu - nearest).norm(dim=-1)  # [n, S]
-            total -= torch.log(distance + eps).mean(dim=1).sum()
+            total -= _log_distance(mu, neighbour, eps).mean(dim=1).sum()
             neighbours.append(neighbour)
         ctx.save_for_backward(weights, order, torch.cat([n.flatten() for n in neighbours]))
         ctx.group_size, ctx.eps = group_size, eps
