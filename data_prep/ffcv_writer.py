@@ -77,6 +77,9 @@ def write_beton(
     Raises DataPrepError when a writer process fails or the disk is full; `path` is then
     removed, so a failed run does not keep the space it had filled.
     """
+    from fastproto.data.ffcv_threads import import_ffcv
+
+    import_ffcv()
     from ffcv.fields import IntField, RGBImageField
 
     from .ffcv_process import WatchedWriter, is_disk_full
@@ -110,6 +113,9 @@ def read_bad_log(bad_log: Path) -> dict[int, str]:
 
 def beton_summary(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels [N], widths [N], heights [N]) read back from a written .beton."""
+    from fastproto.data.ffcv_threads import import_ffcv
+
+    import_ffcv()
     from ffcv.reader import Reader
 
     reader = Reader(str(path))

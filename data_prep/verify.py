@@ -39,6 +39,9 @@ def _decode_size(data: bytes) -> tuple[int, int]:
 
 
 def _read_beton(path: Path, problems: list[str]) -> _Seen:
+    from fastproto.data.ffcv_threads import import_ffcv
+
+    import_ffcv()
     from ffcv.reader import Reader
 
     reader = Reader(str(path))

@@ -10,6 +10,9 @@ FIELDS = {"image": "RGBImageField", "label": "IntField"}
 
 def check_beton_fields(beton: Path) -> None:
     """Refuse a .beton that is unreadable or whose fields are not `FIELDS`."""
+    from fastproto.data.ffcv_threads import import_ffcv
+
+    import_ffcv()
     from ffcv.reader import Reader
 
     try:

@@ -32,6 +32,9 @@ _HEADER_WORDS = 5
 
 def _loaded_imgproc() -> str | None:
     """Path of the libopencv_imgproc that libffcv loaded into this process, if any."""
+    from fastproto.data.ffcv_threads import import_ffcv
+
+    import_ffcv()
     import ffcv._libffcv  # noqa: F401  (loads libffcv and the OpenCV it links)
 
     maps = Path("/proc/self/maps")

@@ -5,8 +5,9 @@ one JPEG decode per image, every crop cut from it). The traversal order is ours,
 FFCV's: each epoch the loader hands FFCV this rank's shuffled shard (from
 `fastproto.data.order`), already cut at the resume point, so skipped batches are never read.
 FFCV reuses its output buffers, so every batch is copied out into fresh tensors
-(which is also where the HWC crops become CHW). FFCV also sets torch's global thread count
-to its worker count; the loader puts the caller's count back. FFCV's memory managers would
+(which is also where the HWC crops become CHW). FFCV also sets torch's global thread count:
+to 1 on import (`ffcv_threads.import_ffcv` keeps it) and to its worker count whenever a loader
+starts; the loader puts the caller's count back. FFCV's memory managers would
 flip numba's shared array types to read-only, which makes numba's finalisers fail noisily when
 a loader is freed; `ffcv_types.patch_state_types` stops that before the first loader is built.
 """
@@ -52,6 +53,9 @@ class FFCVLoader(Loader):
         self, path: Path, split: str, batch_size: int, recipe: MultiCropRecipe, rank: int,
         world_size: int, seed: int, workers: int, drop_last: bool, device: torch.device,
     ) -> None:  # fmt: skip
+        from fastproto.data.ffcv_threads import import_ffcv
+
+        import_ffcv()
         from ffcv.fields.decoders import IntDecoder
         from ffcv.loader import Loader as FfcvLoader
         from ffcv.loader import OrderOption
