@@ -12,8 +12,10 @@ Backward: p = W softmax(a) = exp(a - (lse_s - log W)), one pass over the student
           dL/dw_s = (p^T y_s - q^T Z)/tau_s, dL/dbias_s = p^T 1 - q^T c   (same kernel)
 Scratch memory is O(S * N * D + K * D), never O(N * K); q^T Z is the prototype gradient buffer.
 
-Inputs may be float32, float16 or bfloat16 (accumulation in float32). Block sizes are fixed, not
-autotuned: the interpreter cannot autotune, and nothing here queries the GPU at import time.
+Inputs may be float32, float16 or bfloat16 (accumulation in float32); half-precision embeddings
+make every dot half precision (tensor cores), float32 prototypes included. Block sizes are
+fixed, not autotuned: the interpreter cannot autotune, and nothing here queries the GPU at
+import time.
 """
 
 from __future__ import annotations
@@ -95,10 +97,19 @@ def _row_lse(rows: torch.Tensor, protos: torch.Tensor, bias: torch.Tensor, inv_t
     return top + torch.log((run_sum * torch.exp(run_max - top)).sum(dim=0))
 
 
-def _common_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """The promoted dtype of the embeddings and prototypes."""
-    out = tensors[0].dtype
-    for t in tensors[1:]:
+HALF = (torch.float16, torch.bfloat16)
+
+
+def _dot_dtype(embeddings: list[torch.Tensor], protos: list[torch.Tensor]) -> torch.dtype:
+    """The dtype every dot takes: half-precision embeddings (autocast's head outputs) keep their
+    dtype and the float32 prototypes are cast to it, as autocast casts a matmul's operands, so
+    the dots run on tensor cores with float32 accumulation; otherwise the promoted dtype."""
+    out = embeddings[0].dtype
+    for t in embeddings[1:]:
+        out = torch.promote_types(out, t.dtype)
+    if out in HALF:
+        return out
+    for t in protos:
         out = torch.promote_types(out, t.dtype)
     return out
 
@@ -232,8 +243,9 @@ class _TritonLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, student, student_protos, bias_s, teacher, teacher_protos, bias_t,
                 targets, weights, inv_ts: float, inv_tt: float):  # fmt: skip
-        # one dtype for every dot (e.g. float16 embeddings under autocast, float32 prototypes)
-        dt = _common_dtype(student, student_protos, teacher, teacher_protos)
+        # one dtype for every dot: bfloat16 embeddings under autocast make bfloat16 dots of
+        # the float32 prototypes; dW still accumulates in float32 and returns as float32
+        dt = _dot_dtype([student, teacher], [student_protos, teacher_protos])
         cfg = _config(student.shape[1], dt)
         ys, ws = student.detach().to(dt).contiguous(), student_protos.detach().to(dt).contiguous()
         yt, wt = teacher.detach().to(dt).contiguous(), teacher_protos.detach().to(dt).contiguous()
@@ -290,7 +302,7 @@ def prototype_cross_entropy_triton(
     vmf: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss (float32 scalar) and teacher_mean_probs [K] (float32) from fused Triton kernels."""
-    _check_input(student.shape[1], _common_dtype(student, student_protos, teacher, teacher_protos))
+    _check_input(student.shape[1], _dot_dtype([student, teacher], [student_protos, teacher_protos]))
     bias_s = student_bias(student_protos, student_temp, vmf).float()  # [K], autograd via ||w_s||
     bias_t = teacher_bias(teacher_protos, center, teacher_temp, vmf).float()  # [K]
     loss, mean_probs = _TritonLoss.apply(
@@ -308,9 +320,9 @@ def teacher_statistics_triton(
     vmf: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row log-sum-exp [Nt] and column mean probabilities [K] (float32) of the teacher logits."""
-    _check_input(teacher.shape[1], _common_dtype(teacher, teacher_protos))
+    _check_input(teacher.shape[1], _dot_dtype([teacher], [teacher_protos]))
     with torch.no_grad():
-        dt = _common_dtype(teacher, teacher_protos)
+        dt = _dot_dtype([teacher], [teacher_protos])
         cfg = _config(teacher.shape[1], dt)
         yt, wt = teacher.to(dt).contiguous(), teacher_protos.to(dt).contiguous()
         bt = teacher_bias(teacher_protos, center, teacher_temp, vmf).float().contiguous()

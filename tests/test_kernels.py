@@ -211,16 +211,41 @@ def test_many_blocks_large_k(impl: str) -> None:
     assert_close_rel(run(low, impl, scale), want, baseline, torch.float32)
 
 
+def mixed_case(dtype: torch.dtype, device: str = "cpu") -> Case:
+    """Autocast's operands: half-precision embeddings, float32 prototypes (float64 elsewhere)."""
+    c = make_case(9, 4, 45, 16, 2, vmf=True, centred=True).cast(torch.float64, device)
+    rest = ("targets", "weights", "center", "vmf")
+    protos = (c.student_protos.float(), c.teacher_protos.float())
+    return Case(c.student.to(dtype), c.teacher.to(dtype), *protos, *[getattr(c, f) for f in rest])
+
+
+def assert_mixed_like_autocast(impl: str, dtype: torch.dtype, device: str = "cpu") -> None:
+    """Half embeddings with float32 prototypes: gradients keep their dtypes, and the error
+    against float64 is at most 2x that of the reference run all in `dtype` (what autocast's
+    matmul does: the triton impl makes every dot half precision), plus FLOOR."""
+    mixed = mixed_case(dtype, device)
+    want = truth(mixed.cast(torch.float64), 1.0)
+    baseline = max_err(run(mixed.cast(dtype, device), "reference", 1.0), want)
+    got = run(mixed, impl, 1.0)
+    assert got[1].dtype == dtype and got[2].dtype == torch.float32
+    assert_close_rel(got, want, baseline, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("impl", ["chunked", "triton"])
-def test_mixed_dtypes_float16_rows_float32_prototypes(impl: str) -> None:
-    """Autocast hands float16 embeddings and float32 prototypes; gradients keep their dtypes."""
-    c = make_case(9, 4, 45, 16, 2, vmf=True, centred=True).cast(torch.float32)
-    rest = ("student_protos", "teacher_protos", "targets", "weights", "center", "vmf")
-    mixed = Case(c.student.half(), c.teacher.half(), *[getattr(c, f) for f in rest])
-    got, want = run(mixed, impl, 1.0), run(mixed.cast(torch.float32), "reference", 1.0)
-    assert got[1].dtype == torch.float16 and got[2].dtype == torch.float32
-    for name, x, y in zip(NAMES, got, want, strict=True):
-        torch.testing.assert_close(x.float(), y, rtol=1e-3, atol=1e-3, msg=name)
+def test_mixed_dtypes_half_rows_float32_prototypes(impl: str, dtype: torch.dtype) -> None:
+    assert_mixed_like_autocast(impl, dtype)
+
+
+def test_triton_dots_take_the_embeddings_half_dtype() -> None:
+    """float32 prototypes do not promote bfloat16 embeddings' dots back to float32 (IEEE, no
+    tensor cores); float32 embeddings keep float32 dots whatever the prototypes are."""
+    from fastproto.kernels.triton_loss import _dot_dtype
+
+    half, full = torch.zeros(2, 4, dtype=torch.bfloat16), torch.zeros(2, 4)
+    assert _dot_dtype([half, half], [full, full]) == torch.bfloat16
+    assert _dot_dtype([full, full], [half, half]) == torch.float32
+    assert _dot_dtype([half, full], [full]) == torch.float32
 
 
 def test_chunked_and_triton_agree_in_float32() -> None:
@@ -352,6 +377,13 @@ def test_gpu_large_shapes(shape: tuple, dtype: torch.dtype) -> None:
     baseline = max_err(run(low, "reference", scale), want)
     for impl in ("chunked", "triton"):
         assert_close_rel(run(low, impl, scale), want, baseline, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_mixed_dtypes_like_autocast(dtype: torch.dtype) -> None:
+    """Compiled: half dots on tensor cores with float32 prototypes, judged as on the CPU."""
+    assert_mixed_like_autocast("triton", dtype, "cuda")
 
 
 @pytest.mark.gpu

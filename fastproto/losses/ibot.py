@@ -72,7 +72,9 @@ def ibot_patch_loss(
         k = teacher_protos.shape[0]
         return loss, teacher_protos.new_full((k,), 1.0 / k).detach()
     counts = torch.bincount(image_index, minlength=num_images)  # [num_images]
-    per_token = 1.0 / (counts[image_index].to(student_patches.dtype) * num_images)  # [Nm]
+    # weights in at least float32: bf16 patch embeddings (autocast) would round each 1/count
+    weight_dtype = torch.promote_types(student_patches.dtype, torch.float32)
+    per_token = 1.0 / (counts[image_index].to(weight_dtype) * num_images)  # [Nm]
     targets = torch.arange(student_patches.shape[0], device=student_patches.device)[:, None]
     return prototype_cross_entropy(
         student_patches,

@@ -44,8 +44,10 @@ def prediction_health(
     student_y: torch.Tensor, teacher_y: torch.Tensor, student_protos: torch.Tensor,
     teacher_protos: torch.Tensor, center: torch.Tensor, student_temp: float,
     teacher_temp: float, vmf: bool,
-) -> dict[str, float]:  # fmt: skip
-    """Per-sample entropies and logit spreads of the first HEALTH_ROWS rows of each side.
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Per-sample entropies and logit spreads of the first HEALTH_ROWS rows of each side, as
+    0-d float64 tensors on the device: the step reads them to the host with its loss terms, in
+    one copy.
 
     student_y [Ns, D], teacher_y [Nt, D], prototypes [K, D], center [K] (tempered-logit domain).
     """
@@ -56,7 +58,7 @@ def prediction_health(
     b = teacher_logits(teacher_y[:HEALTH_ROWS].detach(), w_t, center, teacher_temp, vmf)
     h_s, std_s = _entropy_and_spread(a)
     h_t, std_t = _entropy_and_spread(b)
-    values = torch.stack([h_t, h_s, std_t, std_s]).tolist()  # one host sync for all four
+    values = (h_t, h_s, std_t, std_s)
     names = (
         "teacher_entropy_per_sample", "student_entropy_per_sample",
         "teacher_logit_std", "student_logit_std",

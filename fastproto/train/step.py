@@ -61,9 +61,22 @@ class TrainState:
     amp_dtype: torch.dtype | None
     device: torch.device
     step: int = 0
-    extras: dict[str, float] = field(default_factory=dict)  # this step's health numbers
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # this step's health, 0-d
     initial_prototypes: torch.Tensor | None = None  # CLS head W [K, D] at initialisation
     watch: CollapseWatch | None = None
+
+
+def loss_operand_dtype(state: TrainState) -> torch.dtype:
+    """The dtype head outputs [N, D] enter the prototype loss in: autocast's (bf16 or fp16) where
+    the fused Triton kernels compute it, so that their dots run on tensor cores with float32
+    accumulation (prototypes stay float32 parameters and are cast per tile); float32 for the
+    chunked and reference paths, which materialise logit blocks in the operands' dtype."""
+    from fastproto.kernels.dispatch import resolve_impl
+
+    impl = resolve_impl(state.config.method.loss_impl, state.device)
+    if state.amp_dtype is not None and impl == "triton":
+        return state.amp_dtype
+    return torch.float32
 
 
 def _autocast(state: TrainState) -> contextlib.AbstractContextManager[object]:
@@ -83,7 +96,7 @@ def _cls_loss(
     vmf = head_is_vmf(head)
     center = state.cls_centering(teacher_y, w_t, teacher_temp, vmf, m.loss_impl)  # [K]
     state.extras = prediction_health(
-        student_y, teacher_y, w_s, w_t, center, m.student_temp, teacher_temp, vmf
+        student_y.float(), teacher_y.float(), w_s, w_t, center, m.student_temp, teacher_temp, vmf
     )
     return dino_loss(
         student_y, teacher_y, w_s, w_t, center, state.config.data.global_crops,
@@ -128,13 +141,14 @@ def compute_losses(
         t_out = state.teacher(global_crops, None, masks, mask_input=False)
     with _autocast(state):
         s_out = state.student_ddp(global_crops, local_crops, masks, mask_input=True)
-    cls, mean_probs = _cls_loss(state, s_out.cls_y.float(), t_out.cls_y.float(), teacher_temp)
+    dt = loss_operand_dtype(state)
+    cls, mean_probs = _cls_loss(state, s_out.cls_y.to(dt), t_out.cls_y.to(dt), teacher_temp)
     total, parts = cls, {"dino": cls}
     # also with no masked token on this rank: the loss is then a zero attached to the patch
     # head, so under DDP every parameter still gets its (zero) gradient and all-reduces match
     if masks is not None and s_out.patch_y is not None:
         assert t_out.patch_y is not None  # the teacher got the same masks
-        s_p, t_p = s_out.patch_y.float(), t_out.patch_y.float()
+        s_p, t_p = s_out.patch_y.to(dt), t_out.patch_y.to(dt)
         patch = _patch_loss(state, s_p, t_p, masks, teacher_temp)
         total = total + m.patch_loss_weight * patch
         parts["ibot"] = patch
@@ -157,10 +171,11 @@ def compute_losses(
         total = total + m.me_max * reg_m
         parts["me_max"] = reg_m
     parts["loss"] = total
-    # one device-to-host copy for all the terms (a float() each would wait on the device each)
-    values = torch.stack([t.detach().float() for t in parts.values()]).tolist()
-    terms = dict(zip(parts, values, strict=True))
-    return total, terms | state.extras, mean_probs
+    # one device-to-host copy for the terms and the health numbers (a float() each would wait
+    # on the device each)
+    shown = {name: t.detach() for name, t in parts.items()} | state.extras
+    values = torch.stack([t.double() for t in shown.values()]).tolist()
+    return total, dict(zip(shown, values, strict=True)), mean_probs
 
 
 def _me_max(state: TrainState, student_y: torch.Tensor) -> torch.Tensor:
