@@ -11,9 +11,9 @@ nvidia backend) reports registers, spills and stack. A configuration fails the c
     registers > 255 per thread,
 
 which on a GPU would be a launch failure (OutOfResources) or slow local-memory traffic.
-Pointers are taken as 16-byte aligned and N, K, D, k_per_split as multiples of 16, as at
-training sizes. Results are cached by a key of the triton version, the kernel source and the
-configuration, so unchanged kernels are not compiled again:
+Pointers are taken as 16-byte aligned and N, K, D, k_per_split and n_per_split as multiples of
+16, as at training sizes. Results are cached by a key of the triton version, the kernel source
+and the configuration, so unchanged kernels are not compiled again:
 
     python bench/kernel_compile.py                  # table; exit 1 if a configuration fails
     python bench/kernel_compile.py --write          # also bench/results/kernel_compile_table.*
@@ -81,7 +81,7 @@ ARGS = {
     "_row_mix_kernel": "Y:IN W:IN BIAS SHIFT M:IN MB OUT OUT_B N:i32 K:i32 D:i32 inv_temp:fp32 "
     "k_per_split:i32",
     "_column_mix_kernel": "Y:IN W:IN BIAS SHIFT R:IN RV OUT_M OUT_1 OUT_2 N:i32 K:i32 D:i32 "
-    "inv_temp:fp32",
+    "inv_temp:fp32 n_per_split:i32",
     "_student_grad_kernel": "Y:IN W:IN BIAS SHIFT DY DW DB N:i32 K:i32 D:i32 inv_temp:fp32 "
     "k_per_split:i32",
 }

@@ -7,9 +7,9 @@ per-row shift (a row log-sum-exp, possibly minus log of a row weight); nothing N
     _row_lse_kernel     grid (row blocks, K splits): running (max, sum exp) per row and split
     _row_mix_kernel     grid (row blocks, K splits): out[n] = sum_k p[n, k] M[k]  [S, N, D],
                         out_b[n] = sum_k p[n, k] mb[k]  [S, N]      (V, u)
-    _column_mix_kernel  grid (K blocks): out_m[k] = sum_n p[n, k] R[n]  [K, D],
-                        out_1[k] = sum_n p[n, k], out_2[k] = sum_n p[n, k] r[n]
-                        (teacher column sums, q^T Z, q^T c)
+    _column_mix_kernel  grid (K blocks, row splits): out_m[k] = sum_n p[n, k] R[n]  [S, K, D],
+                        out_1[k] = sum_n p[n, k], out_2[k] = sum_n p[n, k] r[n]  [S, K]
+                        (teacher column sums, q^T Z, q^T c; partials per row split)
     _student_grad_kernel  grid (row blocks, K splits), the whole backward in one pass over the
                         student tiles: DY[s, n] = sum_k p[n, k] w_s[k]  [S, N, D], and
                         DW[k] += sum_n p[n, k] y_s[n]  [K, D], DB[k] += sum_n p[n, k]  [K]
@@ -126,34 +126,39 @@ def _row_mix_kernel(Y, W, BIAS, SHIFT, M, MB, OUT, OUT_B, N, K, D, inv_temp, k_p
 
 @triton.jit
 def _column_mix_kernel(Y, W, BIAS, SHIFT, R, RV, OUT_M, OUT_1, OUT_2, N, K, D, inv_temp,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                       CAST_FP32: tl.constexpr, IEEE: tl.constexpr,
+                       n_per_split, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       BLOCK_D: tl.constexpr, CAST_FP32: tl.constexpr, IEEE: tl.constexpr,
                        HAS_M: tl.constexpr):  # fmt: skip
+    # One program: a block of prototypes against the rows of one split (n_per_split rows, a
+    # multiple of BLOCK_N). Its sums are the split's partial: OUT_M [S, K, D], OUT_1 and OUT_2
+    # [S, K], added up by the launcher (no atomics, so the sums are deterministic).
     pid_k = tl.program_id(0).to(tl.int64)
+    pid_s = tl.program_id(1).to(tl.int64)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, BLOCK_D)
     kmask = offs_k < K
-    out_m = offs_k[:, None] * D + offs_d[None, :]
-    mask_m = kmask[:, None] & (offs_d[None, :] < D)
     w, bias = _load_protos(W, BIAS, offs_k, K, D, BLOCK_D, CAST_FP32)
     acc_m = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
     acc_1 = tl.zeros((BLOCK_K,), dtype=tl.float32)
     acc_2 = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    for r0 in range(0, N, BLOCK_N):
+    r_end = tl.minimum((pid_s + 1) * n_per_split, N)
+    for r0 in range(pid_s * n_per_split, r_end, BLOCK_N):
         offs_n = r0 + tl.arange(0, BLOCK_N).to(tl.int64)
-        y = _load_rows(Y, offs_n, N, D, BLOCK_D, CAST_FP32)
-        shift = tl.load(SHIFT + offs_n, mask=offs_n < N, other=float("inf"))
+        y = _load_rows(Y, offs_n, r_end, D, BLOCK_D, CAST_FP32)
+        shift = tl.load(SHIFT + offs_n, mask=offs_n < r_end, other=float("inf"))
         p = tl.exp(_logits(y, w, bias, offs_k, K, inv_temp, IEEE) - shift[:, None])
         if HAS_M:
-            r = _load_rows(R, offs_n, N, D, BLOCK_D, CAST_FP32)
+            r = _load_rows(R, offs_n, r_end, D, BLOCK_D, CAST_FP32)
             acc_m += _dot(tl.trans(p), r, IEEE)
         acc_1 += tl.sum(p, axis=0)
-        rv = tl.load(RV + offs_n, mask=offs_n < N, other=0.0)
+        rv = tl.load(RV + offs_n, mask=offs_n < r_end, other=0.0)
         acc_2 += tl.sum(p * rv[:, None], axis=0)
+    out_k = pid_s * K + offs_k  # [BLOCK_K] rows of the [S * K, ...] partials
     if HAS_M:
-        tl.store(OUT_M + out_m, acc_m, mask=mask_m)
-    tl.store(OUT_1 + offs_k, acc_1, mask=kmask)
-    tl.store(OUT_2 + offs_k, acc_2, mask=kmask)
+        out_m = out_k[:, None] * D + offs_d[None, :]
+        tl.store(OUT_M + out_m, acc_m, mask=kmask[:, None] & (offs_d[None, :] < D))
+    tl.store(OUT_1 + out_k, acc_1, mask=kmask)
+    tl.store(OUT_2 + out_k, acc_2, mask=kmask)
 
 
 @triton.jit

@@ -74,13 +74,26 @@ def compiled_config(dim: int, dtype: torch.dtype) -> dict[str, Any]:
             "num_stages": 2 if half else 1}  # fmt: skip
 
 
+def _split(owned: int, block_own: int, split: int, block_split: int) -> tuple[int, int]:
+    """A grid of (blocks of the `owned` axis, splits of the `split` axis) with ~TARGET_PROGRAMS
+    programs -> (number of splits, elements per split, a multiple of block_split)."""
+    own_blocks = triton.cdiv(owned, block_own)
+    split_blocks = triton.cdiv(split, block_split)
+    want = max(1, min(split_blocks, triton.cdiv(TARGET_PROGRAMS, own_blocks)))
+    per_split = triton.cdiv(split_blocks, want) * block_split
+    return triton.cdiv(split, per_split), per_split
+
+
 def _splits(n_rows: int, k: int, cfg: dict[str, Any]) -> tuple[int, int]:
-    """(number of K splits, prototypes per split) so that the grid has ~TARGET_PROGRAMS programs."""
-    row_blocks = triton.cdiv(n_rows, cfg["BLOCK_N"])
-    k_blocks = triton.cdiv(k, cfg["BLOCK_K"])
-    want = max(1, min(k_blocks, triton.cdiv(TARGET_PROGRAMS, row_blocks)))
-    per_split = triton.cdiv(k_blocks, want) * cfg["BLOCK_K"]
-    return triton.cdiv(k, per_split), per_split
+    """Programs own row blocks: (number of K splits, prototypes per split)."""
+    return _split(n_rows, cfg["BLOCK_N"], k, cfg["BLOCK_K"])
+
+
+def _row_splits(n_rows: int, k: int, cfg: dict[str, Any]) -> tuple[int, int]:
+    """Programs own prototype blocks: (number of row splits, rows per split). At K = 1024 and
+    BLOCK_K = 64 there are only 16 prototype blocks, too few programs for a GPU's SMs, unless the
+    rows are split too."""
+    return _split(k, cfg["BLOCK_K"], n_rows, cfg["BLOCK_N"])
 
 
 def _row_lse(rows: torch.Tensor, protos: torch.Tensor, bias: torch.Tensor, inv_temp: float,
@@ -144,16 +157,20 @@ def _column_mix(rows, protos, bias, shift, mix, mix_v, inv_temp: float, cfg: dic
 
     mix=None skips the [K, D] sum.
     """
-    k, d = protos.shape
-    dev = protos.device
-    out_m = None if mix is None else torch.empty(k, d, dtype=torch.float32, device=dev)
-    out_1 = torch.empty(k, dtype=torch.float32, device=dev)
-    out_2 = torch.empty(k, dtype=torch.float32, device=dev)
-    grid = (triton.cdiv(k, cfg["BLOCK_K"]),)
+    (k, d), n, dev = protos.shape, rows.shape[0], protos.device
+    n_splits, per_split = _row_splits(n, k, cfg)
+    # partials per row split, [S, K, D] and [S, K]; S > 1 only while K has fewer blocks than
+    # TARGET_PROGRAMS, so the [S, K, D] partials stay below TARGET_PROGRAMS * BLOCK_K * D floats
+    out_m = None if mix is None else torch.empty(n_splits, k, d, dtype=torch.float32, device=dev)
+    out_1 = torch.empty(n_splits, k, dtype=torch.float32, device=dev)
+    out_2 = torch.empty_like(out_1)
+    grid = (triton.cdiv(k, cfg["BLOCK_K"]), n_splits)
     _column_mix_kernel[grid](rows, protos, bias, shift, rows if mix is None else mix, mix_v,
-                             out_2 if out_m is None else out_m, out_1, out_2, rows.shape[0], k, d,
-                             inv_temp, **cfg, HAS_M=mix is not None)  # fmt: skip
-    return out_m, out_1, out_2
+                             out_2 if out_m is None else out_m, out_1, out_2, n, k, d, inv_temp,
+                             per_split, **cfg, HAS_M=mix is not None)  # fmt: skip
+    # one split: its [K, D] is the result, a view (no copy of a [K, D] at large K)
+    qz = None if out_m is None else out_m[0] if n_splits == 1 else out_m.sum(dim=0)
+    return qz, out_1.sum(dim=0), out_2.sum(dim=0)
 
 
 def backward_config(cfg: dict[str, Any]) -> dict[str, Any]:

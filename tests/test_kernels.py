@@ -283,6 +283,25 @@ def test_triton_backward_over_row_and_k_blocks(monkeypatch: pytest.MonkeyPatch,
     assert float(got[1][5:7].abs().max()) == 0.0  # weight 0: none either
 
 
+@pytest.mark.parametrize("programs", [1, 4, 512])
+def test_triton_column_mix_over_row_splits(monkeypatch: pytest.MonkeyPatch, programs: int) -> None:
+    """The teacher column sums (mean probabilities, q^T Z in dW, q^T c) are per-split partials
+    added up after the kernel. 50 teacher rows are 4 row blocks of 16 (the last partial) and
+    K = 45 is 2 prototype blocks: TARGET_PROGRAMS = 1 makes one split, 4 makes 2 splits of 32
+    rows (the second with a partial block), 512 makes 4 splits of one block."""
+    import fastproto.kernels.triton_loss as tl_mod
+
+    monkeypatch.setattr(tl_mod, "TARGET_PROGRAMS", programs)
+    c = make_case(20, 50, 45, 24, 2, vmf=True, centred=True)
+    scale = 0.9
+    want = truth(c, scale)
+    low = c.cast(torch.float32)
+    got = run(low, "triton", scale)
+    assert_close_rel(got, want, max_err(run(low, "reference", scale), want), torch.float32)
+    cfg = tl_mod._config(24, torch.float32)
+    assert tl_mod._row_splits(50, 45, cfg)[0] == {1: 1, 4: 2, 512: 4}[programs]
+
+
 def _grads_with(c: Case, impl: str, need_y: bool, need_w: bool) -> list[torch.Tensor | None]:
     """(d loss/d student, d loss/d student_protos), each None where it is not asked for."""
     ys = c.student.clone().requires_grad_(need_y)
