@@ -52,6 +52,7 @@ if "TRITON_CACHE_DIR" not in os.environ:  # a scratch cache, so ~/.triton is lef
 import torch  # noqa: E402
 import triton  # noqa: E402
 from fastproto.kernels import triton_kernels  # noqa: E402
+from fastproto.kernels.triton_aligned import aligned_config  # noqa: E402
 from fastproto.kernels.triton_loss import (  # noqa: E402
     MAX_DIM,
     backward_config,
@@ -84,10 +85,14 @@ ARGS = {
     "inv_temp:fp32 n_per_split:i32",
     "_student_grad_kernel": "Y:IN W:IN BIAS SHIFT DY DW DB N:i32 K:i32 D:i32 inv_temp:fp32 "
     "k_per_split:i32",
+    "_aligned_grad_kernel": "YS:IN WS:IN BS LSE_S YT:IN WT:IN BT LSE_T ROW_W DY DW DB COL_Q "
+    "CROSS N:i32 K:i32 D:i32 inv_ts:fp32 inv_tt:fp32 k_per_split:i32",
 }
 # (kernel, extra constexprs) as launched: _column_mix with and without the [K, D] sum (forward);
 # the backward's _student_grad with dY and dW/dB (training; where fuses_backward allows), dY
-# alone (prototypes frozen, or the first of two launches) and dW/dB alone (embeddings detached)
+# alone (prototypes frozen, or the first of two launches) and dW/dB alone (embeddings detached);
+# the aligned-rows sweep (kernels/triton_aligned.py) with the same three and with neither
+# (no grad mode: the loss alone)
 VARIANTS = [
     ("_row_lse_kernel", {}),
     ("_row_mix_kernel", {}),
@@ -95,6 +100,10 @@ VARIANTS = [
     *(
         ("_student_grad_kernel", {"HAS_DY": dy, "HAS_DW": dw})
         for dy, dw in ((True, True), (True, False), (False, True))
+    ),
+    *(
+        ("_aligned_grad_kernel", {"HAS_DY": dy, "HAS_DW": dw})
+        for dy, dw in ((True, True), (True, False), (False, True), (False, False))
     ),
 ]
 
@@ -123,8 +132,11 @@ class Job:
 def _launch_config(kernel: str, extra: dict[str, bool], block_d: int,
                    dtype: torch.dtype) -> dict[str, object] | None:  # fmt: skip
     """The configuration the launchers give `kernel` at this width and dtype; None where that
-    variant is never launched (the fused backward where fuses_backward says two launches)."""
+    variant is never launched (the fused backward where fuses_backward says two launches, the
+    aligned sweep where aligned_config sends the rows to the general kernels)."""
     cfg = compiled_config(block_d, dtype)
+    if kernel == "_aligned_grad_kernel":
+        return aligned_config(cfg)
     if kernel != "_student_grad_kernel":
         return dict(cfg)
     cfg = backward_config(cfg)

@@ -121,18 +121,25 @@ def make_inputs(p: Preset, device: torch.device, dtype: torch.dtype) -> tuple:
 
 
 def step_fn(p: Preset, impl: str, device: torch.device, dtype: torch.dtype) -> Callable[[], None]:
-    """A closure running forward + backward once on freshly made inputs."""
-    from fastproto.kernels import prototype_cross_entropy
+    """A closure running forward + backward once on freshly made inputs; patch rows go through
+    aligned_cross_entropy, as the iBOT loss does."""
+    from fastproto.kernels import aligned_cross_entropy, prototype_cross_entropy
 
     student, student_protos, teacher, (teacher_protos, targets, weights, center) = make_inputs(
         p, device, dtype
     )
 
     def step() -> None:
-        loss, _ = prototype_cross_entropy(
-            student, teacher, student_protos, teacher_protos, targets, weights, center,
-            0.1, 0.04, True, impl=impl,
-        )  # fmt: skip
+        if p.rows == "patch":
+            loss, _ = aligned_cross_entropy(
+                student, teacher, student_protos, teacher_protos, weights[:, 0], center,
+                0.1, 0.04, True, impl=impl,
+            )  # fmt: skip
+        else:
+            loss, _ = prototype_cross_entropy(
+                student, teacher, student_protos, teacher_protos, targets, weights, center,
+                0.1, 0.04, True, impl=impl,
+            )  # fmt: skip
         torch.autograd.grad(loss, [student, student_protos])
 
     return step

@@ -35,12 +35,18 @@ from fastproto.kernels.common import compute_dtype, pair_table, student_bias, te
 # Elements per [N, block] logit tile (8 MiB in float32): large tiles keep the matmuls efficient,
 # a fixed budget keeps memory flat in N (CPU timings: bench/results/prototype_loss_cpu.md).
 TILE_ELEMENTS = 1 << 21
+# On a GPU a tile of 2^21 elements is a few microseconds of work per operation, less than a
+# kernel launch: at iBOT's 7526 patch rows and K = 262144 it would be ~940 tiles and ~10^4
+# launches per step. 2^25 (128 MiB in float32; a few tiles live at once, against 80-141 GB on
+# an A100-H200) makes that ~60 tiles. Not timed on a GPU yet.
+CUDA_TILE_ELEMENTS = 1 << 25
 MIN_BLOCK = 256
 
 
-def default_block(n_rows: int) -> int:
-    """Prototypes per block for `n_rows` student or teacher rows."""
-    return max(MIN_BLOCK, TILE_ELEMENTS // max(n_rows, 1))
+def default_block(n_rows: int, device: torch.device | None = None) -> int:
+    """Prototypes per block for `n_rows` student or teacher rows on `device` (CPU if None)."""
+    budget = CUDA_TILE_ELEMENTS if device is not None and device.type == "cuda" else TILE_ELEMENTS
+    return max(MIN_BLOCK, budget // max(n_rows, 1))
 
 
 def _blocks(k: int, block: int) -> Iterator[slice]:
@@ -176,7 +182,7 @@ def prototype_cross_entropy_chunked(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss (scalar) and teacher_mean_probs [K], streaming over K in `block`-sized pieces."""
     if block is None:
-        block = default_block(max(student.shape[0], teacher.shape[0]))
+        block = default_block(max(student.shape[0], teacher.shape[0]), student.device)
     if block < 1:
         raise ValueError(f"block must be a positive number of prototypes, got {block}")
     bias_s = student_bias(student_protos, student_temp, vmf)  # [K], autograd through ||w_s||
@@ -198,7 +204,7 @@ def teacher_statistics_chunked(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row log-sum-exp [Nt] and column mean probabilities [K] of the teacher logits."""
     if block is None:
-        block = default_block(teacher.shape[0])
+        block = default_block(teacher.shape[0], teacher.device)
     if block < 1:
         raise ValueError(f"block must be a positive number of prototypes, got {block}")
     with torch.no_grad():

@@ -14,6 +14,11 @@ per-row shift (a row log-sum-exp, possibly minus log of a row weight); nothing N
                         student tiles: DY[s, n] = sum_k p[n, k] w_s[k]  [S, N, D], and
                         DW[k] += sum_n p[n, k] y_s[n]  [K, D], DB[k] += sum_n p[n, k]  [K]
                         by float32 atomic adds (dL/dy_s, dL/dw_s, dL/dbias_s before scaling)
+    _aligned_grad_kernel  grid (row blocks, K splits), student row n against teacher row n:
+                        the student and teacher tiles once each, g = W (p - q), and from g the
+                        same DY partials and DW, DB atomics, plus the per-row cross term
+                        sum_k q a [S, N] and the teacher column sums [K] (the whole loss and
+                        its gradients in one sweep after the two row log-sum-exps)
 
 Row and prototype offsets are int64 (N*K and K*D pass 2^31). A whole row of D (padded to
 BLOCK_D) is loaded at once. CAST_FP32 turns every tile to float32 before tl.dot (needed under
@@ -219,3 +224,47 @@ def _student_grad_kernel(Y, W, BIAS, SHIFT, DY, DW, DB, N, K, D, inv_temp, k_per
         offs_d = tl.arange(0, BLOCK_D)
         out = (pid_s * N + offs_n)[:, None] * D + offs_d[None, :]
         tl.store(DY + out, acc_y, mask=(offs_n < N)[:, None] & (offs_d[None, :] < D))
+
+
+@triton.jit
+def _aligned_grad_kernel(YS, WS, BS, LSE_S, YT, WT, BT, LSE_T, ROW_W, DY, DW, DB, COL_Q, CROSS,
+                         N, K, D, inv_ts, inv_tt, k_per_split, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, CAST_FP32: tl.constexpr,
+                         IEEE: tl.constexpr, HAS_DY: tl.constexpr,
+                         HAS_DW: tl.constexpr):  # fmt: skip
+    # Student row n against teacher row n (iBOT's masked tokens), weight ROW_W[n]. One program:
+    # a block of rows against the K blocks of one split. Each K block makes the student tile a
+    # and the teacher tile b once; with both log-sum-exps known from the forward's row sweeps,
+    # g = W[n] (softmax(a) - softmax(b)) [BLOCK_N, BLOCK_K] is dL/da, and one product each
+    # gives dY (row-owned, one partial per split) and dW (atomic adds across row blocks). The
+    # cross term sum_k q a and the teacher column sums ride along; nothing N x K is stored.
+    pid_s = tl.program_id(1).to(tl.int64)
+    pid_n = tl.program_id(0).to(tl.int64)
+    offs_n, ys, lse_s = _row_block(YS, LSE_S, pid_n, N, D, BLOCK_N, BLOCK_D, CAST_FP32)
+    yt = _load_rows(YT, offs_n, N, D, BLOCK_D, CAST_FP32)
+    lse_t = tl.load(LSE_T + offs_n, mask=offs_n < N, other=float("inf"))  # padded rows: q = 0
+    row_w = tl.load(ROW_W + offs_n, mask=offs_n < N, other=0.0)
+    acc_y = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    acc_cross = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    k_end = tl.minimum((pid_s + 1) * k_per_split, K)
+    for k0 in range(pid_s * k_per_split, k_end, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        ws, bs = _load_protos(WS, BS, offs_k, k_end, D, BLOCK_D, CAST_FP32)
+        a = _logits(ys, ws, bs, offs_k, k_end, inv_ts, IEEE)  # -inf from k_end on
+        wt, bt = _load_protos(WT, BT, offs_k, k_end, D, BLOCK_D, CAST_FP32)
+        q = tl.exp(_logits(yt, wt, bt, offs_k, k_end, inv_tt, IEEE) - lse_t[:, None])
+        kmask = offs_k < k_end
+        acc_cross += tl.sum(q * tl.where(kmask[None, :], a, 0.0), axis=1)  # q = 0 where a = -inf
+        tl.atomic_add(COL_Q + offs_k, tl.sum(q, axis=0), mask=kmask, sem="relaxed")
+        g = row_w[:, None] * (tl.exp(a - lse_s[:, None]) - q)
+        if HAS_DY:
+            acc_y += _dot(g, ws, IEEE)  # [BLOCK_N, BLOCK_D]
+        if HAS_DW:
+            _add_column_tile(DW, offs_k, k_end, D, _dot(tl.trans(g), ys, IEEE), BLOCK_D)
+            tl.atomic_add(DB + offs_k, tl.sum(g, axis=0), mask=kmask, sem="relaxed")
+    out = pid_s * N + offs_n  # rows of the [S * N, ...] partials
+    tl.store(CROSS + out, acc_cross, mask=offs_n < N)
+    if HAS_DY:
+        offs_d = tl.arange(0, BLOCK_D)
+        mask = (offs_n < N)[:, None] & (offs_d[None, :] < D)
+        tl.store(DY + out[:, None] * D + offs_d[None, :], acc_y, mask=mask)

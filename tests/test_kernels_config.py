@@ -59,3 +59,37 @@ def test_backward_config_fuses_up_to_block_d_512(
         assert 16 <= cfg[key] <= fwd[key]
         assert cfg[key] == 16 or cfg[key] * cfg["BLOCK_D"] <= triton_loss.BACKWARD_TILE_ELEMENTS
     assert triton_loss.fuses_backward(cfg) == (fwd["BLOCK_D"] <= 512)
+
+
+def test_chunked_tiles_are_larger_on_a_gpu() -> None:
+    """The chunked path's tile budget: 2^21 elements on the CPU (its measured sweet spot), 2^25
+    on CUDA, where a small tile is shorter than a kernel launch. At iBOT's 7526 patch rows and
+    K = 262144 that is ~60 tiles on a GPU instead of ~940, and neither holds more than its
+    budget once a block is over MIN_BLOCK."""
+    from fastproto.kernels import chunked
+
+    rows, k = 7526, 262144
+    cpu, gpu = chunked.default_block(rows), chunked.default_block(rows, torch.device("cuda"))
+    assert cpu == chunked.default_block(rows, torch.device("cpu"))
+    assert -(-k // cpu) > 900 and -(-k // gpu) <= 64
+    assert rows * cpu <= chunked.TILE_ELEMENTS and rows * gpu <= chunked.CUDA_TILE_ELEMENTS
+    assert chunked.default_block(10**9, torch.device("cuda")) == chunked.MIN_BLOCK
+
+
+@pytest.mark.parametrize("dim", [16, 33, 64, 128, 256, 512, 1024])
+def test_aligned_sweep_runs_half_precision_up_to_block_d_512(
+    monkeypatch: pytest.MonkeyPatch, dim: int
+) -> None:
+    """The aligned sweep takes compiled half-precision inputs up to BLOCK_D = 512 with blocks
+    under its tile bound; compiled float32 and BLOCK_D = 1024 go to the general kernels."""
+    from fastproto.kernels.triton_aligned import ALIGNED_TILE_LIMIT, aligned_config
+
+    assert aligned_config(compiled_config(monkeypatch, dim, torch.float32)) is None
+    cfg = aligned_config(compiled_config(monkeypatch, dim, torch.bfloat16))
+    if dim > 512:
+        assert cfg is None
+        return
+    assert cfg is not None and cfg["BLOCK_N"] == cfg["BLOCK_K"] >= 16
+    assert cfg["BLOCK_N"] == 16 or cfg["BLOCK_N"] * (cfg["BLOCK_N"] + cfg["BLOCK_D"]) <= (
+        ALIGNED_TILE_LIMIT
+    )

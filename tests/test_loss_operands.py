@@ -60,14 +60,17 @@ def _bf16_step(method: str, device: torch.device, overrides: list[str],
     dist = DistInfo(0, 1, 0, device)
     state = build_state(config, dist)
     seen: list[torch.dtype] = []
-    original = dino.prototype_cross_entropy
 
-    def spy(student: torch.Tensor, *args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append(student.dtype)
-        return original(student, *args, **kwargs)
+    def spying(original):  # type: ignore[no-untyped-def]
+        def spy(student: torch.Tensor, *args, **kwargs):  # type: ignore[no-untyped-def]
+            seen.append(student.dtype)
+            return original(student, *args, **kwargs)
 
-    for module in (dino, ibot):  # both import the dispatcher's function by name
-        monkeypatch.setattr(module, "prototype_cross_entropy", spy)
+        return spy
+
+    # each loss imports its dispatcher function by name: DINO the pair table, iBOT aligned rows
+    for module, name in ((dino, "prototype_cross_entropy"), (ibot, "aligned_cross_entropy")):
+        monkeypatch.setattr(module, name, spying(getattr(module, name)))
     b, d = 8, config.data
     crops = torch.rand(d.global_crops * b, 3, d.global_size, d.global_size, device=device)
     local = torch.rand(d.local_crops * b, 3, d.local_size, d.local_size, device=device)

@@ -11,7 +11,8 @@ sharpened teacher P_t and the student P_s:
 so each image's loss is the mean over its n_j masked tokens and images without a masked token
 count as zero (iBOT divides each image's masked sum by max(count, 1), then averages over images
 and over the global crops, which is the mean over all num_images = G*B images). As a pairing
-table: P = 1, student row n against teacher row n with weight 1 / (n_j * num_images).
+table: P = 1, student row n against teacher row n with weight 1 / (n_j * num_images), which
+`aligned_cross_entropy` takes as such (one fused sweep on the triton impl).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastproto.kernels import prototype_cross_entropy
+from fastproto.kernels import aligned_cross_entropy
 from fastproto.value_checks import check_values
 
 
@@ -75,14 +76,12 @@ def ibot_patch_loss(
     # weights in at least float32: bf16 patch embeddings (autocast) would round each 1/count
     weight_dtype = torch.promote_types(student_patches.dtype, torch.float32)
     per_token = 1.0 / (counts[image_index].to(weight_dtype) * num_images)  # [Nm]
-    targets = torch.arange(student_patches.shape[0], device=student_patches.device)[:, None]
-    return prototype_cross_entropy(
+    return aligned_cross_entropy(
         student_patches,
         teacher_patches,
         student_protos,
         teacher_protos,
-        targets,
-        per_token[:, None],
+        per_token,
         center,
         student_temp,
         teacher_temp,

@@ -1,0 +1,148 @@
+"""The Triton prototype loss for aligned rows: student row n against teacher row n (iBOT).
+
+With one teacher row per student row, weight W[n], q = softmax(b) and p = softmax(a):
+
+    loss = sum_n W[n] (lse_s[n] - sum_k q[n, k] a[n, k])
+    dL/da = g = W (p - q),   dL/dy_s = g @ w_s / tau_s,   dL/dw_s = g^T y_s / tau_s,
+    dL/dbias_s = g^T 1
+
+The forward makes the two row log-sum-exps (`_row_lse_kernel`, one sweep each) and then one
+sweep (`_aligned_grad_kernel`) that forms each student and teacher tile once and takes from g
+both products, dY and dW, along with the loss's cross term: 6 passes of 2 N K D FLOPs in all,
+where the general pair table (kernels/triton_loss.py) needs 9 (bench/results/kernel_passes.md).
+The gradients are made in the forward, as fused linear cross-entropy does, and the backward
+only scales them: the [K, D] float32 dW is held from forward to backward, as the general path
+holds q^T Z. Without grad mode the sweep makes only the loss and the column sums (4 passes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+from fastproto.kernels.common import student_bias, teacher_bias
+from fastproto.kernels.triton_kernels import _aligned_grad_kernel
+from fastproto.kernels.triton_loss import (
+    _check_input,
+    _config,
+    _dot_dtype,
+    _row_lse,
+    _splits,
+    backward_config,
+    fuses_backward,
+    prototype_cross_entropy_triton,
+)
+from torch import Tensor
+
+# BLOCK * (BLOCK + BLOCK_D) bound of the sweep's blocks: it holds three float32 logit tiles
+# (a, q, g: [BLOCK, BLOCK]) beside the fused backward's [BLOCK, BLOCK_D] ones, and at
+# BLOCK_D = 64 the backward's 64 x 64 blocks spilled 412 B per thread on sm_80 (half inputs)
+ALIGNED_TILE_LIMIT = 6144
+
+
+def aligned_config(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The sweep's sizes from the forward's `cfg`, or None where the general kernels run
+    instead: BLOCK_D = 1024, where the fused backward is two launches, and compiled float32
+    at every width, whose IEEE dots spilled 280-5500 B per thread at each BLOCK_D >= 64 on
+    sm_80 and sm_90 (bench/results/kernel_compile_table.md has the sizes kept). Otherwise
+    backward_config's sizes, halved down to 16 while over ALIGNED_TILE_LIMIT."""
+    out = backward_config(cfg)
+    if not fuses_backward(out) or (out["IEEE"] and not out["CAST_FP32"]):
+        return None
+    while (
+        out["BLOCK_N"] > 16
+        and out["BLOCK_N"] * (out["BLOCK_N"] + out["BLOCK_D"]) > ALIGNED_TILE_LIMIT
+    ):
+        out["BLOCK_N"] //= 2
+        out["BLOCK_K"] //= 2
+    return out
+
+
+Sweep = tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]
+
+
+def _aligned_sweep(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w, inv_ts: float, inv_tt: float,
+                   cfg: dict[str, Any], need_y: bool, need_w: bool) -> Sweep:  # fmt: skip
+    """One launch -> (cross [N], teacher column sums [K], dY [N, D] or None, dW [K, D] and
+    dB [K] or None), all float32 and unscaled (dY, dW still to be divided by tau_s)."""
+    n, (k, d), dev = ys.shape[0], ws.shape, ys.device
+    n_splits, per_split = _splits(n, k, cfg)
+    cross = torch.empty(n_splits, n, dtype=torch.float32, device=dev)  # [S, N] partials
+    col_q = torch.zeros(k, dtype=torch.float32, device=dev)
+    dy = torch.empty(n_splits, n, d, dtype=torch.float32, device=dev) if need_y else None
+    dw = torch.zeros(k, d, dtype=torch.float32, device=dev) if need_w else None
+    db = torch.zeros(k, dtype=torch.float32, device=dev) if need_w else None
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), n_splits)
+    _aligned_grad_kernel[grid](ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w,
+                               cross if dy is None else dy, cross if dw is None else dw,
+                               cross if db is None else db, col_q, cross, n, k, d, inv_ts, inv_tt,
+                               per_split, **cfg, HAS_DY=need_y, HAS_DW=need_w)  # fmt: skip
+    return cross.sum(dim=0), col_q, None if dy is None else dy.sum(dim=0), dw, db
+
+
+class _AlignedLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, student, student_protos, bias_s, teacher, teacher_protos, bias_t,
+                weights, inv_ts: float, inv_tt: float, grad_on: bool):  # fmt: skip
+        dt = _dot_dtype([student, teacher], [student_protos, teacher_protos])
+        cfg = _config(student.shape[1], dt)
+        ys, ws = student.detach().to(dt).contiguous(), student_protos.detach().to(dt).contiguous()
+        yt, wt = teacher.detach().to(dt).contiguous(), teacher_protos.detach().to(dt).contiguous()
+        bs, bt = bias_s.detach().float().contiguous(), bias_t.detach().float().contiguous()
+        row_w = weights.detach().float().contiguous()  # [N]
+        lse_t = _row_lse(yt, wt, bt, inv_tt, cfg)  # [N]
+        lse_s = _row_lse(ys, ws, bs, inv_ts, cfg)  # [N]
+        need_y = grad_on and ctx.needs_input_grad[0]
+        need_w = grad_on and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
+        sweep_cfg = aligned_config(cfg)
+        assert sweep_cfg is not None  # the entry point takes the general path otherwise
+        cross, col_q, dy, dw, db = _aligned_sweep(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w,
+                                                  inv_ts, inv_tt, sweep_cfg, need_y,
+                                                  need_w)  # fmt: skip
+        ctx.save_for_backward(dy, dw, db)
+        ctx.inv_ts, ctx.dtypes = inv_ts, (student.dtype, student_protos.dtype)
+        mean_probs = col_q / ys.shape[0]
+        ctx.mark_non_differentiable(mean_probs)
+        return (row_w * (lse_s - cross)).sum(), mean_probs
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor, _grad_probs: Tensor):
+        dy, dw, db = ctx.saved_tensors
+        need_y, need_w, need_b = ctx.needs_input_grad[:3]
+        scale = grad_loss.float()
+        out_y = dy * (scale * ctx.inv_ts) if need_y and dy is not None else None
+        out_w = dw * (scale * ctx.inv_ts) if need_w and dw is not None else None
+        out_b = db * scale if need_b and db is not None else None
+        return (None if out_y is None else out_y.to(ctx.dtypes[0]),
+                None if out_w is None else out_w.to(ctx.dtypes[1]), out_b,
+                None, None, None, None, None, None, None)  # fmt: skip
+
+
+def aligned_cross_entropy_triton(
+    student: Tensor,
+    teacher: Tensor,
+    student_protos: Tensor,
+    teacher_protos: Tensor,
+    weights: Tensor,
+    center: Tensor,
+    student_temp: float,
+    teacher_temp: float,
+    vmf: bool,
+) -> tuple[Tensor, Tensor]:
+    """Loss (float32 scalar) and teacher_mean_probs [K] for student row n against teacher row n
+    with weight weights[n] ([N]); the general kernels where the sweep is not fused."""
+    dt = _dot_dtype([student, teacher], [student_protos, teacher_protos])
+    _check_input(student.shape[1], dt)
+    if aligned_config(_config(student.shape[1], dt)) is None:
+        targets = torch.arange(student.shape[0], device=student.device)[:, None]
+        return prototype_cross_entropy_triton(student, teacher, student_protos, teacher_protos,
+                                              targets, weights[:, None], center, student_temp,
+                                              teacher_temp, vmf)  # fmt: skip
+    bias_s = student_bias(student_protos, student_temp, vmf).float()  # [K], autograd via ||w_s||
+    bias_t = teacher_bias(teacher_protos, center, teacher_temp, vmf).float()  # [K]
+    loss, mean_probs = _AlignedLoss.apply(
+        student, student_protos, bias_s, teacher, teacher_protos, bias_t, weights,
+        1.0 / student_temp, 1.0 / teacher_temp, torch.is_grad_enabled(),
+    )  # fmt: skip
+    return loss, mean_probs

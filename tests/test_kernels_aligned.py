@@ -1,0 +1,214 @@
+"""aligned_cross_entropy (student row n against teacher row n, iBOT) against the float64 oracle.
+
+The triton impl makes the loss and both gradients in one sweep after the two row log-sum-exps
+(kernels/triton_aligned.py); judged as tests/test_kernels.py judges the general path: error at
+most twice that of the reference run in the same precision, plus a floor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from fastproto.kernels import aligned_cross_entropy, teacher_statistics
+from test_kernels import (
+    STUDENT_TEMP,
+    TEACHER_TEMP,
+    Case,
+    assert_close_rel,
+    make_case,
+    max_err,
+    truth,
+)
+
+
+def aligned_case(n: int, k: int, d: int, vmf: bool = True, centred: bool = True) -> Case:
+    """Rows paired with themselves, about 30 % of them of weight 0 (iBOT's mask as weight)."""
+    return make_case(n, n, k, d, 1, vmf=vmf, centred=centred, identity=True)
+
+
+def run_aligned(c: Case, impl: str, grad_scale: float) -> list[torch.Tensor]:
+    """The same six figures as test_kernels.run, through aligned_cross_entropy."""
+    ys = c.student.clone().requires_grad_()
+    ws = c.student_protos.clone().requires_grad_()
+    loss, mean_probs = aligned_cross_entropy(ys, c.teacher, ws, c.teacher_protos,
+                                             c.weights[:, 0], c.center, STUDENT_TEMP,
+                                             TEACHER_TEMP, c.vmf, impl=impl)  # fmt: skip
+    lse, col = teacher_statistics(c.teacher, c.teacher_protos, c.center, TEACHER_TEMP, c.vmf,
+                                  impl=impl)  # fmt: skip
+    gy, gw = torch.autograd.grad(loss * grad_scale, [ys, ws])
+    return [loss.detach(), gy, gw, mean_probs, lse, col]
+
+
+def assert_like_reference(c: Case, impl: str, dtype: torch.dtype, scale: float) -> list:
+    want = truth(c, scale)
+    low = c.cast(dtype)
+    got = run_aligned(low, impl, scale)
+    assert_close_rel(got, want, max_err(run_aligned(low, "reference", scale), want), dtype)
+    return got
+
+
+# (N, K, D): one row and one prototype, primes, K below one interpreter block (32), K over
+# several blocks and splits, D not a power of two
+SHAPES = [(1, 1, 16), (5, 7, 16), (13, 37, 24), (40, 97, 20), (17, 2053, 16)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_aligned_matches_oracle(impl: str, dtype: torch.dtype, shape: tuple) -> None:
+    for vmf, centred in ((True, True), (False, False)):
+        got = assert_like_reference(aligned_case(*shape, vmf, centred), impl, dtype, 1.3)
+        assert got[0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("programs", [1, 6, 512])
+def test_aligned_sweep_over_row_blocks_and_k_splits(monkeypatch: pytest.MonkeyPatch,
+                                                    programs: int) -> None:  # fmt: skip
+    """40 rows are 3 row blocks of 16 (the last partial) and K = 97 is 4 blocks of 32 (the last
+    with one prototype): TARGET_PROGRAMS = 1 makes one split, 6 two splits (the cross term and
+    dY are per-split partials), 512 one K block per split; dW, dB and the column sums are
+    atomic adds from every row block. Rows of weight 0 get no gradient."""
+    import fastproto.kernels.triton_loss as tl_mod
+
+    monkeypatch.setattr(tl_mod, "TARGET_PROGRAMS", programs)
+    c = aligned_case(40, 97, 24)
+    got = assert_like_reference(c, "triton", torch.float32, -0.8)
+    zero = c.weights[:, 0] == 0
+    assert bool(zero.any()) and float(got[1][zero].abs().max()) == 0.0
+    cfg = tl_mod.backward_config(tl_mod._config(24, torch.float32))
+    assert tl_mod._splits(40, 97, cfg)[0] == {1: 1, 6: 2, 512: 4}[programs]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_aligned_half_rows_float32_prototypes(dtype: torch.dtype) -> None:
+    """Autocast's operands: the gradients keep their dtypes, errors as the general path's."""
+    c = aligned_case(21, 45, 16).cast(torch.float64)
+    want = truth(c, 1.0)
+    half = Case(c.student.to(dtype), c.teacher.to(dtype), c.student_protos.float(),
+                c.teacher_protos.float(), c.targets, c.weights.float(), c.center.float(),
+                c.vmf)  # fmt: skip
+    baseline = max_err(run_aligned(c.cast(dtype), "reference", 1.0), want)
+    got = run_aligned(half, "triton", 1.0)
+    assert got[1].dtype == dtype and got[2].dtype == torch.float32
+    assert_close_rel(got, want, baseline, dtype)
+
+
+def _grads(c: Case, impl: str, need_y: bool, need_w: bool) -> list[torch.Tensor | None]:
+    ys = c.student.clone().requires_grad_(need_y)
+    ws = c.student_protos.clone().requires_grad_(need_w)
+    loss, _ = aligned_cross_entropy(ys, c.teacher, ws, c.teacher_protos, c.weights[:, 0],
+                                    c.center, STUDENT_TEMP, TEACHER_TEMP, c.vmf,
+                                    impl=impl)  # fmt: skip
+    wanted = [t for t, on in ((ys, need_y), (ws, need_w)) if on]
+    grads = iter(torch.autograd.grad(loss * 1.7, wanted))
+    return [next(grads) if on else None for on in (need_y, need_w)]
+
+
+@pytest.mark.parametrize("need", [(True, False), (False, True)], ids=["student", "protos"])
+def test_aligned_partial_gradients(need: tuple[bool, bool]) -> None:
+    """Frozen prototypes make dY alone, a detached student dW and dB alone (with vmf, dB
+    reaches ||w_s|| through autograd)."""
+    c = aligned_case(19, 50, 16).cast(torch.float32)
+    got = _grads(c, "triton", *need)
+    want = _grads(c.cast(torch.float64), "reference", *need)
+    for g, w in zip(got, want, strict=True):
+        assert (g is None) == (w is None)
+        if g is not None and w is not None:
+            torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4)
+
+
+class _Counting:
+    """Stands in for a triton kernel: counts launches and records their constexpr flags."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel, self.calls = kernel, []
+
+    def __getitem__(self, grid: tuple) -> Any:
+        def launch(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append({k: v for k, v in kwargs.items() if k.startswith("HAS_")})
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+def _count_launches(monkeypatch: pytest.MonkeyPatch) -> tuple[_Counting, _Counting]:
+    import fastproto.kernels.triton_aligned as al_mod
+    import fastproto.kernels.triton_loss as tl_mod
+
+    lse, sweep = _Counting(tl_mod._row_lse_kernel), _Counting(al_mod._aligned_grad_kernel)
+    monkeypatch.setattr(tl_mod, "_row_lse_kernel", lse)
+    monkeypatch.setattr(al_mod, "_aligned_grad_kernel", sweep)
+    return lse, sweep
+
+
+def test_aligned_passes_two_row_sweeps_and_one_gradient_sweep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pass count of bench/results/kernel_passes.md: forward and backward together launch
+    the row log-sum-exp twice and the fused sweep once, with dY and dW; nothing in backward."""
+    lse, sweep = _count_launches(monkeypatch)
+    c = aligned_case(9, 40, 16).cast(torch.float32)
+    ys = c.student.clone().requires_grad_()
+    ws = c.student_protos.clone().requires_grad_()
+    loss, _ = aligned_cross_entropy(ys, c.teacher, ws, c.teacher_protos, c.weights[:, 0],
+                                    c.center, STUDENT_TEMP, TEACHER_TEMP, c.vmf,
+                                    impl="triton")  # fmt: skip
+    assert len(lse.calls) == 2 and sweep.calls == [{"HAS_DY": True, "HAS_DW": True}]
+    loss.backward()
+    assert len(lse.calls) == 2 and len(sweep.calls) == 1
+    assert ys.grad is not None and ws.grad is not None
+
+
+def test_aligned_without_grad_mode_makes_no_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under no_grad the sweep makes the loss and column sums only, with the same values."""
+    c = aligned_case(9, 40, 16).cast(torch.float32)
+    args = (c.student.requires_grad_(), c.teacher, c.student_protos, c.teacher_protos,
+            c.weights[:, 0], c.center, STUDENT_TEMP, TEACHER_TEMP, c.vmf)  # fmt: skip
+    with_grad = aligned_cross_entropy(*args, impl="triton")
+    _, sweep = _count_launches(monkeypatch)
+    with torch.no_grad():
+        without = aligned_cross_entropy(*args, impl="triton")
+    assert sweep.calls == [{"HAS_DY": False, "HAS_DW": False}]
+    for x, y in zip(with_grad, without, strict=True):
+        torch.testing.assert_close(x.detach(), y, rtol=1e-6, atol=1e-6)
+
+
+def test_aligned_unfused_width_takes_the_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the fused kernel is not used (BLOCK_D = 1024 when compiled; forced here), the
+    general pair-table kernels give the same figures."""
+    import fastproto.kernels.triton_loss as tl_mod
+
+    c = aligned_case(23, 45, 24).cast(torch.float32)
+    fused = run_aligned(c, "triton", 1.1)
+    monkeypatch.setattr(tl_mod, "FUSED_MAX_BLOCK_D", 16)
+    _, sweep = _count_launches(monkeypatch)
+    general = run_aligned(c, "triton", 1.1)
+    assert sweep.calls == []
+    for x, y in zip(fused, general, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_aligned_rejects_rows_that_do_not_pair() -> None:
+    c = aligned_case(6, 8, 16)
+    base = (c.student, c.teacher, c.student_protos, c.teacher_protos, c.weights[:, 0], c.center,
+            STUDENT_TEMP, TEACHER_TEMP, c.vmf)  # fmt: skip
+    with pytest.raises(ValueError, match="aligned rows need"):
+        aligned_cross_entropy(c.student[:5], *base[1:], impl="chunked")
+    with pytest.raises(ValueError, match="aligned rows need"):
+        aligned_cross_entropy(*base[:4], c.weights, *base[5:], impl="chunked")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        aligned_cross_entropy(*base, impl="fast")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_aligned_at_ibot_patch_sizes(dtype: torch.dtype) -> None:
+    """Compiled, at iBOT's patch rows (B = 64, 196 tokens) and K = 8192: against float64."""
+    c = aligned_case(64 * 196, 8192, 256)
+    scale = 0.5
+    want = run_aligned(c.cast(torch.float64, "cuda"), "reference", scale)
+    low = c.cast(dtype, "cuda")
+    baseline = max_err(run_aligned(low, "reference", scale), want)
+    assert_close_rel(run_aligned(low, "triton", scale), want, baseline, dtype)
