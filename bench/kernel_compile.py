@@ -77,8 +77,8 @@ SOURCE = Path(triton_kernels.__file__)
 # argument types: pointers to embeddings or prototypes take the input dtype (IN), other pointers
 # are float32 (no tag), scalars are tagged with their type
 ARGS = {
-    "_row_lse_kernel": "Y:IN W:IN BIAS OUT_MAX OUT_SUM N:i32 K:i32 D:i32 inv_temp:fp32 "
-    "k_per_split:i32",
+    "_row_lse_kernel": "Y:IN W:IN BIAS CENTER OUT_MAX OUT_SUM OUT_MAX0 OUT_SUM0 N:i32 K:i32 D:i32 "
+    "inv_temp:fp32 k_per_split:i32",
     "_row_mix_kernel": "Y:IN W:IN BIAS SHIFT M:IN MB OUT OUT_B N:i32 K:i32 D:i32 inv_temp:fp32 "
     "k_per_split:i32",
     "_column_mix_kernel": "Y:IN W:IN BIAS SHIFT R:IN RV OUT_M OUT_1 OUT_2 N:i32 K:i32 D:i32 "
@@ -86,15 +86,16 @@ ARGS = {
     "_student_grad_kernel": "Y:IN W:IN BIAS SHIFT DY DW DB N:i32 K:i32 D:i32 inv_temp:fp32 "
     "k_per_split:i32",
     "_aligned_grad_kernel": "YS:IN WS:IN BS LSE_S YT:IN WT:IN BT LSE_T ROW_W DY DW DB COL_Q "
-    "CROSS N:i32 K:i32 D:i32 inv_ts:fp32 inv_tt:fp32 k_per_split:i32",
+    "CROSS CENTER LSE0 COL_P0 N:i32 K:i32 D:i32 inv_ts:fp32 inv_tt:fp32 k_per_split:i32",
 }
 # (kernel, extra constexprs) as launched: _column_mix with and without the [K, D] sum (forward);
 # the backward's _student_grad with dY and dW/dB (training; where fuses_backward allows), dY
 # alone (prototypes frozen, or the first of two launches) and dW/dB alone (embeddings detached);
 # the aligned-rows sweep (kernels/triton_aligned.py) with the same three and with neither
-# (no grad mode: the loss alone)
+# (no grad mode: the loss alone), each with and without the uncentred column sums (HAS_RAW,
+# probability centring's statistic); the row log-sum-exp with and without its uncentred twin
 VARIANTS = [
-    ("_row_lse_kernel", {}),
+    *(("_row_lse_kernel", {"HAS_RAW": raw}) for raw in (False, True)),
     ("_row_mix_kernel", {}),
     *(("_column_mix_kernel", {"HAS_M": has_m}) for has_m in (True, False)),
     *(
@@ -102,8 +103,9 @@ VARIANTS = [
         for dy, dw in ((True, True), (True, False), (False, True))
     ),
     *(
-        ("_aligned_grad_kernel", {"HAS_DY": dy, "HAS_DW": dw})
+        ("_aligned_grad_kernel", {"HAS_DY": dy, "HAS_DW": dw, "HAS_RAW": raw})
         for dy, dw in ((True, True), (True, False), (False, True), (False, False))
+        for raw in (False, True)
     ),
 ]
 
@@ -125,7 +127,7 @@ class Job:
 
     def label(self) -> str:
         c = dict(self.constexprs)
-        flags = "".join(f" {k}" for k in ("HAS_M", "HAS_DY", "HAS_DW") if c.get(k))
+        flags = "".join(f" {k}" for k in ("HAS_M", "HAS_DY", "HAS_DW", "HAS_RAW") if c.get(k))
         return f"{self.kernel}{flags}"
 
 
@@ -177,6 +179,9 @@ def compile_one(job: Job) -> dict[str, object]:
     for item in ARGS[job.kernel].split():
         name, _, kind = item.partition(":")
         types[name] = f"*{job.dtype}" if kind == "IN" else (kind or "*fp32")
+    untyped = [p.name for p in fn.params if not p.is_constexpr and p.name not in types]
+    if untyped:  # else they would be compiled as constexpr None, not as the launch passes them
+        raise RuntimeError(f"ARGS[{job.kernel!r}] lacks the arguments {untyped}")
     signature = {name: types.get(name, "constexpr") for name in fn.arg_names}
     # 16-byte aligned pointers and ints divisible by 16, as triton specialises them at launch
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)

@@ -192,7 +192,13 @@ class LogitCentering(_EmaCentering):
 
 
 class ProbabilityCentering(_EmaCentering):
-    """DINO-vMF's centring: EMA of the log of the batch-mean teacher probabilities."""
+    """DINO-vMF's centring: EMA of the log of the batch-mean teacher probabilities.
+
+    Called as a module it computes the batch statistic itself (2 passes over the teacher
+    logits). A loss that makes the statistic on its own sweeps (the iBOT patch loss through
+    `aligned_cross_entropy_with_raw_means`) instead takes `current()` as its centre and hands
+    the statistic to `fold_column_mean` afterwards: the same state, with no pass of its own.
+    """
 
     def _center(
         self, teacher: Tensor, teacher_protos: Tensor, teacher_temp: float, vmf: bool, impl: str
@@ -200,9 +206,18 @@ class ProbabilityCentering(_EmaCentering):
         center = self.center.to(teacher.dtype, copy=True)  # [K], before this batch
         zero = teacher.new_zeros(self.num_prototypes)
         column_mean = _column_mean(teacher, teacher_protos, zero, teacher_temp, vmf, impl)
-        column_mean, total = global_mean(column_mean, teacher.shape[0])
-        self._fold_in(_safe_log(column_mean), total)
+        self.fold_column_mean(column_mean, teacher.shape[0])
         return center
+
+    def current(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The centre [K] before this batch, a copy in at least float32 (`dtype` promoted)."""
+        return self.center.to(torch.promote_types(dtype, torch.float32), copy=True)
+
+    def fold_column_mean(self, column_mean: Tensor, rows: int) -> None:
+        """Fold this rank's batch-mean uncentred teacher probabilities [K] over `rows` rows
+        into the state (all-reduced over ranks first; a rank with no rows adds nothing)."""
+        column_mean, total = global_mean(column_mean.detach(), rows)
+        self._fold_in(_safe_log(column_mean), total)
 
 
 class SinkhornCentering(Centering):

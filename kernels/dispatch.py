@@ -92,41 +92,6 @@ def prototype_cross_entropy(
     return prototype_cross_entropy_triton(*args)
 
 
-def aligned_cross_entropy(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    student_protos: torch.Tensor,
-    teacher_protos: torch.Tensor,
-    weights: torch.Tensor,
-    center: torch.Tensor,
-    student_temp: float,
-    teacher_temp: float,
-    vmf: bool,
-    impl: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """prototype_cross_entropy with student row n against teacher row n, weight weights[n]
-    (iBOT's masked tokens): targets arange(N)[:, None], weights[:, None]. Same result; the
-    triton impl makes it in one sweep after the row log-sum-exps (kernels/triton_aligned.py)."""
-    if student.shape[0] != teacher.shape[0] or weights.shape != (student.shape[0],):
-        raise ValueError(
-            f"aligned rows need student [N, D], teacher [N, D] and weights [N] with one N, got "
-            f"{tuple(student.shape)}, {tuple(teacher.shape)} and {tuple(weights.shape)}; for "
-            "other pairings use prototype_cross_entropy with a targets table"
-        )
-    targets = torch.arange(student.shape[0], device=student.device)[:, None]  # [N, 1]
-    args = (student, teacher, student_protos, teacher_protos, targets, weights[:, None], center,
-            student_temp, teacher_temp, vmf)  # fmt: skip
-    chosen = _auto_dtype(resolve_impl(impl, student.device), impl, student.dtype)
-    if chosen != "triton":  # the pair table's own implementations
-        return prototype_cross_entropy(*args, impl=chosen)
-    check_loss_inputs(*args[:-1])
-    _require_triton_device(student.device)
-    from fastproto.kernels.triton_aligned import aligned_cross_entropy_triton
-
-    return aligned_cross_entropy_triton(student, teacher, student_protos, teacher_protos, weights,
-                                        center, student_temp, teacher_temp, vmf)  # fmt: skip
-
-
 def teacher_statistics(
     teacher: torch.Tensor,
     teacher_protos: torch.Tensor,

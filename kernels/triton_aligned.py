@@ -28,10 +28,12 @@ from fastproto.kernels.triton_loss import (
     _config,
     _dot_dtype,
     _row_lse,
+    _row_lse_pair,
     _splits,
     backward_config,
     fuses_backward,
     prototype_cross_entropy_triton,
+    teacher_statistics_triton,
 )
 from torch import Tensor
 
@@ -59,13 +61,16 @@ def aligned_config(cfg: dict[str, Any]) -> dict[str, Any] | None:
     return out
 
 
-Sweep = tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]
+Sweep = tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None]
 
 
-def _aligned_sweep(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w, inv_ts: float, inv_tt: float,
-                   cfg: dict[str, Any], need_y: bool, need_w: bool) -> Sweep:  # fmt: skip
+def _aligned_sweep(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w, raw: tuple[Tensor, Tensor] | None,
+                   inv_ts: float, inv_tt: float, cfg: dict[str, Any], need_y: bool,
+                   need_w: bool) -> Sweep:  # fmt: skip
     """One launch -> (cross [N], teacher column sums [K], dY [N, D] or None, dW [K, D] and
-    dB [K] or None), all float32 and unscaled (dY, dW still to be divided by tau_s)."""
+    dB [K] or None, uncentred column sums [K] or None), all float32 and unscaled (dY, dW still
+    to be divided by tau_s). raw = (center [K], uncentred lse [N]) makes bt the uncentred bias
+    and adds the uncentred column sums."""
     n, (k, d), dev = ys.shape[0], ws.shape, ys.device
     n_splits, per_split = _splits(n, k, cfg)
     cross = torch.empty(n_splits, n, dtype=torch.float32, device=dev)  # [S, N] partials
@@ -73,41 +78,59 @@ def _aligned_sweep(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w, inv_ts: float, i
     dy = torch.empty(n_splits, n, d, dtype=torch.float32, device=dev) if need_y else None
     dw = torch.zeros(k, d, dtype=torch.float32, device=dev) if need_w else None
     db = torch.zeros(k, dtype=torch.float32, device=dev) if need_w else None
+    col_p0 = torch.zeros(k, dtype=torch.float32, device=dev) if raw is not None else None
+    center, lse0 = raw if raw is not None else (col_q, cross)  # unread stand-ins without raw
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), n_splits)
     _aligned_grad_kernel[grid](ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w,
                                cross if dy is None else dy, cross if dw is None else dw,
-                               cross if db is None else db, col_q, cross, n, k, d, inv_ts, inv_tt,
-                               per_split, **cfg, HAS_DY=need_y, HAS_DW=need_w)  # fmt: skip
-    return cross.sum(dim=0), col_q, None if dy is None else dy.sum(dim=0), dw, db
+                               cross if db is None else db, col_q, cross, center, lse0,
+                               col_q if col_p0 is None else col_p0, n, k, d, inv_ts, inv_tt,
+                               per_split, **cfg, HAS_DY=need_y, HAS_DW=need_w,
+                               HAS_RAW=raw is not None)  # fmt: skip
+    return cross.sum(dim=0), col_q, None if dy is None else dy.sum(dim=0), dw, db, col_p0
+
+
+def _teacher_lse(yt, wt, bt, center: Tensor | None, inv_tt: float,
+                 cfg: dict[str, Any]) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    """(centred lse [N], uncentred lse [N] or None): with a center, bt is the uncentred bias and
+    one sweep makes both."""
+    if center is None:
+        return _row_lse(yt, wt, bt, inv_tt, cfg), None
+    return _row_lse_pair(yt, wt, bt, center, inv_tt, cfg)
 
 
 class _AlignedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, student, student_protos, bias_s, teacher, teacher_protos, bias_t,
-                weights, inv_ts: float, inv_tt: float, grad_on: bool):  # fmt: skip
+                raw_center, weights, inv_ts: float, inv_tt: float, grad_on: bool):  # fmt: skip
+        # raw_center None: bias_t is the centred bias. A [K] tensor: bias_t is the uncentred
+        # one, and the uncentred mean probabilities come back too (else an empty tensor).
         dt = _dot_dtype([student, teacher], [student_protos, teacher_protos])
         cfg = _config(student.shape[1], dt)
         ys, ws = student.detach().to(dt).contiguous(), student_protos.detach().to(dt).contiguous()
         yt, wt = teacher.detach().to(dt).contiguous(), teacher_protos.detach().to(dt).contiguous()
         bs, bt = bias_s.detach().float().contiguous(), bias_t.detach().float().contiguous()
+        center = None if raw_center is None else raw_center.detach().float().contiguous()
         row_w = weights.detach().float().contiguous()  # [N]
-        lse_t = _row_lse(yt, wt, bt, inv_tt, cfg)  # [N]
+        lse_t, lse0 = _teacher_lse(yt, wt, bt, center, inv_tt, cfg)  # [N], [N] or None
         lse_s = _row_lse(ys, ws, bs, inv_ts, cfg)  # [N]
         need_y = grad_on and ctx.needs_input_grad[0]
         need_w = grad_on and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
         sweep_cfg = aligned_config(cfg)
         assert sweep_cfg is not None  # the entry point takes the general path otherwise
-        cross, col_q, dy, dw, db = _aligned_sweep(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w,
-                                                  inv_ts, inv_tt, sweep_cfg, need_y,
-                                                  need_w)  # fmt: skip
+        raw = None if center is None or lse0 is None else (center, lse0)
+        cross, col_q, dy, dw, db, col_p0 = _aligned_sweep(ys, ws, bs, lse_s, yt, wt, bt, lse_t,
+                                                          row_w, raw, inv_ts, inv_tt, sweep_cfg,
+                                                          need_y, need_w)  # fmt: skip
         ctx.save_for_backward(dy, dw, db)
         ctx.inv_ts, ctx.dtypes = inv_ts, (student.dtype, student_protos.dtype)
         mean_probs = col_q / ys.shape[0]
-        ctx.mark_non_differentiable(mean_probs)
-        return (row_w * (lse_s - cross)).sum(), mean_probs
+        raw_means = col_q.new_empty(0) if col_p0 is None else col_p0 / ys.shape[0]
+        ctx.mark_non_differentiable(mean_probs, raw_means)
+        return (row_w * (lse_s - cross)).sum(), mean_probs, raw_means
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: Tensor, _grad_probs: Tensor):
+    def backward(ctx: Any, grad_loss: Tensor, _grad_probs: Tensor, _grad_raw: Tensor):
         dy, dw, db = ctx.saved_tensors
         need_y, need_w, need_b = ctx.needs_input_grad[:3]
         scale = grad_loss.float()
@@ -116,7 +139,7 @@ class _AlignedLoss(torch.autograd.Function):
         out_b = db * scale if need_b and db is not None else None
         return (None if out_y is None else out_y.to(ctx.dtypes[0]),
                 None if out_w is None else out_w.to(ctx.dtypes[1]), out_b,
-                None, None, None, None, None, None, None)  # fmt: skip
+                None, None, None, None, None, None, None, None)  # fmt: skip
 
 
 def aligned_cross_entropy_triton(
@@ -129,20 +152,32 @@ def aligned_cross_entropy_triton(
     student_temp: float,
     teacher_temp: float,
     vmf: bool,
-) -> tuple[Tensor, Tensor]:
-    """Loss (float32 scalar) and teacher_mean_probs [K] for student row n against teacher row n
-    with weight weights[n] ([N]); the general kernels where the sweep is not fused."""
+    raw_means: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Loss (float32 scalar), teacher_mean_probs [K] and, with raw_means, the mean of the
+    uncentred teacher softmax [K] (probability centring's batch statistic; else None), for
+    student row n against teacher row n with weight weights[n] ([N]). The general kernels
+    (and teacher_statistics for the raw means) where the sweep is not fused."""
     dt = _dot_dtype([student, teacher], [student_protos, teacher_protos])
     _check_input(student.shape[1], dt)
     if aligned_config(_config(student.shape[1], dt)) is None:
         targets = torch.arange(student.shape[0], device=student.device)[:, None]
-        return prototype_cross_entropy_triton(student, teacher, student_protos, teacher_protos,
-                                              targets, weights[:, None], center, student_temp,
-                                              teacher_temp, vmf)  # fmt: skip
+        loss, mean_probs = prototype_cross_entropy_triton(
+            student, teacher, student_protos, teacher_protos, targets, weights[:, None], center,
+            student_temp, teacher_temp, vmf,
+        )  # fmt: skip
+        if not raw_means:
+            return loss, mean_probs, None
+        zero = torch.zeros_like(center)
+        return loss, mean_probs, teacher_statistics_triton(teacher, teacher_protos, zero,
+                                                           teacher_temp, vmf)[1]  # fmt: skip
     bias_s = student_bias(student_protos, student_temp, vmf).float()  # [K], autograd via ||w_s||
-    bias_t = teacher_bias(teacher_protos, center, teacher_temp, vmf).float()  # [K]
-    loss, mean_probs = _AlignedLoss.apply(
-        student, student_protos, bias_s, teacher, teacher_protos, bias_t, weights,
-        1.0 / student_temp, 1.0 / teacher_temp, torch.is_grad_enabled(),
+    # with raw_means the kernels take the uncentred bias and subtract the centre themselves
+    bias_t = teacher_bias(teacher_protos, torch.zeros_like(center) if raw_means else center,
+                          teacher_temp, vmf).float()  # fmt: skip
+    loss, mean_probs, raw = _AlignedLoss.apply(
+        student, student_protos, bias_s, teacher, teacher_protos, bias_t,
+        center if raw_means else None, weights, 1.0 / student_temp, 1.0 / teacher_temp,
+        torch.is_grad_enabled(),
     )  # fmt: skip
-    return loss, mean_probs
+    return loss, mean_probs, raw if raw_means else None

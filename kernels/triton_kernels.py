@@ -67,29 +67,46 @@ def _logits(y, w, bias, offs_k, K, inv_temp, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _row_lse_kernel(Y, W, BIAS, OUT_MAX, OUT_SUM, N, K, D, inv_temp, k_per_split,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                    CAST_FP32: tl.constexpr, IEEE: tl.constexpr):  # fmt: skip
+def _lse_update(run_max, run_sum, logits):
+    """Online log-sum-exp: (running max, running sum of exp(l - max)) [BLOCK_N] after a tile."""
+    new_max = tl.maximum(run_max, tl.max(logits, axis=1))
+    new_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), 1)
+    return new_max, new_sum
+
+
+@triton.jit
+def _row_lse_kernel(Y, W, BIAS, CENTER, OUT_MAX, OUT_SUM, OUT_MAX0, OUT_SUM0, N, K, D, inv_temp,
+                    k_per_split, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    BLOCK_D: tl.constexpr, CAST_FP32: tl.constexpr, IEEE: tl.constexpr,
+                    HAS_RAW: tl.constexpr):  # fmt: skip
+    # HAS_RAW: BIAS is the uncentred bias and CENTER [K] the centre; one tile gives both the
+    # centred log-sum-exp (OUT_MAX, OUT_SUM) and the uncentred one (OUT_MAX0, OUT_SUM0), which
+    # probability centring's batch statistics need. Otherwise BIAS is the whole bias.
     pid_n = tl.program_id(0).to(tl.int64)
     pid_s = tl.program_id(1).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     y = _load_rows(Y, offs_n, N, D, BLOCK_D, CAST_FP32)
     run_max = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
     run_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    run_max0 = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
+    run_sum0 = tl.zeros((BLOCK_N,), dtype=tl.float32)
     k_start = pid_s * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
     for k0 in range(k_start, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         w, bias = _load_protos(W, BIAS, offs_k, k_end, D, BLOCK_D, CAST_FP32)
         logits = _logits(y, w, bias, offs_k, k_end, inv_temp, IEEE)
-        new_max = tl.maximum(run_max, tl.max(logits, axis=1))
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(
-            tl.exp(logits - new_max[:, None]), axis=1
-        )
-        run_max = new_max
+        if HAS_RAW:
+            run_max0, run_sum0 = _lse_update(run_max0, run_sum0, logits)
+            center = tl.load(CENTER + offs_k, mask=offs_k < k_end, other=0.0)
+            logits = logits - center[None, :]
+        run_max, run_sum = _lse_update(run_max, run_sum, logits)
     out = pid_s * N + offs_n
     tl.store(OUT_MAX + out, run_max, mask=offs_n < N)
     tl.store(OUT_SUM + out, run_sum, mask=offs_n < N)
+    if HAS_RAW:
+        tl.store(OUT_MAX0 + out, run_max0, mask=offs_n < N)
+        tl.store(OUT_SUM0 + out, run_sum0, mask=offs_n < N)
 
 
 @triton.jit
@@ -228,22 +245,27 @@ def _student_grad_kernel(Y, W, BIAS, SHIFT, DY, DW, DB, N, K, D, inv_temp, k_per
 
 @triton.jit
 def _aligned_grad_kernel(YS, WS, BS, LSE_S, YT, WT, BT, LSE_T, ROW_W, DY, DW, DB, COL_Q, CROSS,
-                         N, K, D, inv_ts, inv_tt, k_per_split, BLOCK_N: tl.constexpr,
-                         BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, CAST_FP32: tl.constexpr,
-                         IEEE: tl.constexpr, HAS_DY: tl.constexpr,
-                         HAS_DW: tl.constexpr):  # fmt: skip
+                         CENTER, LSE0, COL_P0, N, K, D, inv_ts, inv_tt, k_per_split,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                         CAST_FP32: tl.constexpr, IEEE: tl.constexpr, HAS_DY: tl.constexpr,
+                         HAS_DW: tl.constexpr, HAS_RAW: tl.constexpr):  # fmt: skip
     # Student row n against teacher row n (iBOT's masked tokens), weight ROW_W[n]. One program:
     # a block of rows against the K blocks of one split. Each K block makes the student tile a
     # and the teacher tile b once; with both log-sum-exps known from the forward's row sweeps,
     # g = W[n] (softmax(a) - softmax(b)) [BLOCK_N, BLOCK_K] is dL/da, and one product each
     # gives dY (row-owned, one partial per split) and dW (atomic adds across row blocks). The
     # cross term sum_k q a and the teacher column sums ride along; nothing N x K is stored.
+    # HAS_RAW: BT is the uncentred bias, CENTER [K] the centre and LSE0 [N] the uncentred
+    # log-sum-exp, and the uncentred column sums COL_P0 (probability centring's batch
+    # statistic) ride along too.
     pid_s = tl.program_id(1).to(tl.int64)
     pid_n = tl.program_id(0).to(tl.int64)
     offs_n, ys, lse_s = _row_block(YS, LSE_S, pid_n, N, D, BLOCK_N, BLOCK_D, CAST_FP32)
     yt = _load_rows(YT, offs_n, N, D, BLOCK_D, CAST_FP32)
     lse_t = tl.load(LSE_T + offs_n, mask=offs_n < N, other=float("inf"))  # padded rows: q = 0
     row_w = tl.load(ROW_W + offs_n, mask=offs_n < N, other=0.0)
+    if HAS_RAW:
+        lse0 = tl.load(LSE0 + offs_n, mask=offs_n < N, other=float("inf"))
     acc_y = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     acc_cross = tl.zeros((BLOCK_N,), dtype=tl.float32)
     k_end = tl.minimum((pid_s + 1) * k_per_split, K)
@@ -252,8 +274,13 @@ def _aligned_grad_kernel(YS, WS, BS, LSE_S, YT, WT, BT, LSE_T, ROW_W, DY, DW, DB
         ws, bs = _load_protos(WS, BS, offs_k, k_end, D, BLOCK_D, CAST_FP32)
         a = _logits(ys, ws, bs, offs_k, k_end, inv_ts, IEEE)  # -inf from k_end on
         wt, bt = _load_protos(WT, BT, offs_k, k_end, D, BLOCK_D, CAST_FP32)
-        q = tl.exp(_logits(yt, wt, bt, offs_k, k_end, inv_tt, IEEE) - lse_t[:, None])
+        b = _logits(yt, wt, bt, offs_k, k_end, inv_tt, IEEE)  # [BLOCK_N, BLOCK_K]
         kmask = offs_k < k_end
+        if HAS_RAW:
+            p0 = tl.exp(b - lse0[:, None])
+            tl.atomic_add(COL_P0 + offs_k, tl.sum(p0, axis=0), mask=kmask, sem="relaxed")
+            b = b - tl.load(CENTER + offs_k, mask=kmask, other=0.0)[None, :]
+        q = tl.exp(b - lse_t[:, None])
         acc_cross += tl.sum(q * tl.where(kmask[None, :], a, 0.0), axis=1)  # q = 0 where a = -inf
         tl.atomic_add(COL_Q + offs_k, tl.sum(q, axis=0), mask=kmask, sem="relaxed")
         g = row_w[:, None] * (tl.exp(a - lse_s[:, None]) - q)

@@ -99,15 +99,37 @@ def _row_splits(n_rows: int, k: int, cfg: dict[str, Any]) -> tuple[int, int]:
 def _row_lse(rows: torch.Tensor, protos: torch.Tensor, bias: torch.Tensor, inv_temp: float,
              cfg: dict[str, Any]) -> torch.Tensor:  # fmt: skip
     """log-sum-exp over K of each row's tempered logits [N] (float32)."""
-    n, k = rows.shape[0], protos.shape[0]
-    n_splits, per_split = _splits(n, k, cfg)
-    run_max = torch.empty(n_splits, n, dtype=torch.float32, device=rows.device)  # [S, N]
-    run_sum = torch.empty_like(run_max)
-    grid = (triton.cdiv(n, cfg["BLOCK_N"]), n_splits)
-    _row_lse_kernel[grid](rows, protos, bias, run_max, run_sum, n, k, rows.shape[1], inv_temp,
-                          per_split, **cfg)  # fmt: skip
+    return _row_lse_launch(rows, protos, bias, None, inv_temp, cfg)[0]
+
+
+def _row_lse_pair(rows: torch.Tensor, protos: torch.Tensor, raw_bias: torch.Tensor,
+                  center: torch.Tensor, inv_temp: float,
+                  cfg: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One sweep -> (log-sum-exp of the centred logits (bias raw_bias - center), that of the
+    uncentred ones (bias raw_bias)), [N] each, float32."""
+    centred, raw = _row_lse_launch(rows, protos, raw_bias, center, inv_temp, cfg)
+    assert raw is not None
+    return centred, raw
+
+
+def _merge_lse(run_max: torch.Tensor, run_sum: torch.Tensor) -> torch.Tensor:
+    """Per-split (max, sum exp) partials [S, N] -> log-sum-exp [N]."""
     top = run_max.amax(dim=0)  # [N]
     return top + torch.log((run_sum * torch.exp(run_max - top)).sum(dim=0))
+
+
+def _row_lse_launch(rows, protos, bias, center, inv_temp: float,
+                    cfg: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    n, k = rows.shape[0], protos.shape[0]
+    n_splits, per_split = _splits(n, k, cfg)
+    parts = torch.empty(4 if center is not None else 2, n_splits, n, dtype=torch.float32,
+                        device=rows.device)  # fmt: skip  # (max, sum[, max0, sum0]) [S, N]
+    raw = parts[2:] if center is not None else parts
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), n_splits)
+    _row_lse_kernel[grid](rows, protos, bias, bias if center is None else center, parts[0],
+                          parts[1], raw[0], raw[1], n, k, rows.shape[1], inv_temp, per_split,
+                          **cfg, HAS_RAW=center is not None)  # fmt: skip
+    return _merge_lse(parts[0], parts[1]), None if center is None else _merge_lse(raw[0], raw[1])
 
 
 HALF = (torch.float16, torch.bfloat16)

@@ -292,3 +292,31 @@ def test_two_gloo_ranks_agree_with_one_process_on_the_whole_batch(tmp_path: Path
         torch.testing.assert_close(g_rows / 2, mine, rtol=1e-10, atol=1e-12)
     averaged = (per_rank[0][2] + per_rank[1][2]) / 2
     torch.testing.assert_close(averaged, protos_grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+@pytest.mark.parametrize("vmf", [False, True])
+def test_probability_state_from_the_patch_loss_equals_the_module_update(
+    impl: str, vmf: bool
+) -> None:
+    """The training step's patch path: current() as the centre, the patch loss's raw means
+    into fold_column_mean. It must leave the state the module call leaves, and centre with
+    the same pre-batch centre."""
+    from fastproto.losses import ibot_patch_loss_with_raw_means
+
+    teacher, protos = _batch(19, 9, torch.float32)
+    student, student_protos = _batch(19, 9, torch.float32, seed=1)
+    image_index = torch.tensor([0] * 7 + [1] * 12)
+    called, folded = (make_centering("probability", 9, momentum=0.7) for _ in range(2))
+    for c in (called, folded):  # a state away from zero, the same in both
+        c.fold_column_mean(
+            torch.softmax(torch.randn(9, generator=torch.Generator().manual_seed(3)), 0), 5
+        )
+    before = called(teacher, protos, 0.05, vmf, impl)
+    centre = folded.current(teacher.dtype)
+    torch.testing.assert_close(centre, before, rtol=0, atol=0)
+    _, _, raw = ibot_patch_loss_with_raw_means(student, teacher, image_index, 2, student_protos,
+                                               protos, centre, 0.1, 0.05, vmf, impl)  # fmt: skip
+    folded.fold_column_mean(raw, teacher.shape[0])
+    torch.testing.assert_close(folded.center, called.center, rtol=1e-5, atol=1e-6)
+    assert float((called.center - before).abs().max()) > 1e-3  # the batch did move the state

@@ -11,8 +11,13 @@ from typing import Any
 
 import pytest
 import torch
-from fastproto.kernels import aligned_cross_entropy, teacher_statistics
+from fastproto.kernels import (
+    aligned_cross_entropy,
+    aligned_cross_entropy_with_raw_means,
+    teacher_statistics,
+)
 from test_kernels import (
+    FLOOR,
     STUDENT_TEMP,
     TEACHER_TEMP,
     Case,
@@ -155,7 +160,8 @@ def test_aligned_passes_two_row_sweeps_and_one_gradient_sweep(
     loss, _ = aligned_cross_entropy(ys, c.teacher, ws, c.teacher_protos, c.weights[:, 0],
                                     c.center, STUDENT_TEMP, TEACHER_TEMP, c.vmf,
                                     impl="triton")  # fmt: skip
-    assert len(lse.calls) == 2 and sweep.calls == [{"HAS_DY": True, "HAS_DW": True}]
+    assert lse.calls == [{"HAS_RAW": False}] * 2
+    assert sweep.calls == [{"HAS_DY": True, "HAS_DW": True, "HAS_RAW": False}]
     loss.backward()
     assert len(lse.calls) == 2 and len(sweep.calls) == 1
     assert ys.grad is not None and ws.grad is not None
@@ -170,7 +176,7 @@ def test_aligned_without_grad_mode_makes_no_gradient(monkeypatch: pytest.MonkeyP
     _, sweep = _count_launches(monkeypatch)
     with torch.no_grad():
         without = aligned_cross_entropy(*args, impl="triton")
-    assert sweep.calls == [{"HAS_DY": False, "HAS_DW": False}]
+    assert sweep.calls == [{"HAS_DY": False, "HAS_DW": False, "HAS_RAW": False}]
     for x, y in zip(with_grad, without, strict=True):
         torch.testing.assert_close(x.detach(), y, rtol=1e-6, atol=1e-6)
 
@@ -200,6 +206,71 @@ def test_aligned_rejects_rows_that_do_not_pair() -> None:
         aligned_cross_entropy(*base[:4], c.weights, *base[5:], impl="chunked")
     with pytest.raises(ValueError, match="impl must be one of"):
         aligned_cross_entropy(*base, impl="fast")
+
+
+def _with_raw_means(c: Case, impl: str) -> list[torch.Tensor]:
+    """(loss, d loss/d student, d loss/d protos, mean probs, uncentred mean probs)."""
+    ys = c.student.clone().requires_grad_()
+    ws = c.student_protos.clone().requires_grad_()
+    loss, mean_probs, raw = aligned_cross_entropy_with_raw_means(
+        ys, c.teacher, ws, c.teacher_protos, c.weights[:, 0], c.center, STUDENT_TEMP,
+        TEACHER_TEMP, c.vmf, impl=impl,
+    )  # fmt: skip
+    return [loss.detach(), *torch.autograd.grad(loss, [ys, ws]), mean_probs, raw]
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+@pytest.mark.parametrize("programs", [1, 512])
+def test_raw_means_are_the_uncentred_teacher_column_means(
+    monkeypatch: pytest.MonkeyPatch, impl: str, programs: int
+) -> None:
+    """Probability centring's batch statistic, mean_n softmax(logits without the centre), made
+    by the loss's sweeps on triton: equal to teacher_statistics with a zero centre in float64,
+    and the loss and gradients stay those of aligned_cross_entropy."""
+    import fastproto.kernels.triton_loss as tl_mod
+
+    monkeypatch.setattr(tl_mod, "TARGET_PROGRAMS", programs)
+    c = aligned_case(40, 97, 24)
+    zero = torch.zeros_like(c.center)
+    want = teacher_statistics(c.teacher, c.teacher_protos, zero, TEACHER_TEMP, c.vmf,
+                              impl="reference")[1]  # fmt: skip
+    low = c.cast(torch.float32)
+    got = _with_raw_means(low, impl)
+    torch.testing.assert_close(got[4].double(), want, rtol=1e-5, atol=1e-7)
+    assert float((got[4] - got[3]).abs().max()) > 1e-3  # the centre does change the means
+    plain = run_aligned(low, impl, 1.0)
+    for x, y in zip(got[:4], plain[:4], strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_raw_means_with_half_rows(dtype: torch.dtype) -> None:
+    """Half embeddings, float32 prototypes: the uncentred means within 2x the error of a
+    reference run all in `dtype`, plus the floor."""
+    c = aligned_case(21, 45, 16).cast(torch.float64)
+    zero = torch.zeros_like(c.center)
+    want = teacher_statistics(c.teacher, c.teacher_protos, zero, TEACHER_TEMP, c.vmf,
+                              impl="reference")[1]  # fmt: skip
+    low = c.cast(dtype)
+    base = teacher_statistics(low.teacher, low.teacher_protos, zero.to(dtype), TEACHER_TEMP,
+                              c.vmf, impl="reference")[1]  # fmt: skip
+    half = Case(low.student, low.teacher, c.student_protos.float(), c.teacher_protos.float(),
+                c.targets, c.weights.float(), c.center.float(), c.vmf)  # fmt: skip
+    got = _with_raw_means(half, "triton")[4]
+    err, base_err = (
+        float((got.double() - want).abs().max()),
+        float((base.double() - want).abs().max()),
+    )
+    assert err <= 2 * base_err + FLOOR[dtype] * float(want.abs().max()), (err, base_err)
+
+
+def test_raw_means_ride_in_the_same_launches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the raw means the launches stay two row log-sum-exps (the teacher's making both of
+    its normalisers from one tile) and one sweep: no pass is added for the statistic."""
+    lse, sweep = _count_launches(monkeypatch)
+    _with_raw_means(aligned_case(9, 40, 16).cast(torch.float32), "triton")
+    assert lse.calls == [{"HAS_RAW": True}, {"HAS_RAW": False}]
+    assert sweep.calls == [{"HAS_DY": True, "HAS_DW": True, "HAS_RAW": True}]
 
 
 @pytest.mark.gpu

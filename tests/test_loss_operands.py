@@ -69,7 +69,9 @@ def _bf16_step(method: str, device: torch.device, overrides: list[str],
         return spy
 
     # each loss imports its dispatcher function by name: DINO the pair table, iBOT aligned rows
-    for module, name in ((dino, "prototype_cross_entropy"), (ibot, "aligned_cross_entropy")):
+    names = ((dino, "prototype_cross_entropy"), (ibot, "aligned_cross_entropy"),
+             (ibot, "aligned_cross_entropy_with_raw_means"))  # fmt: skip
+    for module, name in names:
         monkeypatch.setattr(module, name, spying(getattr(module, name)))
     b, d = 8, config.data
     crops = torch.rand(d.global_crops * b, 3, d.global_size, d.global_size, device=device)

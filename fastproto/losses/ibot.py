@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastproto.kernels import aligned_cross_entropy
+from fastproto.kernels import aligned_cross_entropy, aligned_cross_entropy_with_raw_means
 from fastproto.value_checks import check_values
 
 
@@ -67,24 +67,52 @@ def ibot_patch_loss(
     prototypes so every parameter takes part in backward, and teacher_mean_probs is uniform 1/K,
     which leaves probability centring unchanged up to a constant.
     """
+    args = (student_patches, teacher_patches, image_index, num_images, student_protos,
+            teacher_protos, center, student_temp, teacher_temp, vmf, impl)  # fmt: skip
+    loss, mean_probs, _ = _patch_loss(*args, raw_means=False)
+    return loss, mean_probs
+
+
+def ibot_patch_loss_with_raw_means(
+    student_patches: Tensor,
+    teacher_patches: Tensor,
+    image_index: Tensor,
+    num_images: int,
+    student_protos: Tensor,
+    teacher_protos: Tensor,
+    center: Tensor,
+    student_temp: float,
+    teacher_temp: float,
+    vmf: bool,
+    impl: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """ibot_patch_loss and the batch mean of the uncentred teacher softmax [K] over the Nm
+    masked tokens, probability centring's statistic (on triton made by the loss's own sweeps);
+    zeros for Nm = 0, which ProbabilityCentering.fold_column_mean then leaves out."""
+    args = (student_patches, teacher_patches, image_index, num_images, student_protos,
+            teacher_protos, center, student_temp, teacher_temp, vmf, impl)  # fmt: skip
+    loss, mean_probs, raw = _patch_loss(*args, raw_means=True)
+    assert raw is not None
+    return loss, mean_probs, raw
+
+
+def _patch_loss(student_patches: Tensor, teacher_patches: Tensor, image_index: Tensor,
+                num_images: int, student_protos: Tensor, teacher_protos: Tensor, center: Tensor,
+                student_temp: float, teacher_temp: float, vmf: bool, impl: str,
+                raw_means: bool) -> tuple[Tensor, Tensor, Tensor | None]:  # fmt: skip
     _check_patches(student_patches, teacher_patches, image_index, num_images)
+    k = teacher_protos.shape[0]
     if student_patches.shape[0] == 0:
         loss = (student_patches.sum() + student_protos.sum()) * 0.0
-        k = teacher_protos.shape[0]
-        return loss, teacher_protos.new_full((k,), 1.0 / k).detach()
+        raw = teacher_protos.new_zeros(k).detach() if raw_means else None
+        return loss, teacher_protos.new_full((k,), 1.0 / k).detach(), raw
     counts = torch.bincount(image_index, minlength=num_images)  # [num_images]
     # weights in at least float32: bf16 patch embeddings (autocast) would round each 1/count
     weight_dtype = torch.promote_types(student_patches.dtype, torch.float32)
     per_token = 1.0 / (counts[image_index].to(weight_dtype) * num_images)  # [Nm]
-    return aligned_cross_entropy(
-        student_patches,
-        teacher_patches,
-        student_protos,
-        teacher_protos,
-        per_token,
-        center,
-        student_temp,
-        teacher_temp,
-        vmf,
-        impl,
-    )
+    args = (student_patches, teacher_patches, student_protos, teacher_protos, per_token, center,
+            student_temp, teacher_temp, vmf, impl)  # fmt: skip
+    if raw_means:
+        return aligned_cross_entropy_with_raw_means(*args)
+    loss, mean_probs = aligned_cross_entropy(*args)
+    return loss, mean_probs, None

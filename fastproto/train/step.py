@@ -111,19 +111,30 @@ def _patch_loss(
     masks: torch.Tensor,
     teacher_temp: float,
 ) -> torch.Tensor:
-    from fastproto.losses import ibot_patch_loss
+    from fastproto.centering import ProbabilityCentering
+    from fastproto.losses import ibot_patch_loss, ibot_patch_loss_with_raw_means
 
     m = state.config.method
     head, teacher_head = state.student.patch_head, state.teacher.patch_head
     w_s, w_t = head_prototypes(head).float(), head_prototypes(teacher_head).float().detach()
     vmf = head_is_vmf(head)
-    center = state.patch_centering(teacher_p, w_t, teacher_temp, vmf, m.loss_impl)  # [K]
     image_index = masks.flatten(1).nonzero()[:, 0]  # [Nm], the crop-image of each masked token
-    loss = ibot_patch_loss(
+    centring = state.patch_centering
+    if isinstance(centring, ProbabilityCentering):
+        # the loss makes centring's batch statistic on its own sweeps (no pass of its own on
+        # the fused path); the state moves after the loss, which used the centre from before
+        loss, _, raw = ibot_patch_loss_with_raw_means(
+            student_p, teacher_p, image_index, masks.shape[0], w_s, w_t,
+            centring.current(teacher_p.dtype), m.student_temp, teacher_temp, vmf, m.loss_impl,
+        )  # fmt: skip
+        centring.fold_column_mean(raw, teacher_p.shape[0])
+        return loss
+    center = centring(teacher_p, w_t, teacher_temp, vmf, m.loss_impl)  # [K]
+    loss, _ = ibot_patch_loss(
         student_p, teacher_p, image_index, masks.shape[0], w_s, w_t, center,
         m.student_temp, teacher_temp, vmf, m.loss_impl,
     )  # fmt: skip
-    return loss[0] if isinstance(loss, tuple) else loss
+    return loss
 
 
 def compute_losses(
