@@ -10,7 +10,11 @@ nvidia backend) reports registers, spills and stack. A configuration fails the c
     spill stores or loads > SPILL_LIMIT bytes per thread,
     registers > 255 per thread,
 
-which on a GPU would be a launch failure (OutOfResources) or slow local-memory traffic.
+which on a GPU would be a launch failure (OutOfResources) or slow local-memory traffic. The
+table also reports, from the compiled TTGIR, which matrix instructions the dots use (v3 is
+Hopper's wgmma, v2 mma.sync, "-" the FMA units) and by how much the most replicated dot is
+recomputed across warps ("redundant x"); these two are reported, not checked: which blocks
+and warps are fastest despite them is a question for a GPU (bench/results/kernel_passes.md).
 Pointers are taken as 16-byte aligned and N, K, D, k_per_split and n_per_split as multiples of
 16, as at training sizes. Results are cached by a key of the triton version, the kernel source
 and the configuration, so unchanged kernels are not compiled again:
@@ -60,6 +64,7 @@ from fastproto.kernels.triton_loss import (  # noqa: E402
     fuses_backward,
 )
 from harness import RESULTS_DIR, git_commit  # noqa: E402
+from mma_layouts import mma_figures  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
@@ -120,8 +125,8 @@ class Job:
     num_stages: int
 
     def key(self, source_hash: str) -> str:
-        text = json.dumps([triton.__version__, source_hash, ARGS[self.kernel], self.arch,
-                           self.kernel, self.dtype, self.constexprs, self.num_warps,
+        text = json.dumps([FIGURES, triton.__version__, source_hash, ARGS[self.kernel],
+                           self.arch, self.kernel, self.dtype, self.constexprs, self.num_warps,
                            self.num_stages])  # fmt: skip
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -164,6 +169,9 @@ def jobs() -> list[Job]:
     return out
 
 
+FIGURES = 2  # version of the figures compile_one returns (2: the mma columns)
+
+
 PTXAS = {
     "registers": re.compile(r"Used (\d+) registers"),
     "spill_stores": re.compile(r"(\d+) bytes spill stores"),
@@ -193,7 +201,8 @@ def compile_one(job: Job) -> dict[str, object]:
                                   options={"num_warps": job.num_warps,
                                            "num_stages": job.num_stages})  # fmt: skip
     text = log.getvalue()
-    figures: dict[str, object] = {"shared": int(compiled.metadata.shared)}
+    figures: dict[str, object] = {"shared": int(compiled.metadata.shared),
+                                  **mma_figures(compiled.asm["ttgir"])}  # fmt: skip
     for name, pattern in PTXAS.items():
         found = pattern.search(text)
         if found is None:
@@ -235,8 +244,8 @@ def run(cache_path: Path, workers: int, prune: bool) -> tuple[list[tuple[Job, di
 
 def table(results: list[tuple[Job, dict]]) -> list[str]:
     lines = ["| arch | kernel | dtype | BLOCK_N/K | BLOCK_D | warps | stages | registers | "
-             "spill st/ld B | stack B | shared KiB | limit KiB | ok |",
-             "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]  # fmt: skip
+             "spill st/ld B | stack B | shared KiB | limit KiB | mma | redundant x | ok |",
+             "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|---|"]  # fmt: skip
     for job, fig in results:
         c = dict(job.constexprs)
         bad = problems(job, fig)
@@ -244,7 +253,8 @@ def table(results: list[tuple[Job, dict]]) -> list[str]:
             f"| sm_{job.arch} | {job.label()} | {job.dtype} | {c['BLOCK_N']} | {c['BLOCK_D']} "
             f"| {job.num_warps} | {job.num_stages} | {fig['registers']} | {fig['spill_stores']}"
             f"/{fig['spill_loads']} | {fig['stack']} | {int(fig['shared']) / 1024:.1f} | "
-            f"{ARCHS[job.arch] // 1024} | {'; '.join(bad) if bad else 'yes'} |"
+            f"{ARCHS[job.arch] // 1024} | {fig['mma']} | {fig['redundancy']} | "
+            f"{'; '.join(bad) if bad else 'yes'} |"
         )
     return lines
 

@@ -200,7 +200,8 @@ def backward_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
     _student_grad_kernel holds float32 [BLOCK, BLOCK_D] tiles beyond the forward kernels' (the
     dY accumulator, a dW tile), so BLOCK_N and BLOCK_K halve, down to 16, until a [BLOCK,
-    BLOCK_D] tile has at most BACKWARD_TILE_ELEMENTS. With the forward's half-precision sizes
+    BLOCK_D] tile has at most BACKWARD_TILE_ELEMENTS; in half precision at BLOCK_D = 256 and
+    512 BLOCK_K is then 32, with the warps of WIDE. With the forward's half-precision sizes
     ptxas spilled 216 B per thread at BLOCK_D = 256 on sm_90 and 696 B at BLOCK_D = 128 on sm_80
     (dW alone); bench/results/kernel_compile_table.md has the figures of the sizes used.
     """
@@ -208,7 +209,18 @@ def backward_config(cfg: dict[str, Any]) -> dict[str, Any]:
     for key in ("BLOCK_N", "BLOCK_K"):
         while out[key] > 16 and out[key] * out["BLOCK_D"] > BACKWARD_TILE_ELEMENTS:
             out[key] //= 2
+    if not out["IEEE"] and out["BLOCK_N"] == out["BLOCK_K"] == 16 and out["BLOCK_D"] in WIDE:
+        out["BLOCK_K"], out["num_warps"] = 32, WIDE[out["BLOCK_D"]]
     return out
+
+
+# Half-precision backward at BLOCK_D = 256 and 512: (warps) with 32 prototypes per block. With
+# 16 x 16 blocks and 8 warps Triton laid each 16 x 16 logit tile over warps that cover 16 x 64,
+# so the two logit dots ran 4x replicated (`redundant x` in bench/results/
+# kernel_compile_table.md, from bench/mma_layouts.py). 16 x 32 under 4 warps covers each tile
+# once at BLOCK_D = 256 (4 warps spilled 260-460 B at 512, so 8 there: 2x), with no spill beyond
+# 16 B on sm_80 or sm_90. Not yet timed on a GPU.
+WIDE = {256: 4, 512: 8}
 
 
 def fuses_backward(cfg: dict[str, Any]) -> bool:

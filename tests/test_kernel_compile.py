@@ -48,3 +48,42 @@ def test_every_dispatch_configuration_compiles_within_limits(
     assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
     summary = out.stdout.strip().splitlines()[-1]  # "N configurations, C compiled now, ..."
     assert int(summary.split()[0]) >= 100 and summary.endswith(" 0 over a limit"), summary
+
+
+# Lines of the TTGIR triton 3.8 made for sm_90 from _row_mix_kernel (bf16, BLOCK_D = 256, 64
+# rows, 8 warps) and _aligned_grad_kernel (bf16, BLOCK_D = 256, 16 rows, 8 warps), shortened
+ROW_MIX_TTGIR = "\n".join([
+    "#mma = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [8, 1], "
+    "instrShape = [16, 32, 16]}>",
+    "#mma1 = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [4, 2], "
+    "instrShape = [16, 128, 16]}>",
+    "%acc_105 = ttng.warp_group_dot %y_41, %acc_101, %cst_1 {isAsync = true} : "
+    "!ttg.memdesc<64x256xbf16> * !ttg.memdesc<256x64xbf16> -> tensor<64x64xf32, #mma> loc(#l)",
+    "%out_125 = ttng.warp_group_dot %out_124, %w_120, %arg14 {isAsync = true} : "
+    "tensor<64x64xbf16> * !ttg.memdesc<64x256xbf16> -> tensor<64x256xf32, #mma1> loc(#l)",
+])  # fmt: skip
+ALIGNED_LAYOUT = (
+    "#mma = #ttg.nvidia_mma<{versionMajor = 2, versionMinor = 0, warpsPerCTA = [1, 8], "
+    "instrShape = [16, 8]}>"
+)
+ALIGNED_LOGITS = (
+    "%acc_129 = tt.dot %y_128, %acc_124, %cst_4, inputPrecision = tf32 : tensor<16x256xbf16> * "
+    "tensor<256x16xbf16> -> tensor<16x16xf32, #mma> loc(#l)"
+)
+ALIGNED_DY = (
+    "%out_164 = tt.dot %out_162, %w_163, %arg24, inputPrecision = tf32 : tensor<16x16xbf16> * "
+    "tensor<16x256xbf16> -> tensor<16x256xf32, #mma> loc(#l)"
+)
+
+
+def test_mma_figures_read_the_replication_of_each_dot() -> None:
+    """[8, 1] warps on a 64-row wgmma tile cover 128 rows: 2x. [1, 8] warps of 8 columns on a
+    16 x 16 tile cover 64 columns: 4x; the 16 x 256 dot under the same layout: 1x."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from mma_layouts import mma_figures
+
+    assert mma_figures(ROW_MIX_TTGIR) == {"mma": "v3", "redundancy": 2}
+    aligned = [ALIGNED_LAYOUT, ALIGNED_LOGITS, ALIGNED_DY]
+    assert mma_figures("\n".join(aligned)) == {"mma": "v2", "redundancy": 4}
+    assert mma_figures("\n".join(aligned[::2])) == {"mma": "v2", "redundancy": 1}
+    assert mma_figures("no dot here") == {"mma": "-", "redundancy": 1}
