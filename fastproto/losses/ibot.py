@@ -106,7 +106,12 @@ def _patch_loss(student_patches: Tensor, teacher_patches: Tensor, image_index: T
         loss = (student_patches.sum() + student_protos.sum()) * 0.0
         raw = teacher_protos.new_zeros(k).detach() if raw_means else None
         return loss, teacher_protos.new_full((k,), 1.0 / k).detach(), raw
-    counts = torch.bincount(image_index, minlength=num_images)  # [num_images]
+    # masked tokens per image [num_images]; bincount would size its output from max(index), a
+    # device-to-host sync every step on a GPU
+    ones = torch.ones_like(image_index)
+    counts = torch.zeros(num_images, dtype=ones.dtype, device=ones.device).index_add_(
+        0, image_index, ones
+    )
     # weights in at least float32: bf16 patch embeddings (autocast) would round each 1/count
     weight_dtype = torch.promote_types(student_patches.dtype, torch.float32)
     per_token = 1.0 / (counts[image_index].to(weight_dtype) * num_images)  # [Nm]
