@@ -6,14 +6,16 @@
 #                        timm, numpy, pytest, setuptools >= 68; stops the suite when not ready
 #   install        25 s  pip install --no-build-isolation --no-deps -e . (offline; the machine's
 #                        own torch/triton/timm stay as they are)
-#   headline       95 s  the fused loss (triton) at K = 65536 and 262144, B = 64 CLS rows, bf16,
+#   headline      115 s  the fused loss (triton) at K = 65536 and 262144, B = 64 CLS rows, bf16,
 #                        against the materialised reference at K = 65536, then the aligned-rows
-#                        sweep on B = 64 patch rows at K = 65536 (bench/prototype_loss.py)
+#                        sweep on B = 64 patch rows at K = 65536, then the A/B of the backward
+#                        blocks: triton-bwd16x16w8 (the blocks before the replication fix) on
+#                        the CLS and patch points at K = 65536 (bench/prototype_loss.py)
 #   memory        115 s  paper 1 Table 12 points, a full iBOT ViT-S/16 step at B = 64, fp16:
 #                        reference at K = 1024, 8192; fused at 8192, 65536, 262144, 2^20
 #                        (bench/train_memory.py; each point in a fresh process, ~10 s of
 #                        start-up each, kernels from the triton cache after the first)
-#   pytest_gpu    130 s  the `gpu` test tier, kernels compiled
+#   pytest_gpu    110 s  the `gpu` test tier, kernels compiled
 #   (kill grace 5 x 5 s, summary and copies 5 s)
 #   total         415 s
 #
@@ -79,9 +81,10 @@ if ! step install 25 "$SETUP_LOG" \
     exit 1
 fi
 
-step headline 95 "$OUT/headline.log" \
+step headline 115 "$OUT/headline.log" \
     "$PY" bench/prototype_loss.py --device cuda --dtype bfloat16 --warmup 1 --repeats 3 \
     --preset cls-b64-k65536:triton,reference cls-b64-k262144:triton patch-b64-k65536:triton \
+    cls-b64-k65536:triton-bwd16x16w8 patch-b64-k65536:triton-bwd16x16w8 \
     --out "bench/results/prototype_loss_$SLUG.csv"
 copy_results
 
@@ -91,7 +94,7 @@ step memory 115 "$OUT/memory.log" \
     --no-report --out "bench/results/train_memory_$SLUG.csv"
 copy_results
 
-step pytest_gpu 130 "$OUT/pytest_gpu.log" \
+step pytest_gpu 110 "$OUT/pytest_gpu.log" \
     env FASTPROTO_TEST_TIER=gpu "$PY" -m pytest -m gpu -p no:cacheprovider -q -rfEs \
     --durations=15 tests
 

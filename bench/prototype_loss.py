@@ -23,18 +23,22 @@ moved once) against the device's limits.
     python bench/prototype_loss.py --device cuda --impl triton,chunked,reference
     python bench/prototype_loss.py --device cuda --dtype bfloat16 \
         --preset cls-b64-k65536:triton,reference cls-b64-k262144:triton   # impls per preset
+
+An impl may also be a tuning variant of one (VARIANTS below), timed beside it as an A/B:
+"triton-bwd16x16w8" is triton with the backward blocks it had before the replication fix.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import resource
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,9 +171,41 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+# Variants of an implementation, named like impls, for A/B runs of a tuning choice: the name,
+# the impl it runs, and the module attributes of fastproto.kernels.triton_loss it sets for the
+# run. "triton-bwd16x16w8": the half-precision backward blocks before WIDE (16 x 16 under 8
+# warps at BLOCK_D = 256 and 512), whose logit tiles the compile table shows 4x replicated.
+VARIANTS = {"triton-bwd16x16w8": ("triton", {"WIDE": {}})}
+
+
+@contextlib.contextmanager
+def variant(impl: str) -> Iterator[str]:
+    """-> the impl to call, with the variant's settings in place until the block ends."""
+    if impl not in VARIANTS:
+        yield impl
+        return
+    from fastproto.kernels import triton_loss
+
+    real, settings = VARIANTS[impl]
+    saved = {name: getattr(triton_loss, name) for name in settings}
+    for name, value in settings.items():
+        setattr(triton_loss, name, value)
+    try:
+        yield real
+    finally:
+        for name, value in saved.items():
+            setattr(triton_loss, name, value)
+
+
 def measure(p: Preset, impl: str, device: torch.device, dtype: torch.dtype, warmup: int,
             repeats: int) -> tuple[Timing, float]:  # fmt: skip
     """(seconds per forward + backward, peak extra MiB); MiB is nan where it cannot be isolated."""
+    with variant(impl) as real:
+        return _measure(p, real, device, dtype, warmup, repeats)
+
+
+def _measure(p: Preset, impl: str, device: torch.device, dtype: torch.dtype, warmup: int,
+             repeats: int) -> tuple[Timing, float]:  # fmt: skip
     if device.type == "cuda":
         torch.cuda.empty_cache()
         step = step_fn(p, impl, device, dtype)
@@ -293,7 +329,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--smoke", action="store_true", help="two tiny presets on CPU (CI)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu or cuda (default: cuda when available)")  # fmt: skip
-    ap.add_argument("--impl", default=None, help="comma list of reference,chunked,triton")
+    ap.add_argument("--impl", default=None,
+                    help="comma list of reference,chunked,triton, or a variant: "
+                         + ",".join(VARIANTS))  # fmt: skip
     ap.add_argument("--max-k", type=int, default=max(K_VALUES), help="largest K to run")
     ap.add_argument("--batch", type=int, nargs="+", default=list(BATCHES), help="batch sizes")
     ap.add_argument("--rows", nargs="+", default=["cls", "patch"], choices=["cls", "patch"],
