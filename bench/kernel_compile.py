@@ -62,6 +62,7 @@ from fastproto.kernels.triton_loss import (  # noqa: E402
     backward_config,
     compiled_config,
     fuses_backward,
+    mix_config,
 )
 from harness import RESULTS_DIR, git_commit  # noqa: E402
 from mma_layouts import mma_figures  # noqa: E402
@@ -70,7 +71,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 ARCHS = {80: 163 * 1024, 90: 227 * 1024}  # compute capability -> shared memory per block
 # Bytes per thread. Measured (triton 3.8): the configurations in use spill at most 24 B (the
-# half-precision forward _column_mix HAS_M at BLOCK_D = 256 on sm_90); the float32 sizes that
+# float32 _teacher_mix at BLOCK_D = 128 on sm_90); the float32 sizes that
 # were replaced spilled 388-804 B, the fused backward at the forward's sizes 216-696 B. 128
 # leaves room for compiler drift and catches the heavy cases.
 SPILL_LIMIT = 128
@@ -84,25 +85,30 @@ SOURCE = Path(triton_kernels.__file__)
 ARGS = {
     "_row_lse_kernel": "Y:IN W:IN BIAS CENTER OUT_MAX OUT_SUM OUT_MAX0 OUT_SUM0 N:i32 K:i32 D:i32 "
     "inv_temp:fp32 k_per_split:i32",
-    "_row_mix_kernel": "Y:IN W:IN BIAS SHIFT M:IN MB OUT OUT_B N:i32 K:i32 D:i32 inv_temp:fp32 "
-    "k_per_split:i32",
-    "_column_mix_kernel": "Y:IN W:IN BIAS SHIFT R:IN RV OUT_M OUT_1 OUT_2 N:i32 K:i32 D:i32 "
-    "inv_temp:fp32 n_per_split:i32",
+    "_column_mix_kernel": "Y:IN W:IN BIAS SHIFT OUT_1 N:i32 K:i32 D:i32 inv_temp:fp32 "
+    "n_per_split:i32",
+    "_teacher_mix_kernel": "Y:IN W:IN BIAS SHIFT M:IN MB R:IN RV OUT OUT_B QZ COL QC N:i32 K:i32 "
+    "D:i32 inv_temp:fp32 k_per_split:i32",
     "_student_grad_kernel": "Y:IN W:IN BIAS SHIFT DY DW DB N:i32 K:i32 D:i32 inv_temp:fp32 "
     "k_per_split:i32",
     "_aligned_grad_kernel": "YS:IN WS:IN BS LSE_S YT:IN WT:IN BT LSE_T ROW_W DY DW DB COL_Q "
     "CROSS CENTER LSE0 COL_P0 N:i32 K:i32 D:i32 inv_ts:fp32 inv_tt:fp32 k_per_split:i32",
 }
-# (kernel, extra constexprs) as launched: _column_mix with and without the [K, D] sum (forward);
-# the backward's _student_grad with dY and dW/dB (training; where fuses_backward allows), dY
+# (kernel, extra constexprs) as launched: the row log-sum-exp with and without its uncentred
+# twin; _column_mix (centring's column sums); the forward's _teacher_mix with V and q^T Z, V
+# alone (frozen prototypes, or the first of two launches) and q^T Z alone (the second); the
+# backward's _student_grad with dY and dW/dB (training; where fuses_backward allows), dY
 # alone (prototypes frozen, or the first of two launches) and dW/dB alone (embeddings detached);
 # the aligned-rows sweep (kernels/triton_aligned.py) with the same three and with neither
 # (no grad mode: the loss alone), each with and without the uncentred column sums (HAS_RAW,
-# probability centring's statistic); the row log-sum-exp with and without its uncentred twin
+# probability centring's statistic)
 VARIANTS = [
     *(("_row_lse_kernel", {"HAS_RAW": raw}) for raw in (False, True)),
-    ("_row_mix_kernel", {}),
-    *(("_column_mix_kernel", {"HAS_M": has_m}) for has_m in (True, False)),
+    ("_column_mix_kernel", {}),
+    *(
+        ("_teacher_mix_kernel", {"HAS_V": v, "HAS_M": m})
+        for v, m in ((True, True), (True, False), (False, True))
+    ),
     *(
         ("_student_grad_kernel", {"HAS_DY": dy, "HAS_DW": dw})
         for dy, dw in ((True, True), (True, False), (False, True))
@@ -132,7 +138,9 @@ class Job:
 
     def label(self) -> str:
         c = dict(self.constexprs)
-        flags = "".join(f" {k}" for k in ("HAS_M", "HAS_DY", "HAS_DW", "HAS_RAW") if c.get(k))
+        flags = "".join(
+            f" {k}" for k in ("HAS_V", "HAS_M", "HAS_DY", "HAS_DW", "HAS_RAW") if c.get(k)
+        )
         return f"{self.kernel}{flags}"
 
 
@@ -144,12 +152,14 @@ def _launch_config(kernel: str, extra: dict[str, bool], block_d: int,
     cfg = compiled_config(block_d, dtype)
     if kernel == "_aligned_grad_kernel":
         return aligned_config(cfg)
+    if kernel == "_teacher_mix_kernel":  # both sums in one launch only where fuses_backward
+        cfg = mix_config(cfg)
+        return None if extra["HAS_V"] and extra["HAS_M"] and not fuses_backward(cfg) else cfg
     if kernel != "_student_grad_kernel":
         return dict(cfg)
     cfg = backward_config(cfg)
-    if extra["HAS_DY"] and extra["HAS_DW"] and not fuses_backward(cfg):
-        return None
-    return cfg
+    fused = extra["HAS_DY"] and extra["HAS_DW"]
+    return None if fused and not fuses_backward(cfg) else cfg
 
 
 def jobs() -> list[Job]:

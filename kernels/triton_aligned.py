@@ -30,34 +30,22 @@ from fastproto.kernels.triton_loss import (
     _row_lse,
     _row_lse_pair,
     _splits,
-    backward_config,
     fuses_backward,
+    mix_config,
     prototype_cross_entropy_triton,
     teacher_statistics_triton,
 )
 from torch import Tensor
 
-# BLOCK * (BLOCK + BLOCK_D) bound of the sweep's blocks: it holds three float32 logit tiles
-# (a, q, g: [BLOCK, BLOCK]) beside the fused backward's [BLOCK, BLOCK_D] ones, and at
-# BLOCK_D = 64 the backward's 64 x 64 blocks spilled 412 B per thread on sm_80 (half inputs)
-ALIGNED_TILE_LIMIT = 6144
-
 
 def aligned_config(cfg: dict[str, Any]) -> dict[str, Any] | None:
-    """The sweep's sizes from the forward's `cfg`, or None where the general kernels run
-    instead: BLOCK_D = 1024, where the fused backward is two launches, and compiled float32
-    at every width, whose IEEE dots spilled 280-5500 B per thread at each BLOCK_D >= 64 on
-    sm_80 and sm_90 (bench/results/kernel_compile_table.md has the sizes kept). Otherwise
-    backward_config's sizes, halved down to 16 while over ALIGNED_TILE_LIMIT."""
-    out = backward_config(cfg)
+    """The sweep's sizes from the forward's `cfg` (mix_config's), or None where the general
+    kernels run instead: BLOCK_D = 1024, where the fused backward is two launches, and compiled
+    float32 at every width, whose IEEE dots spilled 280-5500 B per thread at each BLOCK_D >= 64
+    on sm_80 and sm_90 (bench/results/kernel_compile_table.md has the sizes kept)."""
+    out = mix_config(cfg)
     if not fuses_backward(out) or (out["IEEE"] and not out["CAST_FP32"]):
         return None
-    while (
-        out["BLOCK_N"] > 16
-        and out["BLOCK_N"] * (out["BLOCK_N"] + out["BLOCK_D"]) > ALIGNED_TILE_LIMIT
-    ):
-        out["BLOCK_N"] //= 2
-        out["BLOCK_K"] //= 2
     return out
 
 

@@ -5,11 +5,12 @@ l = y w^T * inv_temp + bias [BLOCK_N, BLOCK_K] and weights them as p = exp(l - s
 per-row shift (a row log-sum-exp, possibly minus log of a row weight); nothing N x K is stored.
 
     _row_lse_kernel     grid (row blocks, K splits): running (max, sum exp) per row and split
-    _row_mix_kernel     grid (row blocks, K splits): out[n] = sum_k p[n, k] M[k]  [S, N, D],
-                        out_b[n] = sum_k p[n, k] mb[k]  [S, N]      (V, u)
-    _column_mix_kernel  grid (K blocks, row splits): out_m[k] = sum_n p[n, k] R[n]  [S, K, D],
-                        out_1[k] = sum_n p[n, k], out_2[k] = sum_n p[n, k] r[n]  [S, K]
-                        (teacher column sums, q^T Z, q^T c; partials per row split)
+    _column_mix_kernel  grid (K blocks, row splits): out_1[k] = sum_n p[n, k]  [S, K]
+                        (teacher column sums for centring's statistics; partials per split)
+    _teacher_mix_kernel grid (row blocks, K splits), the forward's teacher side in one pass:
+                        V[s, n] = sum_k p[n, k] w_s[k]  [S, N, D], u[s, n] = sum_k p bias_s
+                        [S, N], and by float32 atomic adds q^T Z [K, D], column sums [K], q^T c
+                        [K]
     _student_grad_kernel  grid (row blocks, K splits), the whole backward in one pass over the
                         student tiles: DY[s, n] = sum_k p[n, k] w_s[k]  [S, N, D], and
                         DW[k] += sum_n p[n, k] y_s[n]  [K, D], DB[k] += sum_n p[n, k]  [K]
@@ -120,67 +121,25 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _row_mix_kernel(Y, W, BIAS, SHIFT, M, MB, OUT, OUT_B, N, K, D, inv_temp, k_per_split,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                    CAST_FP32: tl.constexpr, IEEE: tl.constexpr):  # fmt: skip
-    pid_n = tl.program_id(0).to(tl.int64)
-    pid_s = tl.program_id(1).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    y = _load_rows(Y, offs_n, N, D, BLOCK_D, CAST_FP32)
-    shift = tl.load(SHIFT + offs_n, mask=offs_n < N, other=float("inf"))  # padded rows: p = 0
-    acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    acc_b = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    k_start = pid_s * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, K)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        w, bias = _load_protos(W, BIAS, offs_k, k_end, D, BLOCK_D, CAST_FP32)
-        p = tl.exp(_logits(y, w, bias, offs_k, k_end, inv_temp, IEEE) - shift[:, None])
-        m, mb = _load_protos(M, MB, offs_k, k_end, D, BLOCK_D, CAST_FP32)
-        acc += _dot(p, m, IEEE)
-        acc_b += tl.sum(p * mb[None, :], axis=1)
-    out = pid_s * N + offs_n
-    mask = (offs_n < N)[:, None] & (offs_d[None, :] < D)
-    tl.store(OUT + out[:, None] * D + offs_d[None, :], acc, mask=mask)
-    tl.store(OUT_B + out, acc_b, mask=offs_n < N)
-
-
-@triton.jit
-def _column_mix_kernel(Y, W, BIAS, SHIFT, R, RV, OUT_M, OUT_1, OUT_2, N, K, D, inv_temp,
-                       n_per_split, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       BLOCK_D: tl.constexpr, CAST_FP32: tl.constexpr, IEEE: tl.constexpr,
-                       HAS_M: tl.constexpr):  # fmt: skip
+def _column_mix_kernel(Y, W, BIAS, SHIFT, OUT_1, N, K, D, inv_temp, n_per_split,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                       CAST_FP32: tl.constexpr, IEEE: tl.constexpr):  # fmt: skip
     # One program: a block of prototypes against the rows of one split (n_per_split rows, a
-    # multiple of BLOCK_N). Its sums are the split's partial: OUT_M [S, K, D], OUT_1 and OUT_2
-    # [S, K], added up by the launcher (no atomics, so the sums are deterministic).
+    # multiple of BLOCK_N). Its column sums are the split's partial OUT_1 [S, K], added up by the
+    # launcher (no atomics, so the sums are deterministic).
     pid_k = tl.program_id(0).to(tl.int64)
     pid_s = tl.program_id(1).to(tl.int64)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_d = tl.arange(0, BLOCK_D)
-    kmask = offs_k < K
     w, bias = _load_protos(W, BIAS, offs_k, K, D, BLOCK_D, CAST_FP32)
-    acc_m = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
     acc_1 = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    acc_2 = tl.zeros((BLOCK_K,), dtype=tl.float32)
     r_end = tl.minimum((pid_s + 1) * n_per_split, N)
     for r0 in range(pid_s * n_per_split, r_end, BLOCK_N):
         offs_n = r0 + tl.arange(0, BLOCK_N).to(tl.int64)
         y = _load_rows(Y, offs_n, r_end, D, BLOCK_D, CAST_FP32)
         shift = tl.load(SHIFT + offs_n, mask=offs_n < r_end, other=float("inf"))
         p = tl.exp(_logits(y, w, bias, offs_k, K, inv_temp, IEEE) - shift[:, None])
-        if HAS_M:
-            r = _load_rows(R, offs_n, r_end, D, BLOCK_D, CAST_FP32)
-            acc_m += _dot(tl.trans(p), r, IEEE)
         acc_1 += tl.sum(p, axis=0)
-        rv = tl.load(RV + offs_n, mask=offs_n < r_end, other=0.0)
-        acc_2 += tl.sum(p * rv[:, None], axis=0)
-    out_k = pid_s * K + offs_k  # [BLOCK_K] rows of the [S * K, ...] partials
-    if HAS_M:
-        out_m = out_k[:, None] * D + offs_d[None, :]
-        tl.store(OUT_M + out_m, acc_m, mask=kmask[:, None] & (offs_d[None, :] < D))
-    tl.store(OUT_1 + out_k, acc_1, mask=kmask)
-    tl.store(OUT_2 + out_k, acc_2, mask=kmask)
+    tl.store(OUT_1 + pid_s * K + offs_k, acc_1, mask=offs_k < K)
 
 
 @triton.jit
@@ -211,6 +170,48 @@ def _add_column_tile(OUT, offs_k, k_end, D, tile, BLOCK_D: tl.constexpr):
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_k < k_end)[:, None] & (offs_d[None, :] < D)
     tl.atomic_add(OUT + offs_k[:, None] * D + offs_d[None, :], tile, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _teacher_mix_kernel(Y, W, BIAS, SHIFT, M, MB, R, RV, OUT, OUT_B, QZ, COL, QC, N, K, D,
+                        inv_temp, k_per_split, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        BLOCK_D: tl.constexpr, CAST_FP32: tl.constexpr, IEEE: tl.constexpr,
+                        HAS_V: tl.constexpr, HAS_M: tl.constexpr):  # fmt: skip
+    # The forward's teacher side in one pass over the teacher tiles p = exp(l - shift): a
+    # program owns a block of teacher rows against the K blocks of one split. HAS_V, row side
+    # (owned, one partial per split): OUT[s, n] = sum_k p M[k] [S, N, D] (V), OUT_B[s, n] =
+    # sum_k p MB[k] [S, N] (u), and the column sums COL[k] += sum_n p, QC[k] += sum_n p RV[n]
+    # [K]. HAS_M: QZ[k] += sum_n p R[n] [K, D] (q^T Z). Column side by atomic adds across row
+    # blocks. Where both spill (BLOCK_D = 1024) they are two launches.
+    pid_s = tl.program_id(1).to(tl.int64)
+    offs_n, y, shift = _row_block(Y, SHIFT, tl.program_id(0).to(tl.int64), N, D, BLOCK_N,
+                                  BLOCK_D, CAST_FP32)  # fmt: skip
+    offs_d = tl.arange(0, BLOCK_D)
+    if HAS_M:
+        r = _load_rows(R, offs_n, N, D, BLOCK_D, CAST_FP32)
+    rv = tl.load(RV + offs_n, mask=offs_n < N, other=0.0)
+    acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    k_end = tl.minimum((pid_s + 1) * k_per_split, K)
+    for k0 in range(pid_s * k_per_split, k_end, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        kmask = offs_k < k_end
+        _w, p = _weighted_tile(y, shift, W, BIAS, offs_k, k_end, D, inv_temp, BLOCK_D, CAST_FP32,
+                               IEEE)  # fmt: skip
+        if HAS_V:
+            m, mb = _load_protos(M, MB, offs_k, k_end, D, BLOCK_D, CAST_FP32)
+            acc += _dot(p, m, IEEE)
+            acc_b += tl.sum(p * mb[None, :], axis=1)
+            tl.atomic_add(COL + offs_k, tl.sum(p, axis=0), mask=kmask, sem="relaxed")
+            qc = tl.sum(p * rv[:, None], axis=0)
+            tl.atomic_add(QC + offs_k, qc, mask=kmask, sem="relaxed")
+        if HAS_M:
+            _add_column_tile(QZ, offs_k, k_end, D, _dot(tl.trans(p), r, IEEE), BLOCK_D)
+    if HAS_V:
+        out = pid_s * N + offs_n
+        mask = (offs_n < N)[:, None] & (offs_d[None, :] < D)
+        tl.store(OUT + out[:, None] * D + offs_d[None, :], acc, mask=mask)
+        tl.store(OUT_B + out, acc_b, mask=offs_n < N)
 
 
 @triton.jit

@@ -4,8 +4,8 @@ Math and notation: kernels/chunked.py (the PyTorch twin, same algebra) and
 kernels/triton_kernels.py. With q = softmax(b) and the pair table folded into teacher rows:
 
 Forward:  lse_t [Nt], lse_s [Ns]              _row_lse_kernel (partials [S, N] merged here)
-          V = q @ w_s [Nt, D], u = q @ bias_s   _row_mix_kernel on teacher rows
-          col_sum [K], q^T Z [K, D], q^T c [K]  _column_mix_kernel on teacher rows
+          V = q @ w_s [Nt, D], u = q @ bias_s,  _teacher_mix_kernel, one pass over the
+          col_sum [K], q^T Z [K, D], q^T c [K]  teacher tiles
           loss = sum_n W[n] lse_s[n] - sum_{n,p} weight (<y_s[n], V[t]>/tau_s + u[t])
 Backward: p = W softmax(a) = exp(a - (lse_s - log W)), one pass over the student tiles:
           dL/dy_s = (p @ w_s - sum_p weight V[t])/tau_s                    _student_grad_kernel
@@ -29,8 +29,8 @@ from fastproto.kernels.common import pair_table, student_bias, teacher_bias
 from fastproto.kernels.triton_kernels import (
     _column_mix_kernel,
     _row_lse_kernel,
-    _row_mix_kernel,
     _student_grad_kernel,
+    _teacher_mix_kernel,
 )
 from torch import Tensor
 
@@ -162,37 +162,45 @@ def _check_input(dim: int, dtype: torch.dtype) -> None:
         )
 
 
-def _row_mix(rows, protos, bias, shift, mix, mix_b, inv_temp: float, cfg: dict[str, Any]):
-    """sum_k exp(logit[n, k] - shift[n]) * (mix[k], mix_b[k]) -> ([N, D], [N]) float32."""
-    n, k, d = rows.shape[0], protos.shape[0], protos.shape[1]
+TeacherMix = tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]
+
+
+def _teacher_mix(rows, protos, bias, shift, mix, mix_b, z, c, inv_temp: float,
+                 cfg: dict[str, Any]) -> TeacherMix:  # fmt: skip
+    """One pass over the teacher tiles q = exp(logit - shift[n]) [Nt, K] (never held) -> V = q @
+    mix [Nt, D], u = q @ mix_b [Nt], q^T z [K, D] (None when z is None), column sums [K] and
+    q^T c [K], all float32. `cfg`: mix_config's sizes. Two passes where fuses_backward says
+    no (BLOCK_D = 1024), the [K, D] sum in the second."""
+    n, (k, d), dev = rows.shape[0], protos.shape, rows.device
     n_splits, per_split = _splits(n, k, cfg)
-    out = torch.empty(n_splits, n, d, dtype=torch.float32, device=rows.device)  # [S, N, D]
-    out_b = torch.empty(n_splits, n, dtype=torch.float32, device=rows.device)  # [S, N]
+    out = torch.empty(n_splits, n, d, dtype=torch.float32, device=dev)  # [S, N, D] partials
+    out_b = torch.empty(n_splits, n, dtype=torch.float32, device=dev)  # [S, N]
+    # q^T z is the prototype gradient buffer; the column sums add up across row blocks
+    qz = None if z is None else torch.zeros(k, d, dtype=torch.float32, device=dev)
+    col = torch.zeros(k, dtype=torch.float32, device=dev)
+    qc = torch.zeros_like(col)
+    if qz is None:
+        launches = [(True, False)]
+    else:
+        launches = [(True, True)] if fuses_backward(cfg) else [(True, False), (False, True)]
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), n_splits)
-    _row_mix_kernel[grid](rows, protos, bias, shift, mix, mix_b, out, out_b, n, k, d, inv_temp,
-                          per_split, **cfg)  # fmt: skip
-    return out.sum(dim=0), out_b.sum(dim=0)
+    for has_v, has_m in launches:
+        _teacher_mix_kernel[grid](rows, protos, bias, shift, mix, mix_b, rows if z is None else z,
+                                  c, out, out_b, col if qz is None else qz, col, qc, n, k, d,
+                                  inv_temp, per_split, **cfg, HAS_V=has_v,
+                                  HAS_M=has_m)  # fmt: skip
+    return out.sum(dim=0), out_b.sum(dim=0), qz, col, qc
 
 
-def _column_mix(rows, protos, bias, shift, mix, mix_v, inv_temp: float, cfg: dict[str, Any]):
-    """sum_n exp(logit[n, k] - shift[n]) * (mix[n], 1, mix_v[n]) -> ([K, D] or None, [K], [K]).
-
-    mix=None skips the [K, D] sum.
-    """
-    (k, d), n, dev = protos.shape, rows.shape[0], protos.device
+def _column_sums(rows, protos, bias, shift, inv_temp: float, cfg: dict[str, Any]) -> Tensor:
+    """sum_n exp(logit[n, k] - shift[n]) -> [K] float32, deterministic (per-split partials)."""
+    (k, _), n, dev = protos.shape, rows.shape[0], protos.device
     n_splits, per_split = _row_splits(n, k, cfg)
-    # partials per row split, [S, K, D] and [S, K]; S > 1 only while K has fewer blocks than
-    # TARGET_PROGRAMS, so the [S, K, D] partials stay below TARGET_PROGRAMS * BLOCK_K * D floats
-    out_m = None if mix is None else torch.empty(n_splits, k, d, dtype=torch.float32, device=dev)
-    out_1 = torch.empty(n_splits, k, dtype=torch.float32, device=dev)
-    out_2 = torch.empty_like(out_1)
+    out = torch.empty(n_splits, k, dtype=torch.float32, device=dev)  # [S, K]
     grid = (triton.cdiv(k, cfg["BLOCK_K"]), n_splits)
-    _column_mix_kernel[grid](rows, protos, bias, shift, rows if mix is None else mix, mix_v,
-                             out_2 if out_m is None else out_m, out_1, out_2, n, k, d, inv_temp,
-                             per_split, **cfg, HAS_M=mix is not None)  # fmt: skip
-    # one split: its [K, D] is the result, a view (no copy of a [K, D] at large K)
-    qz = None if out_m is None else out_m[0] if n_splits == 1 else out_m.sum(dim=0)
-    return qz, out_1.sum(dim=0), out_2.sum(dim=0)
+    _column_mix_kernel[grid](rows, protos, bias, shift, out, n, k, rows.shape[1], inv_temp,
+                             per_split, **cfg)  # fmt: skip
+    return out.sum(dim=0)
 
 
 def backward_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +219,25 @@ def backward_config(cfg: dict[str, Any]) -> dict[str, Any]:
             out[key] //= 2
     if not out["IEEE"] and out["BLOCK_N"] == out["BLOCK_K"] == 16 and out["BLOCK_D"] in WIDE:
         out["BLOCK_K"], out["num_warps"] = 32, WIDE[out["BLOCK_D"]]
+    return out
+
+
+# BLOCK * (BLOCK + BLOCK_D) bound of the blocks of the one-pass mixes (the teacher mix, the
+# aligned sweep): they hold float32 logit tiles [BLOCK, BLOCK] beside the backward's [BLOCK,
+# BLOCK_D] ones, and at BLOCK_D = 64 the backward's 64 x 64 blocks spilled 140-412 B per thread
+# on sm_80 (half inputs) in both
+MIX_TILE_LIMIT = 6144
+
+
+def mix_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The one-pass mixes' sizes from the forward's `cfg`: backward_config's, halved down to 16
+    while BLOCK * (BLOCK + BLOCK_D) > MIX_TILE_LIMIT."""
+    out = backward_config(cfg)
+    while out["BLOCK_N"] > 16 and out["BLOCK_N"] * (out["BLOCK_N"] + out["BLOCK_D"]) > (
+        MIX_TILE_LIMIT
+    ):
+        out["BLOCK_N"] //= 2
+        out["BLOCK_K"] //= 2
     return out
 
 
@@ -306,10 +333,11 @@ class _TritonLoss(torch.autograd.Function):
         nt = yt.shape[0]
         lse_t = _row_lse(yt, wt, bt, inv_tt, cfg)  # [Nt]
         lse_s = _row_lse(ys, ws, bs, inv_ts, cfg)  # [Ns]
-        v, u = _row_mix(yt, wt, bt, lse_t, ws, bs, inv_tt, cfg)  # [Nt, D], [Nt]
         z = _scatter_pairs(ys, rows, pair_w, nt).to(ys.dtype) if ctx.needs_input_grad[1] else None
         c = _scatter_pairs(torch.ones_like(lse_s), rows, pair_w, nt)  # [Nt]
-        qz, col_sum, qc = _column_mix(yt, wt, bt, lse_t, z, c, inv_tt, cfg)
+        # [Nt, D], [Nt], [K, D] or None, [K], [K]: the teacher side in one pass
+        v, u, qz, col_sum, qc = _teacher_mix(yt, wt, bt, lse_t, ws, bs, z, c, inv_tt,
+                                             mix_config(cfg))  # fmt: skip
         row_w = pair_w.sum(dim=1)  # [Ns]
         cross = (ys.float() * _gather_pairs(v, rows, pair_w)).sum() * inv_ts
         loss = (row_w * lse_s).sum() - cross - (pair_w * u[rows]).sum()
@@ -379,6 +407,5 @@ def teacher_statistics_triton(
         bt = teacher_bias(teacher_protos, center, teacher_temp, vmf).float().contiguous()
         inv_tt = 1.0 / teacher_temp
         lse_t = _row_lse(yt, wt, bt, inv_tt, cfg)
-        ones = torch.ones_like(lse_t)
-        _, col_sum, _ = _column_mix(yt, wt, bt, lse_t, None, ones, inv_tt, cfg)
+        col_sum = _column_sums(yt, wt, bt, lse_t, inv_tt, cfg)
     return lse_t, col_sum / teacher.shape[0]

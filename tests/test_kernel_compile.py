@@ -50,8 +50,9 @@ def test_every_dispatch_configuration_compiles_within_limits(
     assert int(summary.split()[0]) >= 100 and summary.endswith(" 0 over a limit"), summary
 
 
-# Lines of the TTGIR triton 3.8 made for sm_90 from _row_mix_kernel (bf16, BLOCK_D = 256, 64
-# rows, 8 warps) and _aligned_grad_kernel (bf16, BLOCK_D = 256, 16 rows, 8 warps), shortened
+# Lines of the TTGIR triton 3.8 made for sm_90 from the former _row_mix_kernel (bf16,
+# BLOCK_D = 256, 64 rows, 8 warps) and _aligned_grad_kernel (bf16, BLOCK_D = 256, 16 rows, 8
+# warps, before backward_config's WIDE), shortened
 ROW_MIX_TTGIR = "\n".join([
     "#mma = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [8, 1], "
     "instrShape = [16, 32, 16]}>",

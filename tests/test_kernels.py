@@ -416,3 +416,18 @@ def test_gpu_offsets_past_two_to_the_31() -> None:
         scale = max(1.0, float(w.abs().max()))
         err = float((g.double() - w).abs().max())
         assert err <= 1e-4 * scale, f"{name}: {err}"
+
+
+def test_triton_pair_table_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass count of bench/results/kernel_passes.md for the pair table: two row
+    log-sum-exps, one teacher mix (V, u, q^T Z and the column sums from each teacher tile) in the
+    forward and one student pass (dY and dW) in the backward: 1 + 1 + 3 + 3 = 8."""
+    import fastproto.kernels.triton_loss as tl_mod
+    from kernel_launches import count_launches
+
+    names = ("_row_lse_kernel", "_teacher_mix_kernel", "_student_grad_kernel")
+    lse, mix, grad = (count_launches(monkeypatch, tl_mod, name) for name in names)
+    run(_backward_case().cast(torch.float32), "triton", 1.0)
+    assert len(lse.calls) == 3  # teacher and student rows, then teacher_statistics' own
+    assert mix.calls == [{"HAS_V": True, "HAS_M": True}]
+    assert grad.calls == [{"HAS_DY": True, "HAS_DW": True}]

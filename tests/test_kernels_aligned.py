@@ -7,8 +7,6 @@ most twice that of the reference run in the same precision, plus a floor.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
 from fastproto.kernels import (
@@ -16,6 +14,7 @@ from fastproto.kernels import (
     aligned_cross_entropy_with_raw_means,
     teacher_statistics,
 )
+from kernel_launches import Launches, count_launches
 from test_kernels import (
     FLOOR,
     STUDENT_TEMP,
@@ -124,28 +123,13 @@ def test_aligned_partial_gradients(need: tuple[bool, bool]) -> None:
             torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4)
 
 
-class _Counting:
-    """Stands in for a triton kernel: counts launches and records their constexpr flags."""
-
-    def __init__(self, kernel: Any) -> None:
-        self.kernel, self.calls = kernel, []
-
-    def __getitem__(self, grid: tuple) -> Any:
-        def launch(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append({k: v for k, v in kwargs.items() if k.startswith("HAS_")})
-            return self.kernel[grid](*args, **kwargs)
-
-        return launch
-
-
-def _count_launches(monkeypatch: pytest.MonkeyPatch) -> tuple[_Counting, _Counting]:
+def _count_launches(monkeypatch: pytest.MonkeyPatch) -> tuple[Launches, Launches]:
     import fastproto.kernels.triton_aligned as al_mod
     import fastproto.kernels.triton_loss as tl_mod
 
-    lse, sweep = _Counting(tl_mod._row_lse_kernel), _Counting(al_mod._aligned_grad_kernel)
-    monkeypatch.setattr(tl_mod, "_row_lse_kernel", lse)
-    monkeypatch.setattr(al_mod, "_aligned_grad_kernel", sweep)
-    return lse, sweep
+    return count_launches(monkeypatch, tl_mod, "_row_lse_kernel"), count_launches(
+        monkeypatch, al_mod, "_aligned_grad_kernel"
+    )
 
 
 def test_aligned_passes_two_row_sweeps_and_one_gradient_sweep(

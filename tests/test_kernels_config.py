@@ -88,7 +88,8 @@ def test_aligned_sweep_runs_half_precision_up_to_block_d_512(
 ) -> None:
     """The aligned sweep takes compiled half-precision inputs up to BLOCK_D = 512 with blocks
     under its tile bound; compiled float32 and BLOCK_D = 1024 go to the general kernels."""
-    from fastproto.kernels.triton_aligned import ALIGNED_TILE_LIMIT, aligned_config
+    from fastproto.kernels.triton_aligned import aligned_config
+    from fastproto.kernels.triton_loss import MIX_TILE_LIMIT
 
     assert aligned_config(compiled_config(monkeypatch, dim, torch.float32)) is None
     cfg = aligned_config(compiled_config(monkeypatch, dim, torch.bfloat16))
@@ -97,5 +98,5 @@ def test_aligned_sweep_runs_half_precision_up_to_block_d_512(
         return
     assert cfg is not None and cfg["BLOCK_K"] == (32 if dim > 128 else cfg["BLOCK_N"])
     assert cfg["BLOCK_N"] == 16 or cfg["BLOCK_N"] * (cfg["BLOCK_N"] + cfg["BLOCK_D"]) <= (
-        ALIGNED_TILE_LIMIT
+        MIX_TILE_LIMIT
     )
