@@ -399,6 +399,18 @@ def test_gpu_large_shapes(shape: tuple, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_wide_rows_in_two_launches(dtype: torch.dtype) -> None:
+    """D = 1000 (BLOCK_D = 1024), where the teacher mix and the backward are two launches each,
+    compiled at DINO CLS sizes, against float64."""
+    c = make_case(768, 128, 8192, 1000, 2, vmf=True, centred=True)
+    want = run(c.cast(torch.float64, "cuda"), "reference", 0.5)
+    low = c.cast(dtype, "cuda")
+    baseline = max_err(run(low, "reference", 0.5), want)
+    assert_close_rel(run(low, "triton", 0.5), want, baseline, dtype)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gpu_mixed_dtypes_like_autocast(dtype: torch.dtype) -> None:
     """Compiled: half dots on tensor cores with float32 prototypes, judged as on the CPU."""

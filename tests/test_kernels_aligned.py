@@ -259,9 +259,11 @@ def test_raw_means_ride_in_the_same_launches(monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gpu_aligned_at_ibot_patch_sizes(dtype: torch.dtype) -> None:
-    """Compiled, at iBOT's patch rows (B = 64, 196 tokens) and K = 8192: against float64."""
-    c = aligned_case(64 * 196, 8192, 256)
+@pytest.mark.parametrize("dim", [256, 1000])
+def test_gpu_aligned_at_ibot_patch_sizes(dtype: torch.dtype, dim: int) -> None:
+    """Compiled, at iBOT's patch rows (B = 64, 196 tokens) and K = 8192: against float64. bf16
+    at D = 256 is the sweep; float32, and D = 1000 (BLOCK_D = 1024), the general kernels."""
+    c = aligned_case(64 * 196, 8192, dim)
     scale = 0.5
     want = run_aligned(c.cast(torch.float64, "cuda"), "reference", scale)
     low = c.cast(dtype, "cuda")
