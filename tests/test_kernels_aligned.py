@@ -269,3 +269,17 @@ def test_gpu_aligned_at_ibot_patch_sizes(dtype: torch.dtype, dim: int) -> None:
     low = c.cast(dtype, "cuda")
     baseline = max_err(run_aligned(low, "reference", scale), want)
     assert_close_rel(run_aligned(low, "triton", scale), want, baseline, dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_aligned_offsets_past_two_to_the_31() -> None:
+    """N * K = 12544 * 262144 > 2^31 through the bf16 sweep (int64 offsets of dY, the cross
+    term and the atomics), against chunked in float64: a wrapped offset gives garbage, far
+    beyond bf16's rounding."""
+    c = aligned_case(64 * 196, 262144, 256)
+    assert c.student.shape[0] * c.student_protos.shape[0] > 2**31
+    want = run_aligned(c.cast(torch.float64, "cuda"), "chunked", 1.0)
+    got = run_aligned(c.cast(torch.bfloat16, "cuda"), "triton", 1.0)
+    for g, w in zip(got, want, strict=True):
+        scale = max(1.0, float(w.abs().max()))
+        assert float((g.double() - w).abs().max()) <= FLOOR[torch.bfloat16] * scale
