@@ -87,8 +87,8 @@ ARGS = {
     "inv_temp:fp32 k_per_split:i32",
     "_column_mix_kernel": "Y:IN W:IN BIAS SHIFT OUT_1 N:i32 K:i32 D:i32 inv_temp:fp32 "
     "n_per_split:i32",
-    "_teacher_mix_kernel": "Y:IN W:IN BIAS SHIFT M:IN MB R:IN RV OUT OUT_B QZ COL QC N:i32 K:i32 "
-    "D:i32 inv_temp:fp32 k_per_split:i32",
+    "_teacher_mix_kernel": "Y:IN W:IN BIAS SHIFT M:IN MB R:IN RV OUT OUT_B QZ COL QC CENTER LSE0 "
+    "COL_P0 N:i32 K:i32 D:i32 inv_temp:fp32 k_per_split:i32",
     "_student_grad_kernel": "Y:IN W:IN BIAS SHIFT DY DW DB N:i32 K:i32 D:i32 inv_temp:fp32 "
     "k_per_split:i32",
     "_aligned_grad_kernel": "YS:IN WS:IN BS LSE_S YT:IN WT:IN BT LSE_T ROW_W DY DW DB COL_Q "
@@ -96,18 +96,25 @@ ARGS = {
 }
 # (kernel, extra constexprs) as launched: the row log-sum-exp with and without its uncentred
 # twin; _column_mix (centring's column sums); the forward's _teacher_mix with V and q^T Z, V
-# alone (frozen prototypes, or the first of two launches) and q^T Z alone (the second); the
-# backward's _student_grad with dY and dW/dB (training; where fuses_backward allows), dY
-# alone (prototypes frozen, or the first of two launches) and dW/dB alone (embeddings detached);
-# the aligned-rows sweep (kernels/triton_aligned.py) with the same three and with neither
-# (no grad mode: the loss alone), each with and without the uncentred column sums (HAS_RAW,
-# probability centring's statistic)
+# alone (frozen prototypes, or the first of two launches) and q^T Z alone (the second), the
+# first two with and without the uncentred column sums (HAS_RAW); the backward's _student_grad
+# with dY and dW/dB (training; where fuses_backward allows), dY alone (prototypes frozen, or the
+# first of two launches) and dW/dB alone (embeddings detached); the aligned-rows sweep
+# (kernels/triton_aligned.py) with the same three and with neither (no grad mode: the loss
+# alone), each with and without the uncentred column sums (HAS_RAW, probability centring's
+# statistic)
 VARIANTS = [
     *(("_row_lse_kernel", {"HAS_RAW": raw}) for raw in (False, True)),
     ("_column_mix_kernel", {}),
     *(
-        ("_teacher_mix_kernel", {"HAS_V": v, "HAS_M": m})
-        for v, m in ((True, True), (True, False), (False, True))
+        ("_teacher_mix_kernel", {"HAS_V": v, "HAS_M": m, "HAS_RAW": raw})
+        for v, m, raw in (
+            (True, True, False),
+            (True, True, True),
+            (True, False, False),
+            (True, False, True),
+            (False, True, False),
+        )
     ),
     *(
         ("_student_grad_kernel", {"HAS_DY": dy, "HAS_DW": dw})

@@ -5,11 +5,16 @@ K blocks, any device) and "triton" (fused GPU kernels); "auto" picks triton on C
 """
 
 from fastproto.kernels.aligned import aligned_cross_entropy, aligned_cross_entropy_with_raw_means
-from fastproto.kernels.dispatch import prototype_cross_entropy, teacher_statistics
+from fastproto.kernels.dispatch import (
+    prototype_cross_entropy,
+    prototype_cross_entropy_with_raw_means,
+    teacher_statistics,
+)
 
 __all__ = [
     "aligned_cross_entropy",
     "aligned_cross_entropy_with_raw_means",
     "prototype_cross_entropy",
+    "prototype_cross_entropy_with_raw_means",
     "teacher_statistics",
 ]

@@ -4,8 +4,7 @@ Both are prototype_cross_entropy with targets arange(N)[:, None] and weights[:, 
 result on every impl; the triton impl makes it in one sweep after the row log-sum-exps
 (kernels/triton_aligned.py). `aligned_cross_entropy_with_raw_means` also returns the batch mean
 of the uncentred teacher softmax [K], the statistic probability centring folds into its state:
-on triton it rides in the loss's own sweeps, elsewhere it is `teacher_statistics` with a zero
-centre, as the centring module computes it.
+on triton it rides in the loss's own sweeps, elsewhere see prototype_cross_entropy_with_raw_means.
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ from fastproto.kernels.dispatch import (
     _auto_dtype,
     _require_triton_device,
     prototype_cross_entropy,
+    prototype_cross_entropy_with_raw_means,
     resolve_impl,
-    teacher_statistics,
 )
 from fastproto.kernels.validate import check_loss_inputs
 from torch import Tensor
@@ -76,12 +75,10 @@ def _aligned(student: Tensor, teacher: Tensor, student_protos: Tensor, teacher_p
             student_temp, teacher_temp, vmf)  # fmt: skip
     chosen = _auto_dtype(resolve_impl(impl, student.device), impl, student.dtype)
     if chosen != "triton":  # the pair table's own implementations
+        if raw_means:
+            return prototype_cross_entropy_with_raw_means(*args, impl=chosen)
         loss, mean_probs = prototype_cross_entropy(*args, impl=chosen)
-        if not raw_means:
-            return loss, mean_probs, None
-        zero = torch.zeros_like(center)
-        raw = teacher_statistics(teacher, teacher_protos, zero, teacher_temp, vmf, chosen)[1]
-        return loss, mean_probs, raw
+        return loss, mean_probs, None
     check_loss_inputs(*args[:-1])
     _require_triton_device(student.device)
     from fastproto.kernels.triton_aligned import aligned_cross_entropy_triton

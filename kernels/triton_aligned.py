@@ -33,7 +33,6 @@ from fastproto.kernels.triton_loss import (
     fuses_backward,
     mix_config,
     prototype_cross_entropy_triton,
-    teacher_statistics_triton,
 )
 from torch import Tensor
 
@@ -145,20 +144,15 @@ def aligned_cross_entropy_triton(
     """Loss (float32 scalar), teacher_mean_probs [K] and, with raw_means, the mean of the
     uncentred teacher softmax [K] (probability centring's batch statistic; else None), for
     student row n against teacher row n with weight weights[n] ([N]). The general kernels
-    (and teacher_statistics for the raw means) where the sweep is not fused."""
+    where the sweep is not fused."""
     dt = _dot_dtype([student, teacher], [student_protos, teacher_protos])
     _check_input(student.shape[1], dt)
     if aligned_config(_config(student.shape[1], dt)) is None:
         targets = torch.arange(student.shape[0], device=student.device)[:, None]
-        loss, mean_probs = prototype_cross_entropy_triton(
+        return prototype_cross_entropy_triton(
             student, teacher, student_protos, teacher_protos, targets, weights[:, None], center,
-            student_temp, teacher_temp, vmf,
+            student_temp, teacher_temp, vmf, raw_means,
         )  # fmt: skip
-        if not raw_means:
-            return loss, mean_probs, None
-        zero = torch.zeros_like(center)
-        return loss, mean_probs, teacher_statistics_triton(teacher, teacher_protos, zero,
-                                                           teacher_temp, vmf)[1]  # fmt: skip
     bias_s = student_bias(student_protos, student_temp, vmf).float()  # [K], autograd via ||w_s||
     # with raw_means the kernels take the uncentred bias and subtract the centre themselves
     bias_t = teacher_bias(teacher_protos, torch.zeros_like(center) if raw_means else center,

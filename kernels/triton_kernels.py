@@ -173,16 +173,19 @@ def _add_column_tile(OUT, offs_k, k_end, D, tile, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _teacher_mix_kernel(Y, W, BIAS, SHIFT, M, MB, R, RV, OUT, OUT_B, QZ, COL, QC, N, K, D,
-                        inv_temp, k_per_split, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        BLOCK_D: tl.constexpr, CAST_FP32: tl.constexpr, IEEE: tl.constexpr,
-                        HAS_V: tl.constexpr, HAS_M: tl.constexpr):  # fmt: skip
+def _teacher_mix_kernel(Y, W, BIAS, SHIFT, M, MB, R, RV, OUT, OUT_B, QZ, COL, QC, CENTER, LSE0,
+                        COL_P0, N, K, D, inv_temp, k_per_split, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, CAST_FP32: tl.constexpr,
+                        IEEE: tl.constexpr, HAS_V: tl.constexpr, HAS_M: tl.constexpr,
+                        HAS_RAW: tl.constexpr):  # fmt: skip
     # The forward's teacher side in one pass over the teacher tiles p = exp(l - shift): a
     # program owns a block of teacher rows against the K blocks of one split. HAS_V, row side
     # (owned, one partial per split): OUT[s, n] = sum_k p M[k] [S, N, D] (V), OUT_B[s, n] =
     # sum_k p MB[k] [S, N] (u), and the column sums COL[k] += sum_n p, QC[k] += sum_n p RV[n]
     # [K]. HAS_M: QZ[k] += sum_n p R[n] [K, D] (q^T Z). Column side by atomic adds across row
-    # blocks. Where both spill (BLOCK_D = 1024) they are two launches.
+    # blocks. Where both spill (BLOCK_D = 1024) they are two launches. HAS_RAW (with HAS_V):
+    # BIAS is the uncentred bias, CENTER [K] the centre, LSE0 [N] the uncentred log-sum-exp,
+    # and COL_P0[k] += sum_n exp(l - lse0) (probability centring's statistic) rides along.
     pid_s = tl.program_id(1).to(tl.int64)
     offs_n, y, shift = _row_block(Y, SHIFT, tl.program_id(0).to(tl.int64), N, D, BLOCK_N,
                                   BLOCK_D, CAST_FP32)  # fmt: skip
@@ -190,14 +193,21 @@ def _teacher_mix_kernel(Y, W, BIAS, SHIFT, M, MB, R, RV, OUT, OUT_B, QZ, COL, QC
     if HAS_M:
         r = _load_rows(R, offs_n, N, D, BLOCK_D, CAST_FP32)
     rv = tl.load(RV + offs_n, mask=offs_n < N, other=0.0)
+    if HAS_RAW:
+        lse0 = tl.load(LSE0 + offs_n, mask=offs_n < N, other=float("inf"))
     acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_N,), dtype=tl.float32)
     k_end = tl.minimum((pid_s + 1) * k_per_split, K)
     for k0 in range(pid_s * k_per_split, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         kmask = offs_k < k_end
-        _w, p = _weighted_tile(y, shift, W, BIAS, offs_k, k_end, D, inv_temp, BLOCK_D, CAST_FP32,
-                               IEEE)  # fmt: skip
+        w, bias = _load_protos(W, BIAS, offs_k, k_end, D, BLOCK_D, CAST_FP32)
+        logits = _logits(y, w, bias, offs_k, k_end, inv_temp, IEEE)  # [BLOCK_N, BLOCK_K]
+        if HAS_RAW:
+            p0 = tl.sum(tl.exp(logits - lse0[:, None]), axis=0)
+            tl.atomic_add(COL_P0 + offs_k, p0, mask=kmask, sem="relaxed")
+            logits = logits - tl.load(CENTER + offs_k, mask=kmask, other=0.0)[None, :]
+        p = tl.exp(logits - shift[:, None])
         if HAS_V:
             m, mb = _load_protos(M, MB, offs_k, k_end, D, BLOCK_D, CAST_FP32)
             acc += _dot(p, m, IEEE)

@@ -162,15 +162,16 @@ def _check_input(dim: int, dtype: torch.dtype) -> None:
         )
 
 
-TeacherMix = tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]
+TeacherMix = tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor | None]
 
 
-def _teacher_mix(rows, protos, bias, shift, mix, mix_b, z, c, inv_temp: float,
-                 cfg: dict[str, Any]) -> TeacherMix:  # fmt: skip
+def _teacher_mix(rows, protos, bias, shift, mix, mix_b, z, c, raw: tuple[Tensor, Tensor] | None,
+                 inv_temp: float, cfg: dict[str, Any]) -> TeacherMix:  # fmt: skip
     """One pass over the teacher tiles q = exp(logit - shift[n]) [Nt, K] (never held) -> V = q @
-    mix [Nt, D], u = q @ mix_b [Nt], q^T z [K, D] (None when z is None), column sums [K] and
-    q^T c [K], all float32. `cfg`: mix_config's sizes. Two passes where fuses_backward says
-    no (BLOCK_D = 1024), the [K, D] sum in the second."""
+    mix [Nt, D], u = q @ mix_b [Nt], q^T z [K, D] (None when z is None), column sums [K],
+    q^T c [K] and, with raw = (center [K], uncentred lse [N]), bias being the uncentred bias,
+    the uncentred column sums [K] (else None); all float32. `cfg`: mix_config's sizes. Two
+    passes where fuses_backward says no (BLOCK_D = 1024), the [K, D] sum in the second."""
     n, (k, d), dev = rows.shape[0], protos.shape, rows.device
     n_splits, per_split = _splits(n, k, cfg)
     out = torch.empty(n_splits, n, d, dtype=torch.float32, device=dev)  # [S, N, D] partials
@@ -179,17 +180,20 @@ def _teacher_mix(rows, protos, bias, shift, mix, mix_b, z, c, inv_temp: float,
     qz = None if z is None else torch.zeros(k, d, dtype=torch.float32, device=dev)
     col = torch.zeros(k, dtype=torch.float32, device=dev)
     qc = torch.zeros_like(col)
+    col_p0 = None if raw is None else torch.zeros_like(col)
+    center, lse0 = raw if raw is not None else (col, shift)  # unread stand-ins without raw
     if qz is None:
         launches = [(True, False)]
     else:
         launches = [(True, True)] if fuses_backward(cfg) else [(True, False), (False, True)]
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), n_splits)
-    for has_v, has_m in launches:
+    for has_v, has_m in launches:  # the uncentred column sums ride with V (the first)
         _teacher_mix_kernel[grid](rows, protos, bias, shift, mix, mix_b, rows if z is None else z,
-                                  c, out, out_b, col if qz is None else qz, col, qc, n, k, d,
-                                  inv_temp, per_split, **cfg, HAS_V=has_v,
-                                  HAS_M=has_m)  # fmt: skip
-    return out.sum(dim=0), out_b.sum(dim=0), qz, col, qc
+                                  c, out, out_b, col if qz is None else qz, col, qc, center, lse0,
+                                  col if col_p0 is None else col_p0, n, k, d, inv_temp,
+                                  per_split, **cfg, HAS_V=has_v, HAS_M=has_m,
+                                  HAS_RAW=has_v and raw is not None)  # fmt: skip
+    return out.sum(dim=0), out_b.sum(dim=0), qz, col, qc, col_p0
 
 
 def _column_sums(rows, protos, bias, shift, inv_temp: float, cfg: dict[str, Any]) -> Tensor:
@@ -225,17 +229,17 @@ def backward_config(cfg: dict[str, Any]) -> dict[str, Any]:
 # BLOCK * (BLOCK + BLOCK_D) bound of the blocks of the one-pass mixes (the teacher mix, the
 # aligned sweep): they hold float32 logit tiles [BLOCK, BLOCK] beside the backward's [BLOCK,
 # BLOCK_D] ones, and at BLOCK_D = 64 the backward's 64 x 64 blocks spilled 140-412 B per thread
-# on sm_80 (half inputs) in both
-MIX_TILE_LIMIT = 6144
+# on sm_80 (half inputs) in both; float32 (IEEE) dots hold more, and the teacher mix with the
+# uncentred column sums spilled 192-280 B at 32 x 128 on sm_90 under the half-precision bound
+MIX_TILE_LIMIT = {"half": 6144, "float32": 4096}
 
 
 def mix_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The one-pass mixes' sizes from the forward's `cfg`: backward_config's, halved down to 16
-    while BLOCK * (BLOCK + BLOCK_D) > MIX_TILE_LIMIT."""
+    while BLOCK * (BLOCK + BLOCK_D) exceeds MIX_TILE_LIMIT."""
     out = backward_config(cfg)
-    while out["BLOCK_N"] > 16 and out["BLOCK_N"] * (out["BLOCK_N"] + out["BLOCK_D"]) > (
-        MIX_TILE_LIMIT
-    ):
+    limit = MIX_TILE_LIMIT["float32" if out["IEEE"] else "half"]
+    while out["BLOCK_N"] > 16 and out["BLOCK_N"] * (out["BLOCK_N"] + out["BLOCK_D"]) > limit:
         out["BLOCK_N"] //= 2
         out["BLOCK_K"] //= 2
     return out
@@ -320,7 +324,9 @@ def _prototype_grad_buffers(ws: torch.Tensor, qz: torch.Tensor | None,
 class _TritonLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, student, student_protos, bias_s, teacher, teacher_protos, bias_t,
-                targets, weights, inv_ts: float, inv_tt: float):  # fmt: skip
+                raw_center, targets, weights, inv_ts: float, inv_tt: float):  # fmt: skip
+        # raw_center None: bias_t is the centred bias. A [K] tensor: bias_t is the uncentred
+        # one, and the uncentred mean probabilities come back too (else an empty tensor).
         # one dtype for every dot: bfloat16 embeddings under autocast make bfloat16 dots of
         # the float32 prototypes; dW still accumulates in float32 and returns as float32
         dt = _dot_dtype([student, teacher], [student_protos, teacher_protos])
@@ -331,24 +337,30 @@ class _TritonLoss(torch.autograd.Function):
         bs, bt = bias_s.detach().float().contiguous(), bias_t.detach().float().contiguous()
         rows, pair_w = pair_table(targets, weights, torch.float32)
         nt = yt.shape[0]
-        lse_t = _row_lse(yt, wt, bt, inv_tt, cfg)  # [Nt]
+        center = None if raw_center is None else raw_center.detach().float().contiguous()
+        if center is None:
+            lse_t, raw = _row_lse(yt, wt, bt, inv_tt, cfg), None  # [Nt]
+        else:  # centred and uncentred log-sum-exps from one sweep
+            lse_t, lse0 = _row_lse_pair(yt, wt, bt, center, inv_tt, cfg)
+            raw = (center, lse0)
         lse_s = _row_lse(ys, ws, bs, inv_ts, cfg)  # [Ns]
         z = _scatter_pairs(ys, rows, pair_w, nt).to(ys.dtype) if ctx.needs_input_grad[1] else None
         c = _scatter_pairs(torch.ones_like(lse_s), rows, pair_w, nt)  # [Nt]
-        # [Nt, D], [Nt], [K, D] or None, [K], [K]: the teacher side in one pass
-        v, u, qz, col_sum, qc = _teacher_mix(yt, wt, bt, lse_t, ws, bs, z, c, inv_tt,
-                                             mix_config(cfg))  # fmt: skip
+        # [Nt, D], [Nt], [K, D] or None, [K], [K], [K] or None: the teacher side in one pass
+        v, u, qz, col_sum, qc, col_p0 = _teacher_mix(yt, wt, bt, lse_t, ws, bs, z, c, raw, inv_tt,
+                                                     mix_config(cfg))  # fmt: skip
         row_w = pair_w.sum(dim=1)  # [Ns]
         cross = (ys.float() * _gather_pairs(v, rows, pair_w)).sum() * inv_ts
         loss = (row_w * lse_s).sum() - cross - (pair_w * u[rows]).sum()
         ctx.save_for_backward(ys, ws, bs, rows, pair_w, lse_s, v, qz, qc)
         ctx.inv_ts, ctx.cfg = inv_ts, cfg
         mean_probs = col_sum / nt
-        ctx.mark_non_differentiable(mean_probs)
-        return loss, mean_probs
+        raw_means = col_sum.new_empty(0) if col_p0 is None else col_p0 / nt
+        ctx.mark_non_differentiable(mean_probs, raw_means)
+        return loss, mean_probs, raw_means
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_probs: torch.Tensor):
+    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_probs: Tensor, _grad_raw: Tensor):
         ys, ws, bs, rows, pair_w, lse_s, v, qz, qc = ctx.saved_tensors
         need_y, need_w, need_b = ctx.needs_input_grad[:3]
         inv_ts, scale = ctx.inv_ts, grad_loss.float()
@@ -365,7 +377,7 @@ class _TritonLoss(torch.autograd.Function):
             out_w = dw.mul_(scale * inv_ts).to(ctx.dtypes[1])
         if need_b and db is not None:
             out_b = db.mul_(scale)
-        return out_y, out_w, out_b, None, None, None, None, None, None, None
+        return out_y, out_w, out_b, None, None, None, None, None, None, None, None
 
 
 def prototype_cross_entropy_triton(
@@ -379,16 +391,21 @@ def prototype_cross_entropy_triton(
     student_temp: float,
     teacher_temp: float,
     vmf: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss (float32 scalar) and teacher_mean_probs [K] (float32) from fused Triton kernels."""
+    raw_means: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Loss (float32 scalar), teacher_mean_probs [K] and, with raw_means, the mean of the
+    uncentred teacher softmax [K] (probability centring's batch statistic; else None), all
+    float32, from fused Triton kernels."""
     _check_input(student.shape[1], _dot_dtype([student, teacher], [student_protos, teacher_protos]))
     bias_s = student_bias(student_protos, student_temp, vmf).float()  # [K], autograd via ||w_s||
-    bias_t = teacher_bias(teacher_protos, center, teacher_temp, vmf).float()  # [K]
-    loss, mean_probs = _TritonLoss.apply(
+    # with raw_means the kernels take the uncentred bias and subtract the centre themselves
+    bias_t = teacher_bias(teacher_protos, torch.zeros_like(center) if raw_means else center,
+                          teacher_temp, vmf).float()  # fmt: skip
+    loss, mean_probs, raw = _TritonLoss.apply(
         student, student_protos, bias_s, teacher, teacher_protos, bias_t,
-        targets, weights, 1.0 / student_temp, 1.0 / teacher_temp,
+        center if raw_means else None, targets, weights, 1.0 / student_temp, 1.0 / teacher_temp,
     )  # fmt: skip
-    return loss, mean_probs
+    return loss, mean_probs, raw if raw_means else None
 
 
 def teacher_statistics_triton(

@@ -320,3 +320,24 @@ def test_probability_state_from_the_patch_loss_equals_the_module_update(
     folded.fold_column_mean(raw, teacher.shape[0])
     torch.testing.assert_close(folded.center, called.center, rtol=1e-5, atol=1e-6)
     assert float((called.center - before).abs().max()) > 1e-3  # the batch did move the state
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+def test_probability_state_from_the_cls_loss_equals_the_module_update(impl: str) -> None:
+    """The training step's CLS path, as the patch path above: current() as the centre, the
+    DINO loss's raw means into fold_column_mean, the same state as the module call."""
+    from fastproto.losses import dino_loss_with_raw_means
+
+    teacher, protos = _batch(2 * 5, 9, torch.float32)  # G = 2 global crops of B = 5 images
+    student, student_protos = _batch(4 * 5, 9, torch.float32, seed=1)  # S = 4 crops
+    called, folded = (make_centering("probability", 9, momentum=0.6) for _ in range(2))
+    for c in (called, folded):  # a state away from zero, the same in both
+        c.fold_column_mean(torch.softmax(torch.arange(9.0), 0), 5)
+    before = called(teacher, protos, 0.05, True, impl)
+    centre = folded.current(teacher.dtype)
+    _, _, raw = dino_loss_with_raw_means(student, teacher, student_protos, protos, centre, 2,
+                                         0.1, 0.05, True, impl)  # fmt: skip
+    folded.fold_column_mean(raw, teacher.shape[0])
+    torch.testing.assert_close(centre, before, rtol=0, atol=0)
+    torch.testing.assert_close(folded.center, called.center, rtol=1e-5, atol=1e-6)
+    assert float((called.center - before).abs().max()) > 1e-3

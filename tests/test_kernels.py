@@ -441,5 +441,38 @@ def test_triton_pair_table_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     lse, mix, grad = (count_launches(monkeypatch, tl_mod, name) for name in names)
     run(_backward_case().cast(torch.float32), "triton", 1.0)
     assert len(lse.calls) == 3  # teacher and student rows, then teacher_statistics' own
-    assert mix.calls == [{"HAS_V": True, "HAS_M": True}]
+    assert mix.calls == [{"HAS_V": True, "HAS_M": True, "HAS_RAW": False}]
     assert grad.calls == [{"HAS_DY": True, "HAS_DW": True}]
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+def test_pair_table_raw_means_are_the_uncentred_teacher_column_means(
+    monkeypatch: pytest.MonkeyPatch, impl: str
+) -> None:
+    """Probability centring's batch statistic from the CLS loss: on triton made by the
+    teacher's row log-sum-exp (HAS_RAW) and the teacher mix (HAS_RAW) with no launch added,
+    equal to teacher_statistics with a zero centre; the loss and gradients stay the same."""
+    import fastproto.kernels.triton_loss as tl_mod
+    from fastproto.kernels import prototype_cross_entropy_with_raw_means
+    from kernel_launches import count_launches
+
+    c = _backward_case().cast(torch.float32)
+    zero = torch.zeros_like(c.center)
+    want = teacher_statistics(c.teacher.double(), c.teacher_protos.double(), zero.double(),
+                              TEACHER_TEMP, c.vmf, impl="reference")[1]  # fmt: skip
+    lse = count_launches(monkeypatch, tl_mod, "_row_lse_kernel")
+    mix = count_launches(monkeypatch, tl_mod, "_teacher_mix_kernel")
+    ys, ws = c.student.clone().requires_grad_(), c.student_protos.clone().requires_grad_()
+    loss, mean_probs, raw = prototype_cross_entropy_with_raw_means(
+        ys, c.teacher, ws, c.teacher_protos, c.targets, c.weights, c.center, STUDENT_TEMP,
+        TEACHER_TEMP, c.vmf, impl=impl,
+    )  # fmt: skip
+    torch.testing.assert_close(raw.double(), want, rtol=1e-5, atol=1e-7)
+    assert float((raw - mean_probs).abs().max()) > 1e-3  # the centre does change the means
+    got = [loss.detach(), *torch.autograd.grad(loss * 1.3, [ys, ws]), mean_probs]
+    plain = run(c, impl, 1.3)
+    for x, y in zip(got, plain[:4], strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    if impl == "triton":
+        assert lse.calls[:2] == [{"HAS_RAW": True}, {"HAS_RAW": False}]
+        assert mix.calls[0] == {"HAS_V": True, "HAS_M": True, "HAS_RAW": True}

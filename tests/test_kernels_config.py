@@ -97,6 +97,7 @@ def test_aligned_sweep_runs_half_precision_up_to_block_d_512(
         assert cfg is None
         return
     assert cfg is not None and cfg["BLOCK_K"] == (32 if dim > 128 else cfg["BLOCK_N"])
-    assert cfg["BLOCK_N"] == 16 or cfg["BLOCK_N"] * (cfg["BLOCK_N"] + cfg["BLOCK_D"]) <= (
-        MIX_TILE_LIMIT
+    assert (
+        cfg["BLOCK_N"] == 16
+        or cfg["BLOCK_N"] * (cfg["BLOCK_N"] + cfg["BLOCK_D"]) <= (MIX_TILE_LIMIT["half"])
     )

@@ -69,7 +69,8 @@ def _bf16_step(method: str, device: torch.device, overrides: list[str],
         return spy
 
     # each loss imports its dispatcher function by name: DINO the pair table, iBOT aligned rows
-    names = ((dino, "prototype_cross_entropy"), (ibot, "aligned_cross_entropy"),
+    names = ((dino, "prototype_cross_entropy"), (dino, "prototype_cross_entropy_with_raw_means"),
+             (ibot, "aligned_cross_entropy"),
              (ibot, "aligned_cross_entropy_with_raw_means"))  # fmt: skip
     for module, name in names:
         monkeypatch.setattr(module, name, spying(getattr(module, name)))

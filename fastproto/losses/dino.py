@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastproto.kernels import prototype_cross_entropy
+from fastproto.kernels import prototype_cross_entropy, prototype_cross_entropy_with_raw_means
 
 
 def _check_crops(num_crops: int, num_global: int, batch_size: int) -> None:
@@ -72,6 +72,36 @@ def dino_loss(
 
     teacher_mean_probs is the mean of the centred teacher softmax over the G*B teacher rows.
     """
+    targets, weights = _pairing(student, teacher, num_global)
+    return prototype_cross_entropy(
+        student, teacher, student_protos, teacher_protos, targets, weights, center,
+        student_temp, teacher_temp, vmf, impl,
+    )  # fmt: skip
+
+
+def dino_loss_with_raw_means(
+    student: Tensor,
+    teacher: Tensor,
+    student_protos: Tensor,
+    teacher_protos: Tensor,
+    center: Tensor,
+    num_global: int,
+    student_temp: float,
+    teacher_temp: float,
+    vmf: bool,
+    impl: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """dino_loss and the batch mean of the uncentred teacher softmax [K] over the G*B teacher
+    rows, probability centring's statistic (on triton made by the loss's own sweeps)."""
+    targets, weights = _pairing(student, teacher, num_global)
+    return prototype_cross_entropy_with_raw_means(
+        student, teacher, student_protos, teacher_protos, targets, weights, center,
+        student_temp, teacher_temp, vmf, impl,
+    )  # fmt: skip
+
+
+def _pairing(student: Tensor, teacher: Tensor, num_global: int) -> tuple[Tensor, Tensor]:
+    """Checked row layout -> dino_pairing's (targets, weights) for these rows."""
     if student.dim() != 2 or teacher.dim() != 2:
         raise ValueError(
             f"student and teacher must be 2-D [rows, D], got {tuple(student.shape)} and "
@@ -92,19 +122,4 @@ def dino_loss(
         )
     # Weights in at least float32: 1 / (B * pairs) rounded to bf16 would bias the loss.
     weight_dtype = torch.promote_types(student.dtype, torch.float32)
-    targets, weights = dino_pairing(
-        student.shape[0] // batch, num_global, batch, student.device, weight_dtype
-    )
-    return prototype_cross_entropy(
-        student,
-        teacher,
-        student_protos,
-        teacher_protos,
-        targets,
-        weights,
-        center,
-        student_temp,
-        teacher_temp,
-        vmf,
-        impl,
-    )
+    return dino_pairing(student.shape[0] // batch, num_global, batch, student.device, weight_dtype)

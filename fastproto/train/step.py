@@ -88,20 +88,30 @@ def _autocast(state: TrainState) -> contextlib.AbstractContextManager[object]:
 def _cls_loss(
     state: TrainState, student_y: torch.Tensor, teacher_y: torch.Tensor, teacher_temp: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    from fastproto.losses import dino_loss
+    from fastproto.centering import ProbabilityCentering
+    from fastproto.losses import dino_loss, dino_loss_with_raw_means
 
     m = state.config.method
     head, teacher_head = state.student.cls_head, state.teacher.cls_head
     w_s, w_t = head_prototypes(head).float(), head_prototypes(teacher_head).float().detach()
     vmf = head_is_vmf(head)
-    center = state.cls_centering(teacher_y, w_t, teacher_temp, vmf, m.loss_impl)  # [K]
+    centring = state.cls_centering
+    # probability centring: the loss makes the batch statistic, folded in after it
+    fused = centring if isinstance(centring, ProbabilityCentering) else None
+    if fused is not None:
+        center = fused.current(teacher_y.dtype)  # [K], from before this batch
+    else:
+        center = centring(teacher_y, w_t, teacher_temp, vmf, m.loss_impl)
     state.extras = prediction_health(
         student_y.float(), teacher_y.float(), w_s, w_t, center, m.student_temp, teacher_temp, vmf
     )
-    return dino_loss(
-        student_y, teacher_y, w_s, w_t, center, state.config.data.global_crops,
-        m.student_temp, teacher_temp, vmf, m.loss_impl,
-    )  # fmt: skip
+    args = (student_y, teacher_y, w_s, w_t, center, state.config.data.global_crops,
+            m.student_temp, teacher_temp, vmf, m.loss_impl)  # fmt: skip
+    if fused is None:
+        return dino_loss(*args)
+    loss, mean_probs, raw = dino_loss_with_raw_means(*args)
+    fused.fold_column_mean(raw, teacher_y.shape[0])
+    return loss, mean_probs
 
 
 def _patch_loss(
