@@ -203,7 +203,7 @@ class ProbabilityCentering(_EmaCentering):
     def _center(
         self, teacher: Tensor, teacher_protos: Tensor, teacher_temp: float, vmf: bool, impl: str
     ) -> Tensor:
-        center = self.center.to(teacher.dtype, copy=True)  # [K], before this batch
+        center = self.current(teacher.dtype)  # [K], before this batch
         zero = teacher.new_zeros(self.num_prototypes)
         column_mean = _column_mean(teacher, teacher_protos, zero, teacher_temp, vmf, impl)
         self.fold_column_mean(column_mean, teacher.shape[0])

@@ -28,8 +28,8 @@ from fastproto.kernels.triton_loss import (
     _config,
     _dot_dtype,
     _row_lse,
-    _row_lse_pair,
     _splits,
+    _teacher_lse,
     fuses_backward,
     mix_config,
     prototype_cross_entropy_triton,
@@ -77,15 +77,6 @@ def _aligned_sweep(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w, raw: tuple[Tenso
     return cross.sum(dim=0), col_q, None if dy is None else dy.sum(dim=0), dw, db, col_p0
 
 
-def _teacher_lse(yt, wt, bt, center: Tensor | None, inv_tt: float,
-                 cfg: dict[str, Any]) -> tuple[Tensor, Tensor | None]:  # fmt: skip
-    """(centred lse [N], uncentred lse [N] or None): with a center, bt is the uncentred bias and
-    one sweep makes both."""
-    if center is None:
-        return _row_lse(yt, wt, bt, inv_tt, cfg), None
-    return _row_lse_pair(yt, wt, bt, center, inv_tt, cfg)
-
-
 class _AlignedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, student, student_protos, bias_s, teacher, teacher_protos, bias_t,
@@ -97,15 +88,13 @@ class _AlignedLoss(torch.autograd.Function):
         ys, ws = student.detach().to(dt).contiguous(), student_protos.detach().to(dt).contiguous()
         yt, wt = teacher.detach().to(dt).contiguous(), teacher_protos.detach().to(dt).contiguous()
         bs, bt = bias_s.detach().float().contiguous(), bias_t.detach().float().contiguous()
-        center = None if raw_center is None else raw_center.detach().float().contiguous()
         row_w = weights.detach().float().contiguous()  # [N]
-        lse_t, lse0 = _teacher_lse(yt, wt, bt, center, inv_tt, cfg)  # [N], [N] or None
+        lse_t, raw = _teacher_lse(yt, wt, bt, raw_center, inv_tt, cfg)  # [N], raw or None
         lse_s = _row_lse(ys, ws, bs, inv_ts, cfg)  # [N]
         need_y = grad_on and ctx.needs_input_grad[0]
         need_w = grad_on and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
         sweep_cfg = aligned_config(cfg)
         assert sweep_cfg is not None  # the entry point takes the general path otherwise
-        raw = None if center is None or lse0 is None else (center, lse0)
         cross, col_q, dy, dw, db, col_p0 = _aligned_sweep(ys, ws, bs, lse_s, yt, wt, bt, lse_t,
                                                           row_w, raw, inv_ts, inv_tt, sweep_cfg,
                                                           need_y, need_w)  # fmt: skip

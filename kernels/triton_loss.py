@@ -102,14 +102,19 @@ def _row_lse(rows: torch.Tensor, protos: torch.Tensor, bias: torch.Tensor, inv_t
     return _row_lse_launch(rows, protos, bias, None, inv_temp, cfg)[0]
 
 
-def _row_lse_pair(rows: torch.Tensor, protos: torch.Tensor, raw_bias: torch.Tensor,
-                  center: torch.Tensor, inv_temp: float,
-                  cfg: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """One sweep -> (log-sum-exp of the centred logits (bias raw_bias - center), that of the
-    uncentred ones (bias raw_bias)), [N] each, float32."""
-    centred, raw = _row_lse_launch(rows, protos, raw_bias, center, inv_temp, cfg)
+def _teacher_lse(rows: Tensor, protos: Tensor, bias: Tensor, raw_center: Tensor | None,
+                 inv_temp: float,
+                 cfg: dict[str, Any]) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:  # fmt: skip
+    """Teacher row log-sum-exp [N] and raw = (centre [K], uncentred log-sum-exp [N]) or None.
+    raw_center None: `bias` is the whole (centred) bias. A [K] tensor: `bias` is the uncentred
+    bias, and one sweep makes both log-sum-exps (probability centring's statistic needs the
+    uncentred one), float32."""
+    if raw_center is None:
+        return _row_lse(rows, protos, bias, inv_temp, cfg), None
+    center = raw_center.detach().float().contiguous()
+    centred, raw = _row_lse_launch(rows, protos, bias, center, inv_temp, cfg)
     assert raw is not None
-    return centred, raw
+    return centred, (center, raw)
 
 
 def _merge_lse(run_max: torch.Tensor, run_sum: torch.Tensor) -> torch.Tensor:
@@ -337,12 +342,7 @@ class _TritonLoss(torch.autograd.Function):
         bs, bt = bias_s.detach().float().contiguous(), bias_t.detach().float().contiguous()
         rows, pair_w = pair_table(targets, weights, torch.float32)
         nt = yt.shape[0]
-        center = None if raw_center is None else raw_center.detach().float().contiguous()
-        if center is None:
-            lse_t, raw = _row_lse(yt, wt, bt, inv_tt, cfg), None  # [Nt]
-        else:  # centred and uncentred log-sum-exps from one sweep
-            lse_t, lse0 = _row_lse_pair(yt, wt, bt, center, inv_tt, cfg)
-            raw = (center, lse0)
+        lse_t, raw = _teacher_lse(yt, wt, bt, raw_center, inv_tt, cfg)  # [Nt], raw or None
         lse_s = _row_lse(ys, ws, bs, inv_ts, cfg)  # [Ns]
         z = _scatter_pairs(ys, rows, pair_w, nt).to(ys.dtype) if ctx.needs_input_grad[1] else None
         c = _scatter_pairs(torch.ones_like(lse_s), rows, pair_w, nt)  # [Nt]

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fastproto.centering import ProbabilityCentering
 from fastproto.config import TrainConfig
 from fastproto.errors import NonFiniteError
 from fastproto.models import SSLNetwork, head_is_vmf, head_last_layer, head_prototypes
@@ -85,32 +86,39 @@ def _autocast(state: TrainState) -> contextlib.AbstractContextManager[object]:
     return torch.autocast(state.device.type, dtype=state.amp_dtype)
 
 
+Centre = tuple[torch.Tensor, ProbabilityCentering | None]
+
+
+def _centre(state: TrainState, centring: nn.Module, teacher: torch.Tensor, w_t: torch.Tensor,
+            teacher_temp: float, vmf: bool) -> Centre:  # fmt: skip
+    """The centre [K] a loss uses, and the centring that folds the loss's raw means in after
+    it: probability centring, whose batch statistic the loss makes in its own passes (the
+    centre is then the one from before this batch). Else None: the module call has moved its
+    state already."""
+    if isinstance(centring, ProbabilityCentering):
+        return centring.current(teacher.dtype), centring
+    return centring(teacher, w_t, teacher_temp, vmf, state.config.method.loss_impl), None
+
+
 def _cls_loss(
     state: TrainState, student_y: torch.Tensor, teacher_y: torch.Tensor, teacher_temp: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    from fastproto.centering import ProbabilityCentering
     from fastproto.losses import dino_loss, dino_loss_with_raw_means
 
     m = state.config.method
     head, teacher_head = state.student.cls_head, state.teacher.cls_head
     w_s, w_t = head_prototypes(head).float(), head_prototypes(teacher_head).float().detach()
     vmf = head_is_vmf(head)
-    centring = state.cls_centering
-    # probability centring: the loss makes the batch statistic, folded in after it
-    fused = centring if isinstance(centring, ProbabilityCentering) else None
-    if fused is not None:
-        center = fused.current(teacher_y.dtype)  # [K], from before this batch
-    else:
-        center = centring(teacher_y, w_t, teacher_temp, vmf, m.loss_impl)
+    center, fold = _centre(state, state.cls_centering, teacher_y, w_t, teacher_temp, vmf)
     state.extras = prediction_health(
         student_y.float(), teacher_y.float(), w_s, w_t, center, m.student_temp, teacher_temp, vmf
     )
     args = (student_y, teacher_y, w_s, w_t, center, state.config.data.global_crops,
             m.student_temp, teacher_temp, vmf, m.loss_impl)  # fmt: skip
-    if fused is None:
+    if fold is None:
         return dino_loss(*args)
     loss, mean_probs, raw = dino_loss_with_raw_means(*args)
-    fused.fold_column_mean(raw, teacher_y.shape[0])
+    fold.fold_column_mean(raw, teacher_y.shape[0])
     return loss, mean_probs
 
 
@@ -121,7 +129,6 @@ def _patch_loss(
     masks: torch.Tensor,
     teacher_temp: float,
 ) -> torch.Tensor:
-    from fastproto.centering import ProbabilityCentering
     from fastproto.losses import ibot_patch_loss, ibot_patch_loss_with_raw_means
 
     m = state.config.method
@@ -129,21 +136,13 @@ def _patch_loss(
     w_s, w_t = head_prototypes(head).float(), head_prototypes(teacher_head).float().detach()
     vmf = head_is_vmf(head)
     image_index = masks.flatten(1).nonzero()[:, 0]  # [Nm], the crop-image of each masked token
-    centring = state.patch_centering
-    if isinstance(centring, ProbabilityCentering):
-        # the loss makes centring's batch statistic on its own sweeps (no pass of its own on
-        # the fused path); the state moves after the loss, which used the centre from before
-        loss, _, raw = ibot_patch_loss_with_raw_means(
-            student_p, teacher_p, image_index, masks.shape[0], w_s, w_t,
-            centring.current(teacher_p.dtype), m.student_temp, teacher_temp, vmf, m.loss_impl,
-        )  # fmt: skip
-        centring.fold_column_mean(raw, teacher_p.shape[0])
-        return loss
-    center = centring(teacher_p, w_t, teacher_temp, vmf, m.loss_impl)  # [K]
-    loss, _ = ibot_patch_loss(
-        student_p, teacher_p, image_index, masks.shape[0], w_s, w_t, center,
-        m.student_temp, teacher_temp, vmf, m.loss_impl,
-    )  # fmt: skip
+    center, fold = _centre(state, state.patch_centering, teacher_p, w_t, teacher_temp, vmf)
+    args = (student_p, teacher_p, image_index, masks.shape[0], w_s, w_t, center,
+            m.student_temp, teacher_temp, vmf, m.loss_impl)  # fmt: skip
+    if fold is None:
+        return ibot_patch_loss(*args)[0]
+    loss, _, raw = ibot_patch_loss_with_raw_means(*args)
+    fold.fold_column_mean(raw, teacher_p.shape[0])
     return loss
 
 
