@@ -123,13 +123,15 @@ def make_inputs(config, device):  # type: ignore[no-untyped-def]
     import torch
 
     from fastproto.data.masking import block_masks
+    from fastproto.masked_tokens import MaskedTokens
     from fastproto.models import ARCHS
 
     d, b = config.data, config.optim.batch_size
     grid = d.global_size // ARCHS[config.model.arch][3]
     g = torch.randn(d.global_crops * b, 3, d.global_size, d.global_size, device=device)
     loc = torch.randn(d.local_crops * b, 3, d.local_size, d.local_size, device=device)
-    masks = block_masks(d.global_crops * b, (grid, grid), 0.3, 0.2).to(device)
+    masks = MaskedTokens.from_grid(block_masks(d.global_crops * b, (grid, grid), 0.3, 0.2))
+    masks = masks.to(device)
     return g, loc, masks
 
 

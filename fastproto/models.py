@@ -28,6 +28,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from fastproto.masked_tokens import MaskedTokens
+
 # name -> (embed_dim, depth, num_heads, patch_size, img_size)
 ARCHS: dict[str, tuple[int, int, int, int, int]] = {
     "vit_small_patch16_224": (384, 12, 6, 16, 224),
@@ -210,22 +212,24 @@ class SSLNetwork(nn.Module):
         self,
         global_crops: torch.Tensor,
         local_crops: torch.Tensor | None = None,
-        masks: torch.Tensor | None = None,
+        masks: MaskedTokens | None = None,
         mask_input: bool = False,
     ) -> NetworkOutput:
-        """global_crops [G*B, 3, H, W], local_crops [L*B, 3, h, w], masks bool [G*B, H/p, W/p].
+        """global_crops [G*B, 3, H, W], local_crops [L*B, 3, h, w], masks of [G*B, H/p, W/p].
 
         With `masks`, the patch tokens at masked positions go through the patch head; with
         `mask_input` they are also replaced by the mask token on the way in (the student).
         """
-        cls_g, patches = self.backbone(global_crops, masks if mask_input else None)
+        cls_g, patches = self.backbone(
+            global_crops, masks.grid if masks is not None and mask_input else None
+        )
         cls_tokens = [cls_g]
         if local_crops is not None and local_crops.shape[0] > 0:
             cls_tokens.append(self.backbone(local_crops)[0])
         cls_y = self.cls_head(torch.cat(cls_tokens))  # [S*B, D]
         patch_y = None
         if masks is not None:
-            patch_y = self.patch_head(patches[masks.flatten(1)])  # [Nm, D]
+            patch_y = self.patch_head(masks.gather(patches))  # [Nm, D]
         return NetworkOutput(cls_y=cls_y, patch_y=patch_y, cls_features=cls_g)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fastproto.masked_tokens import MaskedTokens
 from fastproto.models import ARCHS, MaskedViT, build_network
 
 
@@ -48,7 +49,8 @@ def test_mask_changes_only_through_masked_positions() -> None:
 def test_network_gathers_only_masked_patch_tokens() -> None:
     net = build_network("vit_pico_patch4_28", 16, "vmf", True, hidden_dim=32, bottleneck_dim=8)
     mask = torch.rand(4, 7, 7) < 0.3
-    out = net(torch.randn(4, 3, 28, 28), torch.randn(6, 3, 12, 12), mask, mask_input=True)
+    masks = MaskedTokens.from_grid(mask)
+    out = net(torch.randn(4, 3, 28, 28), torch.randn(6, 3, 12, 12), masks, mask_input=True)
     assert out.cls_y.shape == (10, 8)  # 4 global + 6 local crops
     assert out.patch_y is not None and out.patch_y.shape == (int(mask.sum()), 8)
     assert torch.allclose(out.cls_y.norm(dim=1), torch.ones(10), atol=1e-5)

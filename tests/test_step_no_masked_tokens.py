@@ -15,6 +15,7 @@ import torch
 
 from fastproto.centering import make_centering
 from fastproto.config import load_config
+from fastproto.masked_tokens import MaskedTokens
 from fastproto.train.distributed import DistInfo
 from fastproto.train.setup import build_state
 from fastproto.train.step import compute_losses
@@ -43,7 +44,7 @@ def test_no_masked_token_gives_an_attached_zero_and_zero_patch_head_gradients(
     before = {k: v.clone() for k, v in state.patch_centering.state_dict().items()}
     g = torch.randn(G * B, 3, 28, 28)
     loc = torch.randn(L * B, 3, 12, 12)
-    masks = torch.zeros(G * B, 7, 7, dtype=torch.bool)  # not one masked token
+    masks = MaskedTokens.from_grid(torch.zeros(G * B, 7, 7, dtype=torch.bool))  # none masked
     total, terms, _ = compute_losses(state, g, loc, masks, teacher_temp=0.04)
     assert terms["ibot"] == 0.0 and torch.isfinite(total)
     total.backward()

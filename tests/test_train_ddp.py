@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fastproto.config import load_config
+from fastproto.masked_tokens import MaskedTokens
 from fastproto.train.distributed import DistInfo
 from fastproto.train.setup import build_state
 from fastproto.train.step import StepValues, train_step
@@ -55,7 +56,7 @@ def _step(rank: int, world: int) -> dict[str, object]:
     g, loc, masks = _inputs()
     torch.manual_seed(1)
     terms, _ = train_step(state, _rows(g, G, rank, world), _rows(loc, L, rank, world),
-                          _rows(masks, G, rank, world), VALUES)  # fmt: skip
+                          MaskedTokens.from_grid(_rows(masks, G, rank, world)), VALUES)  # fmt: skip
     return {
         "terms": terms,
         "student": {k: v.clone() for k, v in state.student.state_dict().items()},

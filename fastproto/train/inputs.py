@@ -2,7 +2,7 @@
 
 Batch.global_crops uint8 [G, B, 3, H, W]  ->  global_crops float [G*B, 3, H, W]  (crop-major)
 Batch.local_crops  uint8 [L, B, 3, h, w]  ->  local_crops  float [L*B, 3, h, w]  (or None)
-iBOT: masks bool [G*B, H/p, W/p], one block mask per global crop (none for DINO)
+iBOT: masks, MaskedTokens of [G*B, H/p, W/p], one block mask per global crop (none for DINO)
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from fastproto.config import TrainConfig
 from fastproto.data.base import Loader
 from fastproto.data.batch import Batch
 from fastproto.data.recipe import MultiCropRecipe
+from fastproto.masked_tokens import MaskedTokens
 from fastproto.models import arch_patch_size
 from fastproto.train.distributed import DistInfo
 
@@ -75,8 +76,9 @@ class InputMaker:
             )
         self.grid = config.data.global_size // patch
 
-    def masks(self, num: int) -> torch.Tensor:
-        """bool [num, grid, grid] block masks; iBOT's per-image choice among the pred ratios.
+    def masks(self, num: int) -> MaskedTokens:
+        """Block masks of [num, grid, grid]; iBOT's per-image choice among the pred ratios,
+        drawn on the host with their token indices (no host sync to find them on the device).
 
         Each (ratio, variance) pair of method.pred_ratio / pred_ratio_var is one option; every
         image takes one option uniformly at random (Table 6: ratio 0 or U(0.1, 0.5)).
@@ -92,11 +94,11 @@ class InputMaker:
             ]
         )  # [options, num, grid, grid]
         choice = torch.randint(0, options.shape[0], (num,))  # [num]
-        return options[choice, torch.arange(num)].to(self.device)
+        return MaskedTokens.from_grid(options[choice, torch.arange(num)]).to(self.device)
 
     def __call__(
         self, batch: Batch, epoch: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, MaskedTokens | None]:
         batch = batch.to(self.device)
         global_crops, local_crops = self.augment(batch.global_crops, batch.local_crops)
         g = global_crops.flatten(0, 1)  # [G*B, 3, H, W]

@@ -25,7 +25,7 @@ from fastproto.train import checkpoint as ckpt
 from fastproto.train import distributed
 from fastproto.train.health import CollapseWatch, prototype_health
 from fastproto.train.inputs import InputMaker, make_train_loader
-from fastproto.train.metrics import MetricsLog, entropy, memory_mb
+from fastproto.train.metrics import MetricsLog, memory_mb
 from fastproto.train.preflight import check_memory
 from fastproto.train.progress import Progress
 from fastproto.train.resuming import (
@@ -85,12 +85,11 @@ def prepare_run_dir(config: TrainConfig, is_main: bool) -> Path:
 
 
 def log_step(
-    log: MetricsLog, state: TrainState, terms: dict[str, float], probs: torch.Tensor,
-    values: object, images_per_s: float,
+    log: MetricsLog, state: TrainState, terms: dict[str, float], values: object,
+    images_per_s: float,
 ) -> dict[str, float]:  # fmt: skip
     record = dict(terms) | vars(values) | {
         "images_per_s": images_per_s, "memory_mb": memory_mb(state.device),
-        "teacher_entropy": entropy(probs),
     }  # fmt: skip
     log.write("step", state.step, record)
     if state.watch is not None:
@@ -111,12 +110,12 @@ def run_epoch(
         seed_step(cfg.run.seed, state.step, inputs.rank)
         global_crops, local_crops, masks = inputs(batch, epoch)
         values = step_values(cfg, state.step, steps_per_epoch)
-        terms, probs = train_step(state, global_crops, local_crops, masks, values)
+        terms, _ = train_step(state, global_crops, local_crops, masks, values)
         terms = distributed.mean_terms(terms, state.device)  # the global batch's, not rank 0's
         now = time.perf_counter()
         rate = batch.batch_size * inputs.world_size / max(now - tick, 1e-9)
         tick = now
-        progress.update(log_step(log, state, terms, probs, values, rate))
+        progress.update(log_step(log, state, terms, values, rate))
         at_end = index + 1 == steps_per_epoch
         position = (epoch + 1, 0) if at_end else (epoch, index + 1)
         stopping = distributed.any_rank(stop.requested, state.device)

@@ -17,11 +17,12 @@ from typing import Any
 import torch
 
 
-def entropy(probs: torch.Tensor) -> float:
-    """Shannon entropy (nats) of a distribution [K]; log K means every prototype is used evenly."""
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of a distribution [K], 0-d float64 where `probs` is (not read);
+    log K means every prototype is used evenly."""
     p = probs.detach().double().clamp_min(0)
     p = p / p.sum()
-    return float(-(p * torch.log(p.clamp_min(1e-300))).sum())
+    return -(p * torch.log(p.clamp_min(1e-300))).sum()
 
 
 def memory_mb(device: torch.device) -> float:

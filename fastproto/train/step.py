@@ -1,8 +1,9 @@
 """One training step: student and teacher forward, the loss terms, backward, update, EMA.
 
 Inputs are already augmented float crops, crop-major (rows c*B .. c*B+B-1 are crop c):
-    global_crops [G*B, 3, H, W], local_crops [L*B, 3, h, w] (or None), masks bool [G*B, H/p, W/p]
-    (iBOT only; masked patch tokens of the student's global crops are replaced by the mask token).
+    global_crops [G*B, 3, H, W], local_crops [L*B, 3, h, w] (or None), masks
+    (iBOT only: fastproto.masked_tokens.MaskedTokens of [G*B, H/p, W/p]; masked patch tokens of
+    the student's global crops are replaced by the mask token).
 
     loss = dino(cls)                                       (fastproto.losses.dino_loss)
          + patch_loss_weight * ibot(masked patch tokens)   (iBOT only)
@@ -16,8 +17,10 @@ iBOT do), the last layer's gradients are dropped while it is frozen, the optimiz
 teacher moves to the EMA of the student.
 
 A non-finite loss or gradient norm raises NonFiniteError before anything is updated (in fp16 the
-grad scaler skips such steps itself and lowers its scale, as it is meant to). The gradient check
-reads the grad norm that clipping already brings to the host: no extra device sync per step.
+grad scaler skips such steps itself and lowers its scale, as it is meant to). Both checks read
+the step's one device-to-host copy, made after the clipping (loss terms, health numbers, grad
+norm and teacher entropy together): nothing else in a step makes the host wait for the device
+(tests/test_step_host_syncs.py; the value checks of fastproto.value_checks run in debug mode only).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from torch import nn
 from fastproto.centering import ProbabilityCentering
 from fastproto.config import TrainConfig
 from fastproto.errors import NonFiniteError
+from fastproto.masked_tokens import MaskedTokens
 from fastproto.models import SSLNetwork, head_is_vmf, head_last_layer, head_prototypes
 from fastproto.train.health import CollapseWatch, prediction_health
 
@@ -126,7 +130,7 @@ def _patch_loss(
     state: TrainState,
     student_p: torch.Tensor,
     teacher_p: torch.Tensor,
-    masks: torch.Tensor,
+    masks: MaskedTokens,
     teacher_temp: float,
 ) -> torch.Tensor:
     from fastproto.losses import ibot_patch_loss, ibot_patch_loss_with_raw_means
@@ -135,9 +139,8 @@ def _patch_loss(
     head, teacher_head = state.student.patch_head, state.teacher.patch_head
     w_s, w_t = head_prototypes(head).float(), head_prototypes(teacher_head).float().detach()
     vmf = head_is_vmf(head)
-    image_index = masks.flatten(1).nonzero()[:, 0]  # [Nm], the crop-image of each masked token
     center, fold = _centre(state, state.patch_centering, teacher_p, w_t, teacher_temp, vmf)
-    args = (student_p, teacher_p, image_index, masks.shape[0], w_s, w_t, center,
+    args = (student_p, teacher_p, masks.image_index, masks.num_images, w_s, w_t, center,
             m.student_temp, teacher_temp, vmf, m.loss_impl)  # fmt: skip
     if fold is None:
         return ibot_patch_loss(*args)[0]
@@ -150,10 +153,11 @@ def compute_losses(
     state: TrainState,
     global_crops: torch.Tensor,
     local_crops: torch.Tensor | None,
-    masks: torch.Tensor | None,
+    masks: MaskedTokens | None,
     teacher_temp: float,
-) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-    """-> (total loss, loss terms as floats, batch-mean teacher distribution [K])."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """-> (total loss, loss terms and health numbers as 0-d tensors, not read yet, batch-mean
+    teacher distribution [K])."""
     from fastproto.losses import koleo_data, koleo_proto
 
     m = state.config.method
@@ -191,11 +195,8 @@ def compute_losses(
         total = total + m.me_max * reg_m
         parts["me_max"] = reg_m
     parts["loss"] = total
-    # one device-to-host copy for the terms and the health numbers (a float() each would wait
-    # on the device each)
     shown = {name: t.detach() for name, t in parts.items()} | state.extras
-    values = torch.stack([t.double() for t in shown.values()]).tolist()
-    return total, dict(zip(shown, values, strict=True)), mean_probs
+    return total, shown, mean_probs
 
 
 def _me_max(state: TrainState, student_y: torch.Tensor) -> torch.Tensor:
@@ -215,23 +216,22 @@ def set_schedule(optimizer: torch.optim.Optimizer, values: StepValues) -> None:
             group["weight_decay"] = values.weight_decay
 
 
-def clip_per_parameter(parameters: list[nn.Parameter], max_norm: float) -> float:
-    """Scale each gradient to norm <= max_norm (DINO's clip_gradients); -> the total norm."""
-    norms = []
-    for p in parameters:
-        if p.grad is None:
-            continue
-        norm = p.grad.detach().norm()
-        norms.append(norm)
-        if max_norm > 0:
-            p.grad.mul_((max_norm / (norm + 1e-6)).clamp(max=1.0))
-    return float(torch.stack(norms).norm()) if norms else 0.0
+def clip_per_parameter(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Scale each gradient to norm <= max_norm (DINO's clip_gradients); -> the total norm, 0-d
+    on the gradients' device (not read here). One fused norm and one fused scale over all
+    gradients (torch's multi-tensor ops, as clip_grad_norm_ uses), not 3 launches each."""
+    grads = [p.grad.detach() for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros((), dtype=torch.float64)
+    norms = torch.stack(torch._foreach_norm(grads))  # [P]
+    if max_norm > 0:
+        scales = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # [P]
+        torch._foreach_mul_(grads, list(scales.unbind()))
+    return norms.norm()
 
 
-def optimize(state: TrainState, total: torch.Tensor, values: StepValues) -> float:
-    """Backward, unscale, clip, freeze the last layer if asked, step, EMA; -> grad norm."""
-    from fastproto.ema import ema_update_
-
+def backward_and_clip(state: TrainState, total: torch.Tensor, values: StepValues) -> torch.Tensor:
+    """Backward, unscale (fp16), clip; -> the gradient norm, 0-d on the device."""
     opt = state.optimizer
     set_schedule(opt, values)
     opt.zero_grad(set_to_none=True)
@@ -241,42 +241,73 @@ def optimize(state: TrainState, total: torch.Tensor, values: StepValues) -> floa
     else:
         total.backward()
     params = [p for p in state.student.parameters() if p.requires_grad]
-    grad_norm = clip_per_parameter(params, state.config.optim.clip_grad)
-    if state.scaler is None and not math.isfinite(grad_norm):
-        opt.zero_grad(set_to_none=True)
+    return clip_per_parameter(params, state.config.optim.clip_grad)
+
+
+def read_on_host(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The step's numbers [0-d tensors] as floats, in one device-to-host copy: the one host
+    sync of a step (a float() each would wait on the device each)."""
+    flat = torch.stack([t.detach().double().reshape(()).to(values["loss"].device)
+                        for t in values.values()])  # fmt: skip
+    return dict(zip(values, flat.tolist(), strict=True))
+
+
+def refuse_non_finite(state: TrainState, terms: dict[str, float]) -> None:
+    """NonFiniteError, with the gradients dropped, if the loss or (without a grad scaler, which
+    skips such steps itself) the gradient norm is NaN or infinite: nothing is updated."""
+    if math.isfinite(terms["loss"]) and (
+        state.scaler is not None or math.isfinite(terms["grad_norm"])
+    ):
+        return
+    state.optimizer.zero_grad(set_to_none=True)
+    if not math.isfinite(terms["loss"]):
         raise NonFiniteError(
-            f"the gradient norm is {grad_norm} at step {state.step}; the step was not applied"
+            f"the loss is {terms['loss']} at step {state.step} (terms {terms}); the step was not "
+            "applied"
         )
+    raise NonFiniteError(
+        f"the gradient norm is {terms['grad_norm']} at step {state.step}; the step was not applied"
+    )
+
+
+def apply_update(state: TrainState, values: StepValues) -> None:
+    """Drop the last layer's gradients while it is frozen, step, move the teacher (EMA)."""
+    from fastproto.ema import ema_update_
+
     if values.freeze_last_layer:
         for head in state.student.heads():
             for p in head_last_layer(head):
                 p.grad = None
     if state.scaler is not None:
-        state.scaler.step(opt)
+        state.scaler.step(state.optimizer)
         state.scaler.update()
     else:
-        opt.step()
+        state.optimizer.step()
     with torch.no_grad():
         ema_update_(state.teacher, state.student, values.momentum)
-    return grad_norm
 
 
 def train_step(
     state: TrainState,
     global_crops: torch.Tensor,
     local_crops: torch.Tensor | None,
-    masks: torch.Tensor | None,
+    masks: MaskedTokens | None,
     values: StepValues,
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """One optimisation step on prepared crops; -> (loss terms, teacher mean probs [K])."""
-    total, terms, mean_probs = compute_losses(
+    """One optimisation step on prepared crops; -> (loss terms, grad norm and the batch-mean
+    teacher entropy as floats, teacher mean probs [K]).
+
+    The host reads the step's numbers once, after the backward and the clipping and before
+    anything is updated, so the device is never waited for mid-step and a non-finite loss or
+    gradient is still refused before it reaches the weights."""
+    from fastproto.train.metrics import entropy
+
+    total, parts, mean_probs = compute_losses(
         state, global_crops, local_crops, masks, values.teacher_temp
     )
-    if not math.isfinite(terms["loss"]):  # read on the host already: no extra sync
-        raise NonFiniteError(
-            f"the loss is {terms['loss']} at step {state.step} (terms {terms}); the step was not "
-            "applied"
-        )
-    terms["grad_norm"] = optimize(state, total, values)
+    grad_norm = backward_and_clip(state, total, values)
+    terms = read_on_host(parts | {"grad_norm": grad_norm, "teacher_entropy": entropy(mean_probs)})
+    refuse_non_finite(state, terms)
+    apply_update(state, values)
     state.step += 1
     return terms, mean_probs
