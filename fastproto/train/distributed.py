@@ -62,15 +62,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when `flag` is true on at least one (e.g. a stop request)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
-
-
 def all_mean(value: float, device: torch.device) -> float:
     """Mean of a Python number over ranks (for logging)."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -97,3 +88,16 @@ def mean_terms(terms: dict[str, float], device: torch.device) -> dict[str, float
     dist.all_reduce(packed)
     values, counts = packed.tolist()
     return {k: v / c for k, v, c in zip(keys, values, counts, strict=True) if c > 0}
+
+
+STOP_KEY = "_stop_requested"  # rides in mean_terms' all-reduce; never logged
+
+
+def terms_and_stop(
+    terms: dict[str, float], stop_requested: bool, device: torch.device
+) -> tuple[dict[str, float], bool]:
+    """The logged terms averaged over ranks, and whether any rank was asked to stop (a signal
+    reaches one rank, and all must stop at the same step), in one all-reduce and one read."""
+    merged = mean_terms(terms | {STOP_KEY: float(stop_requested)}, device)
+    stop = merged.pop(STOP_KEY) > 0  # every rank has the key: the mean is > 0 iff one was 1
+    return merged, stop

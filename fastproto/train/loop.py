@@ -111,14 +111,14 @@ def run_epoch(
         global_crops, local_crops, masks = inputs(batch, epoch)
         values = step_values(cfg, state.step, steps_per_epoch)
         terms, _ = train_step(state, global_crops, local_crops, masks, values)
-        terms = distributed.mean_terms(terms, state.device)  # the global batch's, not rank 0's
+        # the global batch's terms, not rank 0's, and a stop asked of any rank: one read
+        terms, stopping = distributed.terms_and_stop(terms, stop.requested, state.device)
         now = time.perf_counter()
         rate = batch.batch_size * inputs.world_size / max(now - tick, 1e-9)
         tick = now
         progress.update(log_step(log, state, terms, values, rate))
         at_end = index + 1 == steps_per_epoch
         position = (epoch + 1, 0) if at_end else (epoch, index + 1)
-        stopping = distributed.any_rank(stop.requested, state.device)
         done = cfg.run.max_steps > 0 and state.step >= cfg.run.max_steps
         if stopping or done or at_end or state.step % cfg.run.checkpoint_every == 0:
             save(state, run_dir, *position, steps_per_epoch, is_main)
