@@ -10,7 +10,8 @@ APT_PACKAGES := build-essential pkg-config libopencv-dev libturbojpeg0-dev datas
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install test lint typecheck pytest demo test-gpu bench-smoke study clean
+.PHONY: install test lint typecheck pytest demo test-gpu bench-smoke study clean \
+	compile-check-other-triton
 
 $(STAMPS)/venv:
 	python3 -m venv $(VENV)
@@ -66,6 +67,18 @@ test-gpu:
 	rc=0; env -u TRITON_INTERPRET FASTPROTO_TEST_TIER=gpu \
 	  $(GPU_PYTHON) -m pytest -m gpu -p no:cacheprovider $(PYTEST_ARGS) tests || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest ran zero tests" >&2; fi; exit $$rc
+
+# The kernel compile check under another Triton release, by default the one the lent GPU
+# machines have (3.6.0 beside their torch 2.11), installed beside the venv (build/), not in it;
+# table and figures in bench/results/kernel_compile_table_triton-<version>.*
+OTHER_TRITON ?= 3.6.0
+
+compile-check-other-triton: install
+	$(VENV)/bin/pip install --quiet --no-deps --target build/triton-$(OTHER_TRITON) \
+	  triton==$(OTHER_TRITON)
+	env -u TRITON_INTERPRET PYTHONPATH=build/triton-$(OTHER_TRITON) $(PY) \
+	  bench/kernel_compile.py --write \
+	  --cache bench/results/kernel_compile_table_triton-$(OTHER_TRITON).json
 
 demo: install
 	$(VENV)/bin/fastproto train

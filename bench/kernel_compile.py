@@ -276,13 +276,16 @@ def table(results: list[tuple[Job, dict]]) -> list[str]:
     return lines
 
 
-def write_markdown(lines: list[str], path: Path) -> None:
+def write_markdown(lines: list[str], path: Path, cache: Path) -> None:
+    committed = cache.resolve() == TABLE.with_suffix(".json").resolve()
+    command = "--write" if committed else f"--write --cache {cache}"
+    checked = ", checked by tests/test_kernel_compile.py" if committed else ""
     head = [
         "# Triton kernels compiled ahead of time for sm_80 and sm_90",
         "",
         f"{dt.date.today().isoformat()}, triton {triton.__version__}, torch {torch.__version__}, "
         f"commit {git_commit()}; compiled on a CPU machine (no GPU) by "
-        "`python bench/kernel_compile.py --write`, checked by tests/test_kernel_compile.py.",
+        f"`python bench/kernel_compile.py {command}`{checked}.",
         f"Limits: shared memory per block (sm_90 {ARCHS[90] // 1024} KiB, sm_80 "
         f"{ARCHS[80] // 1024} KiB), spill stores and loads <= {SPILL_LIMIT} B per thread, "
         f"registers <= {MAX_REGISTERS}.",
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [(j, problems(j, f)) for j, f in results if problems(j, f)]
     print(f"{len(results)} configurations, {compiled} compiled now, {len(failed)} over a limit")
     if args.write:
-        write_markdown(lines, args.cache.with_suffix(".md"))
+        write_markdown(lines, args.cache.with_suffix(".md"), args.cache)
     return 1 if failed else 0
 
 
