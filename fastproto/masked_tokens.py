@@ -42,13 +42,16 @@ class MaskedTokens:
         return self.grid.shape[0]
 
     def to(self, device: torch.device | str) -> MaskedTokens:
-        """The same masks on `device`; copies from the host are queued, not waited for."""
-        return MaskedTokens(
-            *(
-                t.to(device, non_blocking=True)
-                for t in (self.grid, self.token_index, self.image_index)
-            )
-        )
+        """The same masks on `device`; copies from the host are queued, not waited for (from
+        pinned memory: from pageable memory the driver may wait for the stream to stage it)."""
+        target = torch.device(device)
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            if target.type == "cuda" and t.device.type == "cpu":
+                t = t.pin_memory()
+            return t.to(target, non_blocking=True)
+
+        return MaskedTokens(move(self.grid), move(self.token_index), move(self.image_index))
 
     def gather(self, patches: torch.Tensor) -> torch.Tensor:
         """The masked tokens of `patches` [N, h*w, E] -> [Nm, E], in token_index order."""
