@@ -65,7 +65,7 @@ def global_mean(stat: Tensor, rows: int) -> tuple[Tensor, Tensor]:
     Without a process group this rank's rows are the total.
     """
     local = stat * rows if rows > 0 else torch.zeros_like(stat)
-    packed = torch.cat([local, stat.new_tensor([float(rows)])])  # [K + 1]
+    packed = torch.cat([local, stat.new_full((1,), float(rows))])  # [K + 1], no host copy
     if _distributed():
         dist.all_reduce(packed)
     total = packed[-1]

@@ -8,7 +8,7 @@ The number of masked tokens Nm depends on the masks' values. Finding them on the
 (`patches[grid]`, `grid.nonzero()`) makes the host wait for the device to say how many there
 are, and the backward of a boolean gather waits again; the masks are drawn on the host, so the
 indices are made there, where reading them costs nothing, and go to the device with the grid
-(non_blocking). With the indices the gather is `index_select` and its backward `index_add`:
+(fastproto.device_copy). With the indices the gather is `index_select` and its backward `index_add`:
 no host sync in the step.
 """
 
@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from fastproto.device_copy import to_device_async
 
 
 @dataclass(frozen=True)
@@ -42,16 +44,9 @@ class MaskedTokens:
         return self.grid.shape[0]
 
     def to(self, device: torch.device | str) -> MaskedTokens:
-        """The same masks on `device`; copies from the host are queued, not waited for (from
-        pinned memory: from pageable memory the driver may wait for the stream to stage it)."""
-        target = torch.device(device)
-
-        def move(t: torch.Tensor) -> torch.Tensor:
-            if target.type == "cuda" and t.device.type == "cpu":
-                t = t.pin_memory()
-            return t.to(target, non_blocking=True)
-
-        return MaskedTokens(move(self.grid), move(self.token_index), move(self.image_index))
+        """The same masks on `device`; the copies from the host are queued, not waited for."""
+        parts = (self.grid, self.token_index, self.image_index)
+        return MaskedTokens(*(to_device_async(t, device) for t in parts))
 
     def gather(self, patches: torch.Tensor) -> torch.Tensor:
         """The masked tokens of `patches` [N, h*w, E] -> [Nm, E], in token_index order."""

@@ -125,7 +125,8 @@ def _expansion_coefficients(nu: float, terms: int) -> list[float]:
 def _log_c_expansion(kappa: torch.Tensor, dim: int, terms: int) -> torch.Tensor:
     """log C_p from the uniform expansion in the R-form of the module docstring."""
     nu = dim / 2.0 - 1.0
-    big_r = torch.hypot(kappa, kappa.new_tensor(nu))  # R = sqrt(nu^2 + kappa^2) >= nu
+    # R = sqrt(nu^2 + kappa^2) >= nu; nu filled on the device (new_tensor would copy from the host)
+    big_r = torch.hypot(kappa, kappa.new_full((), nu))
     t = big_r.reciprocal()
     coeffs = _expansion_coefficients(nu, terms)
     s_sum = torch.full_like(t, coeffs[-1])

@@ -5,9 +5,14 @@ On a GPU the host waits for the device whenever it needs a value (`item()`, `flo
 `unique`, ...). Without a GPU no wait can be timed, but the operators can be seen:
 
 - `SyncWatch`, a TorchDispatchMode, sees every aten operator the code runs and keeps those that
-  synchronise on CUDA (SYNCING, and `index`/`index_put` with a boolean index);
+  synchronise on CUDA (SYNCING, and `index`/`index_put` with a boolean index), including
+  tensors made from Python data, which a GPU copies from the host with a blocking copy;
 - on CPU tensors `tolist()`, `cpu()` and `numpy()` run no operator, so the watch also counts
   their Python calls, the copies to the host a GPU would make.
+
+Not seen: a tensor made on the host by an operator (e.g. `torch.randperm(..., device="cpu")`)
+and then moved to the device, which on the CPU is no move at all; the GPU tier's twin counts
+those with CUDA's sync detector (fastproto.device_copy moves them without a wait).
 
 AdamW reads its step counters with `item()`; torch keeps those on the host unless the
 optimizer is capturable or fused, so the reads in torch/optim wait for nothing and are left out.
@@ -37,6 +42,9 @@ SYNCING = {
     aten.unique_dim.default,
     aten.unique_consecutive.default,
     aten.repeat_interleave.Tensor,
+    # a tensor made from Python data (torch.tensor, new_tensor, as_tensor): on a GPU it is made
+    # on the host and copied to the device with a blocking copy
+    aten.lift_fresh.default,
 }
 BOOL_INDEXED = {
     aten.index.Tensor, aten.index_put.default, aten.index_put_.default,

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fastproto.device_copy import to_device_async
 from fastproto.value_checks import check_values
 
 TILE_ELEMENTS = 1 << 24  # similarity floats per batched step: [G, S, S] (64 MiB in float32)
@@ -174,7 +175,8 @@ def koleo_proto(
         raise ValueError(f"eps must be >= 0, got {eps}")
     device = generator.device if generator is not None else torch.device("cpu")
     order = torch.randperm(weights.shape[0], generator=generator, device=device)  # [K]
-    return _KoLeoProto.apply(weights, order.to(weights.device), group_size, eps)
+    # a host permutation is queued to the device, not waited for
+    return _KoLeoProto.apply(weights, to_device_async(order, weights.device), group_size, eps)
 
 
 def koleo_data(embeddings: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -222,7 +222,8 @@ def clip_per_parameter(parameters: list[nn.Parameter], max_norm: float) -> torch
     gradients (torch's multi-tensor ops, as clip_grad_norm_ uses), not 3 launches each."""
     grads = [p.grad.detach() for p in parameters if p.grad is not None]
     if not grads:
-        return torch.zeros((), dtype=torch.float64)
+        device = parameters[0].device if parameters else None
+        return torch.zeros((), dtype=torch.float64, device=device)
     norms = torch.stack(torch._foreach_norm(grads))  # [P]
     if max_norm > 0:
         scales = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # [P]
