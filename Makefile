@@ -63,7 +63,8 @@ GPU_PYTHON ?= python3
 
 test-gpu:
 	$(GPU_PYTHON) bench/gpu_preflight.py
-	$(GPU_PYTHON) -m pip install --quiet --no-build-isolation --no-deps -e .
+	$(GPU_PYTHON) -m pip install --quiet --no-index --disable-pip-version-check \
+	  --no-build-isolation --no-deps -e .
 	rc=0; env -u TRITON_INTERPRET FASTPROTO_TEST_TIER=gpu \
 	  $(GPU_PYTHON) -m pytest -m gpu -p no:cacheprovider $(PYTEST_ARGS) tests || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest ran zero tests" >&2; fi; exit $$rc

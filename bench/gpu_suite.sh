@@ -2,10 +2,11 @@
 # The GPU checks of a short lent-GPU session in one call of at most 420 s, most important first:
 #
 #   step         budget  what
-#   preflight      20 s  bench/gpu_preflight.py: Python >= 3.11, torch + CUDA device, triton,
+#   preflight      40 s  bench/gpu_preflight.py: Python >= 3.11, torch + CUDA device, triton,
 #                        timm, numpy, pytest, setuptools >= 68; stops the suite when not ready
-#   install        25 s  pip install --no-build-isolation --no-deps -e . (offline; the machine's
-#                        own torch/triton/timm stay as they are)
+#                        (when it runs out of time instead, the suite goes on without its verdict)
+#   install        15 s  pip install --no-index --no-build-isolation --no-deps -e . (offline;
+#                        the machine's own torch/triton/timm stay as they are)
 #   headline      115 s  the fused loss (triton) at K = 65536 and 262144, B = 64 CLS rows, bf16,
 #                        against the materialised reference at K = 65536, then the aligned-rows
 #                        sweep on B = 64 patch rows at K = 65536, then the A/B of the backward
@@ -15,7 +16,7 @@
 #                        reference at K = 1024, 8192; fused at 8192, 65536, 262144, 2^20
 #                        (bench/train_memory.py; each point in a fresh process, ~10 s of
 #                        start-up each, kernels from the triton cache after the first)
-#   pytest_gpu    110 s  the `gpu` test tier, kernels compiled
+#   pytest_gpu    100 s  the `gpu` test tier, kernels compiled
 #   (kill grace 5 x 5 s, summary and copies 5 s)
 #   total         415 s
 #
@@ -67,7 +68,11 @@ copy_results() {  # the CSVs this run appends to, as they stand now
     fi
 } | tee -a "$SUMMARY" >> "$SETUP_LOG"
 
-if ! step preflight 20 "$SETUP_LOG" "$PY" bench/gpu_preflight.py; then
+rc=0
+step preflight 40 "$SETUP_LOG" "$PY" bench/gpu_preflight.py || rc=$?
+if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then  # slow start-up, not a verdict: go on
+    echo "preflight ran out of time: going on without its verdict" | tee -a "$SUMMARY"
+elif [ "$rc" -ne 0 ]; then
     echo "NOT READY: see setup.log; nothing was run" | tee -a "$SUMMARY"
     grep "NOT READY" "$SETUP_LOG" >> "$SUMMARY"
     exit 1
@@ -75,8 +80,8 @@ fi
 SLUG=$(sed -n 's/^device slug: //p' "$SETUP_LOG" | tail -n 1)
 SLUG="${SLUG:-gpu}"
 
-if ! step install 25 "$SETUP_LOG" \
-    "$PY" -m pip install --quiet --no-build-isolation --no-deps -e .; then
+if ! step install 15 "$SETUP_LOG" "$PY" -m pip install --quiet --no-index \
+    --disable-pip-version-check --no-build-isolation --no-deps -e .; then
     echo "the editable install failed: see setup.log; nothing was run" | tee -a "$SUMMARY"
     exit 1
 fi
@@ -94,7 +99,7 @@ step memory 115 "$OUT/memory.log" \
     --no-report --out "bench/results/train_memory_$SLUG.csv"
 copy_results
 
-step pytest_gpu 110 "$OUT/pytest_gpu.log" \
+step pytest_gpu 100 "$OUT/pytest_gpu.log" \
     env FASTPROTO_TEST_TIER=gpu "$PY" -m pytest -m gpu -p no:cacheprovider -q -rfEs \
     --durations=15 tests
 

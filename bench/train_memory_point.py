@@ -184,6 +184,9 @@ def measure(args: argparse.Namespace) -> PointResult:
     from harness import time_and_peak
 
     base = torch.cuda.memory_allocated(device) / 1e6
+    # as on the CPU: AdamW's moments exist even if the fp16 grad scaler skips every measured
+    # step (it starts at a scale that overflows), so the peak always holds them
+    prime_optimizer(state)
     try:
         timing, memory = time_and_peak(
             lambda: train_step(state, g, loc, masks, values),
