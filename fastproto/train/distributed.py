@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fastproto.device_copy import to_device_async
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -81,10 +83,10 @@ def mean_terms(terms: dict[str, float], device: torch.device) -> dict[str, float
     if not (dist.is_available() and dist.is_initialized()):
         return terms
     keys = TERM_KEYS + tuple(sorted(k for k in terms if k not in TERM_KEYS))  # same on all ranks
-    packed = torch.tensor(
-        [[terms.get(k, 0.0) for k in keys], [float(k in terms) for k in keys]],
-        device=device, dtype=torch.float64,
-    )  # fmt: skip
+    host = torch.tensor(
+        [[terms.get(k, 0.0) for k in keys], [float(k in terms) for k in keys]], dtype=torch.float64
+    )
+    packed = to_device_async(host, device)  # queued: the read after the all-reduce is the wait
     dist.all_reduce(packed)
     values, counts = packed.tolist()
     return {k: v / c for k, v, c in zip(keys, values, counts, strict=True) if c > 0}
