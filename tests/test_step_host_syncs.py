@@ -116,20 +116,30 @@ def test_a_non_finite_loss_is_refused_before_any_update(monkeypatch: pytest.Monk
 
 @pytest.mark.gpu
 def test_gpu_training_step_synchronises_at_most_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """CUDA's sync debug mode warns at every synchronising call; drawing a step's masks and the
-    step itself may make one (read_on_host)."""
+    """CUDA's sync debug mode warns at every synchronising call; a step's inputs (the uint8
+    batch to the device, the augmentation, the masks) and the step itself may make one
+    (read_on_host)."""
+    from fastproto.data.batch import Batch
+
     monkeypatch.delenv("FASTPROTO_DEBUG", raising=False)
     device = torch.device("cuda")
-    state, (g, loc, _), config = _setup(device, "method.name='ibot'", "run.precision='bf16'",
-                                        "head.num_prototypes=4096")  # fmt: skip
+    state, _, config = _setup(device, "method.name='ibot'", "run.precision='bf16'",
+                              "head.num_prototypes=4096")  # fmt: skip
     maker = InputMaker(config, DistInfo(0, 1, 0, device))
-    train_step(state, g, loc, maker.masks(g.shape[0]), step_values(config, 10, 100))
+    d = config.data
+    batch = Batch(
+        torch.randint(0, 256, (d.global_crops, B, 3, 28, 28), dtype=torch.uint8),
+        torch.randint(0, 256, (d.local_crops, B, 3, 12, 12), dtype=torch.uint8),
+        torch.zeros(B, dtype=torch.long),
+        torch.arange(B),
+    ).to(device)  # as the loaders hand it over: on the device
+    train_step(state, *maker(batch, 0), step_values(config, 10, 100))
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            train_step(state, g, loc, maker.masks(g.shape[0]), step_values(config, 11, 100))
+            train_step(state, *maker(batch, 0), step_values(config, 11, 100))
         finally:
             torch.cuda.set_sync_debug_mode("default")
     syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]

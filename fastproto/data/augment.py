@@ -30,6 +30,7 @@ from torch import nn
 from fastproto.config import AugmentConfig
 from fastproto.data import color
 from fastproto.data.blur import blur_kernel_size, gaussian_blur
+from fastproto.device_copy import to_device_async
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,6 +51,16 @@ class AugmentParams:
     blur: torch.Tensor
     sigma: torch.Tensor
     solarise: torch.Tensor
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> AugmentParams:
+        """The draws on `device`, the float ones in `dtype`; the copies from the host are
+        queued, not waited for (a blocking copy each made the host wait ~10 times per crop
+        group on a GPU)."""
+        moved = {}
+        for name, t in vars(self).items():
+            t = t if t.dtype == torch.bool else t.to(dtype)
+            moved[name] = to_device_async(t, device)
+        return AugmentParams(**moved)
 
 
 def sample_params(
@@ -75,30 +86,27 @@ def sample_params(
 
 
 def _where(on: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    return torch.where(on.to(old.device).reshape(-1, 1, 1, 1), new, old)
+    return torch.where(on.reshape(-1, 1, 1, 1), new, old)
 
 
 def apply_params(x: torch.Tensor, p: AugmentParams, kernel_fraction: float = 0.1) -> torch.Tensor:
     """Apply steps 1-5 to float RGB x [N, 3, H, W] in [0, 1] (no normalisation)."""
-    dev, dt = x.device, x.dtype
-
-    def f(t: torch.Tensor) -> torch.Tensor:
-        return t.to(device=dev, dtype=dt)
-
+    # whether any crop is blurred or solarised, read from the host draws: no device sync
+    any_blur, any_solarise = bool(p.blur.any()), bool(p.solarise.any())
+    p = p.to(x.device, x.dtype)
     x = _where(p.flip, x.flip(-1), x)
     jit = color.hue(
-        color.saturation(
-            color.contrast(color.brightness(x, f(p.brightness)), f(p.contrast)), f(p.saturation)
-        ),
-        f(p.hue),
-    )
+        color.saturation(color.contrast(color.brightness(x, p.brightness), p.contrast),
+                         p.saturation),
+        p.hue,
+    )  # fmt: skip
     x = _where(p.jitter, jit, x)
     x = _where(p.grey, color.grey(x).expand_as(x), x)
-    if bool(p.blur.any()):
+    if any_blur:
         x = _where(
-            p.blur, gaussian_blur(x, f(p.sigma), blur_kernel_size(x.shape[-1], kernel_fraction)), x
+            p.blur, gaussian_blur(x, p.sigma, blur_kernel_size(x.shape[-1], kernel_fraction)), x
         )
-    if bool(p.solarise.any()):
+    if any_solarise:
         x = _where(p.solarise, color.solarise(x, SOLARISE_THRESHOLD), x)
     return x
 

@@ -61,7 +61,8 @@ def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     # Closed form: channel value = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6,
     # n = 5, 3, 1 for R, G, B; the same piecewise-linear map as the six-sector table.
     h, s, v = hsv[:, 0:1], hsv[:, 1:2], hsv[:, 2:3]  # [N, 1, H, W]
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device).reshape(1, 3, 1, 1)
+    # n = 5, 3, 1 made on the device (a torch.tensor of Python numbers is a copy from the host)
+    n = (5.0 - 2.0 * torch.arange(3, dtype=hsv.dtype, device=hsv.device)).reshape(1, 3, 1, 1)
     k = torch.remainder(n + 6.0 * h, 6.0)  # [N, 3, H, W]
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return v - v * s * ramp
