@@ -7,12 +7,13 @@ On a GPU the host waits for the device whenever it needs a value (`item()`, `flo
 - `SyncWatch`, a TorchDispatchMode, sees every aten operator the code runs and keeps those that
   synchronise on CUDA (SYNCING, and `index`/`index_put` with a boolean index), including
   tensors made from Python data, which a GPU copies from the host with a blocking copy;
+- copies from the host to another device that are not non_blocking. On the CPU nothing
+  moves, so those are seen only where the code runs on the `meta` device, which stands in for
+  a GPU: its tensors have shapes and no values, so any read of a device value raises there
+  (tests/test_step_host_syncs.py runs a step's inputs and step so). The GPU tier's twin counts
+  all of these with CUDA's own sync detector;
 - on CPU tensors `tolist()`, `cpu()` and `numpy()` run no operator, so the watch also counts
   their Python calls, the copies to the host a GPU would make.
-
-Not seen: a tensor made on the host by an operator (e.g. `torch.randperm(..., device="cpu")`)
-and then moved to the device, which on the CPU is no move at all; the GPU tier's twin counts
-those with CUDA's sync detector (fastproto.device_copy moves them without a wait).
 
 AdamW reads its step counters with `item()`; torch keeps those on the host unless the
 optimizer is capturable or fused, so the reads in torch/optim wait for nothing and are left out.
@@ -42,10 +43,11 @@ SYNCING = {
     aten.unique_dim.default,
     aten.unique_consecutive.default,
     aten.repeat_interleave.Tensor,
-    # a tensor made from Python data (torch.tensor, new_tensor, as_tensor): on a GPU it is made
-    # on the host and copied to the device with a blocking copy
-    aten.lift_fresh.default,
 }
+# a tensor made from Python data (torch.tensor, new_tensor, as_tensor): on a GPU it is made on
+# the host and copied to the device with a blocking copy
+FROM_PYTHON_DATA = aten.lift_fresh.default
+COPIES = {aten._to_copy.default, aten.copy_.default}
 BOOL_INDEXED = {
     aten.index.Tensor, aten.index_put.default, aten.index_put_.default,
     aten._index_put_impl_.default,
@@ -65,6 +67,17 @@ def _in_optimizer() -> bool:
     return any("/torch/optim/" in f.filename for f in traceback.extract_stack())
 
 
+def _blocking_host_copy(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """A copy from a host tensor to another device that the host waits for."""
+    if func is aten._to_copy.default:
+        source, target = args[0], kwargs.get("device")
+    else:  # copy_(destination, source, non_blocking)
+        source, target = args[1], args[0].device
+        kwargs = {"non_blocking": args[2] if len(args) > 2 else kwargs.get("non_blocking")}
+    to_device = target is not None and torch.device(target).type != "cpu"
+    return source.device.type == "cpu" and to_device and not kwargs.get("non_blocking")
+
+
 def _bool_index(args: tuple[Any, ...]) -> bool:
     indices = args[1] if len(args) > 1 else ()
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
@@ -76,20 +89,38 @@ class Seen:
     host_copies: list[str] = field(default_factory=list)
 
 
+def _touches(args: tuple[Any, ...], device: str) -> bool:
+    return any(isinstance(a, torch.Tensor) and a.device.type == device for a in args) or any(
+        isinstance(a, torch.Tensor) and a.device.type == device
+        for group in args if isinstance(group, (list, tuple)) for a in group
+    )  # fmt: skip
+
+
 class SyncWatch(TorchDispatchMode):
-    def __init__(self, seen: Seen) -> None:
+    """`device`: where the watched code keeps its tensors. "cpu" (everything there): every
+    operator of SYNCING counts, and so do tensors made from Python data. "meta" (the stand-in
+    for a GPU): only operators on meta tensors count, and the host may make tensors of its own
+    (an input path draws masks there on purpose)."""
+
+    def __init__(self, seen: Seen, device: str = "cpu") -> None:
         super().__init__()
-        self.seen = seen
+        self.seen, self.device = seen, device
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        syncing = func in SYNCING or (func in BOOL_INDEXED and _bool_index(args))
+        kwargs = kwargs or {}
+        reads = func in SYNCING or (func in BOOL_INDEXED and _bool_index(args))
+        syncing = (
+            (reads and _touches(args, self.device))
+            or (func is FROM_PYTHON_DATA and self.device == "cpu")
+            or (func in COPIES and _blocking_host_copy(func, args, kwargs))
+        )
         if syncing and not _in_optimizer():
             self.seen.syncs.append(f"{func} at {_where()}")
-        return func(*args, **(kwargs or {}))
+        return func(*args, **kwargs)
 
 
 @contextmanager
-def watching(monkeypatch: pytest.MonkeyPatch) -> Iterator[Seen]:
+def watching(monkeypatch: pytest.MonkeyPatch, device: str = "cpu") -> Iterator[Seen]:
     """Record what the code inside would make a GPU's host wait for."""
     seen = Seen()
     with monkeypatch.context() as patch:
@@ -101,5 +132,5 @@ def watching(monkeypatch: pytest.MonkeyPatch) -> Iterator[Seen]:
                 return _original(self, *args, **kwargs)
 
             patch.setattr(torch.Tensor, name, counted)
-        with SyncWatch(seen):
+        with SyncWatch(seen, device):
             yield seen

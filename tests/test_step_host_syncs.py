@@ -6,8 +6,10 @@ and teacher entropy in one copy, after the clipping and before the update), and 
 the iBOT masked tokens are found on the host where the masks are drawn
 (fastproto.masked_tokens), the clipping's norms stay on the device, and the value checks of
 fastproto.value_checks are switched to their GPU decision here (debug mode only). The watch of
-tests/host_reads.py sees the operators that would wait on a GPU; the GPU tier repeats the check
-with CUDA's own sync detector.
+tests/host_reads.py sees the operators that would wait on a GPU, on the CPU and on the meta
+device, which stands in for a GPU (host tensors stay on the host, device tensors have no
+values, copies between them show their non_blocking flag); the GPU tier repeats the check with
+CUDA's own sync detector.
 """
 
 from __future__ import annotations
@@ -93,6 +95,47 @@ def test_a_training_step_reads_the_device_once(
     assert state.step == 2 and {"loss", "grad_norm", "teacher_entropy"} <= set(terms)
     if method == "ibot":
         assert terms["ibot"] > 0  # the patch loss ran on gathered tokens
+
+
+def test_on_a_device_the_inputs_and_the_step_wait_for_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The meta device stands in for a GPU (tests/host_reads.py): from the uint8 batch on the
+    device through augmentation, masks, forward, losses, backward and clipping no device value
+    is read (a read raises on meta) and nothing is copied from the host with a blocking copy.
+    The step's one read (read_on_host, after the clipping) is left out: it is the wait."""
+    from fastproto.data.batch import Batch
+    from fastproto.train.step import backward_and_clip, compute_losses
+
+    meta = torch.device("meta")
+    config = load_config(
+        "demo",
+        [
+            "model.arch=vit_pico_patch4_28",
+            "data.local_size=12",
+            "head.num_prototypes=64",
+            "head.hidden_dim=32",
+            "head.bottleneck_dim=16",
+            f"optim.batch_size={B}",
+            "method.name='ibot'",
+            "method.loss_impl='chunked'",
+            "run.precision='fp32'",
+        ],
+    )  # fmt: skip  (fp32: autocast has no meta device)
+    dist = DistInfo(0, 1, 0, meta)
+    state, maker = build_state(config, dist), InputMaker(config, dist)
+    d = config.data
+    batch = Batch(
+        torch.randint(0, 256, (d.global_crops, B, 3, 28, 28), dtype=torch.uint8),
+        torch.randint(0, 256, (d.local_crops, B, 3, 12, 12), dtype=torch.uint8),
+        torch.zeros(B, dtype=torch.long), torch.arange(B),
+    ).to(meta)  # fmt: skip
+    with watching(monkeypatch, device="meta") as seen:
+        g, loc, masks = maker(batch, 0)
+        total, _, _ = compute_losses(state, g, loc, masks, teacher_temp=0.04)
+        norm = backward_and_clip(state, total, step_values(config, 10, 100))
+    assert seen.syncs == [], "waits for the device:\n" + "\n".join(seen.syncs)
+    assert norm.device == meta and masks.token_index.device == meta
 
 
 def test_a_non_finite_loss_is_refused_before_any_update(monkeypatch: pytest.MonkeyPatch) -> None:
