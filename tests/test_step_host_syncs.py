@@ -22,7 +22,8 @@ import torch
 from host_reads import watching
 
 from fastproto import value_checks
-from fastproto.config import load_config
+from fastproto.config import TrainConfig, load_config
+from fastproto.data.batch import Batch
 from fastproto.errors import NonFiniteError
 from fastproto.masked_tokens import MaskedTokens
 from fastproto.train.distributed import DistInfo
@@ -51,12 +52,25 @@ def _gpu_value_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(users) >= 4
 
 
-def _setup(device: torch.device, *overrides: str) -> tuple[TrainState, tuple, object]:  # type: ignore[type-arg]
-    config = load_config("demo", [
+def _config(*overrides: str) -> TrainConfig:
+    return load_config("demo", [
         "model.arch=vit_pico_patch4_28", "data.local_size=12", "head.num_prototypes=64",
-        "head.hidden_dim=32", "head.bottleneck_dim=16", f"optim.batch_size={B}",
-        f"run.device='{device.type}'", *overrides,
+        "head.hidden_dim=32", "head.bottleneck_dim=16", f"optim.batch_size={B}", *overrides,
     ])  # fmt: skip
+
+
+def _uint8_batch(config: TrainConfig, device: torch.device) -> Batch:
+    """A loader's batch of B images, on `device` as the loaders hand it over."""
+    d = config.data
+    return Batch(
+        torch.randint(0, 256, (d.global_crops, B, 3, 28, 28), dtype=torch.uint8),
+        torch.randint(0, 256, (d.local_crops, B, 3, 12, 12), dtype=torch.uint8),
+        torch.zeros(B, dtype=torch.long), torch.arange(B),
+    ).to(device)  # fmt: skip
+
+
+def _setup(device: torch.device, *overrides: str) -> tuple[TrainState, tuple, object]:  # type: ignore[type-arg]
+    config = _config(f"run.device='{device.type}'", *overrides)
     dist = DistInfo(0, 1, 0, device)
     torch.manual_seed(0)
     state = build_state(config, dist)
@@ -104,32 +118,13 @@ def test_on_a_device_the_inputs_and_the_step_wait_for_nothing(
     device through augmentation, masks, forward, losses, backward and clipping no device value
     is read (a read raises on meta) and nothing is copied from the host with a blocking copy.
     The step's one read (read_on_host, after the clipping) is left out: it is the wait."""
-    from fastproto.data.batch import Batch
     from fastproto.train.step import backward_and_clip, compute_losses
 
     meta = torch.device("meta")
-    config = load_config(
-        "demo",
-        [
-            "model.arch=vit_pico_patch4_28",
-            "data.local_size=12",
-            "head.num_prototypes=64",
-            "head.hidden_dim=32",
-            "head.bottleneck_dim=16",
-            f"optim.batch_size={B}",
-            "method.name='ibot'",
-            "method.loss_impl='chunked'",
-            "run.precision='fp32'",
-        ],
-    )  # fmt: skip  (fp32: autocast has no meta device)
-    dist = DistInfo(0, 1, 0, meta)
+    config = _config("method.name='ibot'", "method.loss_impl='chunked'", "run.precision='fp32'")
+    dist = DistInfo(0, 1, 0, meta)  # fp32: autocast has no meta device
     state, maker = build_state(config, dist), InputMaker(config, dist)
-    d = config.data
-    batch = Batch(
-        torch.randint(0, 256, (d.global_crops, B, 3, 28, 28), dtype=torch.uint8),
-        torch.randint(0, 256, (d.local_crops, B, 3, 12, 12), dtype=torch.uint8),
-        torch.zeros(B, dtype=torch.long), torch.arange(B),
-    ).to(meta)  # fmt: skip
+    batch = _uint8_batch(config, meta)
     with watching(monkeypatch, device="meta") as seen:
         g, loc, masks = maker(batch, 0)
         total, _, _ = compute_losses(state, g, loc, masks, teacher_temp=0.04)
@@ -162,20 +157,13 @@ def test_gpu_training_step_synchronises_at_most_once(monkeypatch: pytest.MonkeyP
     """CUDA's sync debug mode warns at every synchronising call; a step's inputs (the uint8
     batch to the device, the augmentation, the masks) and the step itself may make one
     (read_on_host)."""
-    from fastproto.data.batch import Batch
 
     monkeypatch.delenv("FASTPROTO_DEBUG", raising=False)
     device = torch.device("cuda")
     state, _, config = _setup(device, "method.name='ibot'", "run.precision='bf16'",
                               "head.num_prototypes=4096")  # fmt: skip
     maker = InputMaker(config, DistInfo(0, 1, 0, device))
-    d = config.data
-    batch = Batch(
-        torch.randint(0, 256, (d.global_crops, B, 3, 28, 28), dtype=torch.uint8),
-        torch.randint(0, 256, (d.local_crops, B, 3, 12, 12), dtype=torch.uint8),
-        torch.zeros(B, dtype=torch.long),
-        torch.arange(B),
-    ).to(device)  # as the loaders hand it over: on the device
+    batch = _uint8_batch(config, device)
     train_step(state, *maker(batch, 0), step_values(config, 10, 100))
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:

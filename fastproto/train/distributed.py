@@ -64,15 +64,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_mean(value: float, device: torch.device) -> float:
-    """Mean of a Python number over ranks (for logging)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    tensor = torch.tensor([value], device=device, dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return float(tensor.item()) / dist.get_world_size()
-
-
 # every loss term a step may report, in one fixed order so each rank packs the same vector
 TERM_KEYS = ("loss", "dino", "ibot", "koleo_proto", "koleo_data", "me_max", "grad_norm")
 
