@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from fastproto.data import MultiCropRecipe, make_loader
+from fastproto.data.base import Loader
 from fastproto.data.crops import crop_uniform, sample_windows
 from fastproto.data.order import rank_order
 
@@ -164,6 +165,21 @@ def test_unsigned_image_count_pads_like_a_python_int() -> None:
         unsigned = rank_order(np.uint64(11), 5, 0, 1, np.uint64(2), drop_last=False)
     assert np.array_equal(unsigned, rank_order(11, 5, 0, 1, 2, drop_last=False))
     assert len(unsigned) == 6
+
+
+class _CountOnly(Loader):
+    def _iterate(self, batches, epoch):  # type: ignore[no-untyped-def]
+        yield from ()
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_a_numpy_image_count_becomes_a_python_int(drop_last: bool) -> None:
+    # FFCV's count is a uint64; under NumPy 1.x, uint64 // int gave a float64 and len() failed
+    args = (BATCH, RECIPE, 1, 2, 0, drop_last, torch.device("cpu"))
+    counted = _CountOnly(np.uint64(11), *args)
+    assert type(counted.num_images) is int
+    assert len(counted) == len(_CountOnly(11, *args)) == (1 if drop_last else 2)  # shard 5 or 6
+    assert counted.order().tolist() == _CountOnly(11, *args).order().tolist()
 
 
 def test_folder_loader_ranks_see_disjoint_halves(image_root: Path) -> None:

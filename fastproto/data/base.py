@@ -26,6 +26,9 @@ class Loader(ABC):
         world_size: int, seed: int, drop_last: bool, device: torch.device,
     ) -> None:  # fmt: skip
         check_shard(rank, world_size, batch_size)
+        # FFCV counts its samples in a NumPy uint64; under NumPy 1.x, uint64 // int is a
+        # float64, which len() refuses, so the count is a Python int from here on
+        num_images = int(num_images)
         if seed < 0:
             raise ValueError(f"seed={seed} must be >= 0")
         if num_images < world_size:
