@@ -2,8 +2,10 @@
 
 Run with the interpreter that will run the tests (a lent GPU machine's own python3, with its
 preinstalled torch, triton and timm; the machine is offline, so nothing is installed from a
-registry). Checked: Python >= 3.11, torch with a visible CUDA device, triton, timm, numpy,
-pytest, and setuptools >= 68 (what `pip install --no-build-isolation --no-deps -e .` builds with).
+registry). Checked: Python >= 3.11, torch with a visible CUDA device, triton, timm, numpy and
+pytest. Noted, not required: whether `pip install --no-build-isolation --no-deps -e .` can build
+offline (setuptools >= 70.1, or >= 68 with the `wheel` package); where it cannot,
+bench/gpu_suite.sh runs from bench/source_site.py's link tree instead.
 
     python3 bench/gpu_preflight.py
 """
@@ -11,10 +13,12 @@ pytest, and setuptools >= 68 (what `pip install --no-build-isolation --no-deps -
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 MIN_PYTHON = (3, 11)
 MIN_SETUPTOOLS = (68,)
+WHEEL_BUILTIN_SETUPTOOLS = (70, 1)  # from here on setuptools builds wheels without `wheel`
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -32,17 +36,16 @@ def problems() -> list[str]:
     found = []
     if sys.version_info < MIN_PYTHON:
         found.append(f"Python {sys.version.split()[0]} is older than 3.11: use a newer python3")
-    for name in ("torch", "triton", "timm", "numpy", "pytest", "setuptools"):
+    for name in ("torch", "triton", "timm", "numpy", "pytest"):
         try:
             module = importlib.import_module(name)
         except ImportError as err:
             found.append(f"cannot import {name} ({err}): use the python3 that has PyTorch")
             continue
         print(f"{name} {getattr(module, '__version__', '?')}")
-    if "setuptools" in sys.modules:
-        version = sys.modules["setuptools"].__version__
-        if _version_tuple(version) < MIN_SETUPTOOLS:
-            found.append(f"setuptools {version} cannot make an editable install: need >= 68")
+    note = editable_install_note()
+    if note is not None:
+        print(f"note: {note}; bench/gpu_suite.sh will run from bench/source_site.py's link tree")
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         if not torch.cuda.is_available():
@@ -55,6 +58,21 @@ def problems() -> list[str]:
                   f"{props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}")  # fmt: skip
             print(f"device slug: {device_slug(torch.device('cuda'))}")  # names the result CSVs
     return found
+
+
+def editable_install_note() -> str | None:
+    """Why an offline `pip install --no-build-isolation -e .` would fail here, or None."""
+    try:
+        setuptools = importlib.import_module("setuptools")
+    except ImportError:
+        return "no setuptools: the editable install cannot build"
+    version = _version_tuple(setuptools.__version__)
+    print(f"setuptools {setuptools.__version__}")
+    if version < MIN_SETUPTOOLS:
+        return f"setuptools {setuptools.__version__} is older than 68: no editable install"
+    if version >= WHEEL_BUILTIN_SETUPTOOLS or importlib.util.find_spec("wheel") is not None:
+        return None
+    return f"setuptools {setuptools.__version__} builds only with the `wheel` package, missing here"
 
 
 def main() -> int:
