@@ -59,13 +59,18 @@ test: lint typecheck pytest bench-smoke
 # The gpu tier on a lent GPU machine, which is offline: no venv, no pinned installs, no apt.
 # It uses that machine's own python3 (preinstalled torch, triton, timm), installs this project
 # editable without resolving dependencies, and runs the gpu tests compiled (not interpreted).
+# Where that install cannot build offline, the package goes on PYTHONPATH as a tree of links
+# (bench/source_site.py; PYTHONSAFEPATH keeps the checkout's fastproto/ from shadowing it).
 GPU_PYTHON ?= python3
 
 test-gpu:
 	$(GPU_PYTHON) bench/gpu_preflight.py
-	$(GPU_PYTHON) -m pip install --quiet --no-index --disable-pip-version-check \
-	  --no-build-isolation --no-deps -e .
+	site=""; if ! $(GPU_PYTHON) -m pip install --quiet --no-index --disable-pip-version-check \
+	  --no-build-isolation --no-deps -e .; then \
+	  site=$$(mktemp -d)/site && $(GPU_PYTHON) bench/source_site.py $$site || exit 1; \
+	  echo "the editable install failed: running from the link tree $$site" >&2; fi; \
 	rc=0; env -u TRITON_INTERPRET FASTPROTO_TEST_TIER=gpu \
+	  $${site:+PYTHONPATH=$$site PYTHONSAFEPATH=1} \
 	  $(GPU_PYTHON) -m pytest -m gpu -p no:cacheprovider $(PYTEST_ARGS) tests || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest ran zero tests" >&2; fi; exit $$rc
 

@@ -5,7 +5,7 @@ preinstalled torch, triton and timm; the machine is offline, so nothing is insta
 registry). Checked: Python >= 3.11, torch with a visible CUDA device, triton, timm, numpy and
 pytest. Noted, not required: whether `pip install --no-build-isolation --no-deps -e .` can build
 offline (setuptools >= 70.1, or >= 68 with the `wheel` package); where it cannot,
-bench/gpu_suite.sh runs from bench/source_site.py's link tree instead.
+bench/gpu_suite.sh and `make test-gpu` run from bench/source_site.py's link tree instead.
 
     python3 bench/gpu_preflight.py
 """
@@ -45,7 +45,7 @@ def problems() -> list[str]:
         print(f"{name} {getattr(module, '__version__', '?')}")
     note = editable_install_note()
     if note is not None:
-        print(f"note: {note}; bench/gpu_suite.sh will run from bench/source_site.py's link tree")
+        print(f"note: {note}; the GPU suite and make test-gpu use bench/source_site.py instead")
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         if not torch.cuda.is_available():
