@@ -3,7 +3,8 @@
 #
 #   step         budget  what
 #   preflight      40 s  bench/gpu_preflight.py: Python >= 3.11, torch + CUDA device, triton,
-#                        timm, numpy, pytest, setuptools >= 68; stops the suite when not ready
+#                        timm, numpy, pytest (and a note when setuptools cannot make the
+#                        editable install); stops the suite when not ready
 #                        (when it runs out of time instead, the suite goes on without its verdict)
 #   install        12 s  pip install --no-index --no-build-isolation --no-deps -e . (offline;
 #                        the machine's own torch/triton/timm stay as they are)
