@@ -63,9 +63,12 @@ from fastproto.kernels.triton_loss import (  # noqa: E402
     compiled_config,
     fuses_backward,
     mix_config,
+    override_blocks,
 )
 from harness import RESULTS_DIR, git_commit  # noqa: E402
 from mma_layouts import mma_figures  # noqa: E402
+from prototype_loss import VARIANTS as AB_VARIANTS  # noqa: E402
+from prototype_loss import variant  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
@@ -136,6 +139,7 @@ class Job:
     constexprs: tuple[tuple[str, object], ...]
     num_warps: int
     num_stages: int
+    ab: str = ""  # the A/B variant of bench/prototype_loss.py that launches it; "": the default
 
     def key(self, source_hash: str) -> str:
         text = json.dumps([FIGURES, triton.__version__, source_hash, ARGS[self.kernel],
@@ -148,7 +152,7 @@ class Job:
         flags = "".join(
             f" {k}" for k in ("HAS_V", "HAS_M", "HAS_DY", "HAS_DW", "HAS_RAW") if c.get(k)
         )
-        return f"{self.kernel}{flags}"
+        return f"{self.kernel}{flags}" + (f" [{self.ab}]" if self.ab else "")
 
 
 def _launch_config(kernel: str, extra: dict[str, bool], block_d: int,
@@ -164,13 +168,25 @@ def _launch_config(kernel: str, extra: dict[str, bool], block_d: int,
         return None if extra["HAS_V"] and extra["HAS_M"] and not fuses_backward(cfg) else cfg
     if kernel != "_student_grad_kernel":
         return dict(cfg)
-    cfg = backward_config(cfg)
+    cfg = override_blocks(kernel, backward_config(cfg))
     fused = extra["HAS_DY"] and extra["HAS_DW"]
     return None if fused and not fuses_backward(cfg) else cfg
 
 
 def jobs() -> list[Job]:
-    """Every (arch, kernel variant, dtype, config) the dispatcher can reach."""
+    """Every (arch, kernel variant, dtype, config) the dispatcher can reach, then those that
+    only the A/B variants of bench/prototype_loss.py launch, each once."""
+    out: dict[tuple, Job] = {}
+    for ab in ["", *AB_VARIANTS]:
+        with variant(ab):
+            for job in _jobs(ab):
+                out.setdefault((job.arch, job.kernel, job.dtype, job.constexprs, job.num_warps,
+                                job.num_stages), job)  # fmt: skip
+    return list(out.values())
+
+
+def _jobs(ab: str) -> list[Job]:
+    """The jobs with the launch sizes in place now, tagged with the A/B variant `ab`."""
     out = []
     block_ds = [16 << i for i in range((MAX_DIM // 16).bit_length())]  # 16 ... MAX_DIM
     for arch in ARCHS:
@@ -182,7 +198,7 @@ def jobs() -> list[Job]:
                         continue
                     warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
                     consts = tuple(sorted({**cfg, **extra}.items()))
-                    out.append(Job(arch, kernel, short, consts, warps, stages))
+                    out.append(Job(arch, kernel, short, consts, warps, stages, ab))
     return out
 
 
@@ -260,14 +276,15 @@ def run(cache_path: Path, workers: int, prune: bool) -> tuple[list[tuple[Job, di
 
 
 def table(results: list[tuple[Job, dict]]) -> list[str]:
-    lines = ["| arch | kernel | dtype | BLOCK_N/K | BLOCK_D | warps | stages | registers | "
+    lines = ["| arch | kernel | dtype | BLOCK_N x K | BLOCK_D | warps | stages | registers | "
              "spill st/ld B | stack B | shared KiB | limit KiB | mma | redundant x | ok |",
              "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|---|"]  # fmt: skip
     for job, fig in results:
         c = dict(job.constexprs)
         bad = problems(job, fig)
         lines.append(
-            f"| sm_{job.arch} | {job.label()} | {job.dtype} | {c['BLOCK_N']} | {c['BLOCK_D']} "
+            f"| sm_{job.arch} | {job.label()} | {job.dtype} | {c['BLOCK_N']} x {c['BLOCK_K']} "
+            f"| {c['BLOCK_D']} "
             f"| {job.num_warps} | {job.num_stages} | {fig['registers']} | {fig['spill_stores']}"
             f"/{fig['spill_loads']} | {fig['stack']} | {int(fig['shared']) / 1024:.1f} | "
             f"{ARCHS[job.arch] // 1024} | {fig['mma']} | {fig['redundancy']} | "

@@ -25,7 +25,8 @@ moved once) against the device's limits.
         --preset cls-b64-k65536:triton,reference cls-b64-k262144:triton   # impls per preset
 
 An impl may also be a tuning variant of one (VARIANTS below), timed beside it as an A/B:
-"triton-bwd16x16w8" is triton with the backward blocks it had before the replication fix.
+"triton-bwd16x16w8" is triton with the backward blocks it had before the replication fix,
+"triton-tall" triton with taller row blocks in its gradient sweeps (fewer atomic adds).
 """
 
 from __future__ import annotations
@@ -175,7 +176,15 @@ def _peak_rss_mib() -> float:
 # the impl it runs, and the module attributes of fastproto.kernels.triton_loss it sets for the
 # run. "triton-bwd16x16w8": the half-precision backward blocks before WIDE (16 x 16 under 8
 # warps at BLOCK_D = 256 and 512), whose logit tiles the compile table shows 4x replicated.
-VARIANTS = {"triton-bwd16x16w8": ("triton", {"WIDE": {}})}
+# "triton-tall": the gradient sweeps on taller row blocks at BLOCK_D = 256 (half precision),
+# the CLS backward 128 x 16 and the aligned (patch) sweep 64 x 16, both under 8 warps. Each
+# row block adds its [BLOCK_K, D] dW tile atomically, so these make 8x and 4x fewer atomic
+# adds per FLOP than the 16-row defaults (bench/results/kernel_passes.md, "Atomic traffic").
+TALL = {"_student_grad_kernel": {256: (128, 16, 8)}, "_aligned_grad_kernel": {256: (64, 16, 8)}}
+VARIANTS = {
+    "triton-bwd16x16w8": ("triton", {"WIDE": {}}),
+    "triton-tall": ("triton", {"BLOCK_OVERRIDES": TALL}),
+}
 
 
 @contextlib.contextmanager

@@ -32,20 +32,22 @@ from fastproto.kernels.triton_loss import (
     _teacher_lse,
     fuses_backward,
     mix_config,
+    override_blocks,
     prototype_cross_entropy_triton,
 )
 from torch import Tensor
 
 
 def aligned_config(cfg: dict[str, Any]) -> dict[str, Any] | None:
-    """The sweep's sizes from the forward's `cfg` (mix_config's), or None where the general
-    kernels run instead: BLOCK_D = 1024, where the fused backward is two launches, and compiled
-    float32 at every width, whose IEEE dots spilled 280-5500 B per thread at each BLOCK_D >= 64
-    on sm_80 and sm_90 (bench/results/kernel_compile_table.md has the sizes kept)."""
+    """The sweep's sizes from the forward's `cfg` (mix_config's, or BLOCK_OVERRIDES' for this
+    kernel where an A/B run sets them), or None where the general kernels run instead:
+    BLOCK_D = 1024, where the fused backward is two launches, and compiled float32 at every
+    width, whose IEEE dots spilled 280-5500 B per thread at each BLOCK_D >= 64 on sm_80 and
+    sm_90 (bench/results/kernel_compile_table.md has the sizes kept)."""
     out = mix_config(cfg)
     if not fuses_backward(out) or (out["IEEE"] and not out["CAST_FP32"]):
         return None
-    return out
+    return override_blocks("_aligned_grad_kernel", out)
 
 
 Sweep = tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None]

@@ -259,6 +259,23 @@ def mix_config(cfg: dict[str, Any]) -> dict[str, Any]:
 WIDE = {256: 4, 512: 8}
 
 
+# Blocks (BLOCK_N, BLOCK_K, warps) by BLOCK_D that replace one gradient kernel's sizes from the
+# functions above, {kernel name: {BLOCK_D: blocks}}, for A/B runs of other blocks: the variants
+# of bench/prototype_loss.py set it for a run, and bench/kernel_compile.py compiles what they
+# set. Empty, as here: every launch takes the sizes above. Compiled float32 keeps its sizes.
+BLOCK_OVERRIDES: dict[str, dict[int, tuple[int, int, int]]] = {}
+
+
+def override_blocks(kernel: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` with BLOCK_OVERRIDES' blocks for `kernel` (a kernel's name in
+    kernels/triton_kernels.py) at cfg's BLOCK_D, where it has any; half-precision and
+    interpreted configurations only (compiled float32 dots hold more registers)."""
+    blocks = BLOCK_OVERRIDES.get(kernel, {}).get(cfg["BLOCK_D"])
+    if blocks is None or (cfg["IEEE"] and not cfg["CAST_FP32"]):
+        return cfg
+    return {**cfg, "BLOCK_N": blocks[0], "BLOCK_K": blocks[1], "num_warps": blocks[2]}
+
+
 def fuses_backward(cfg: dict[str, Any]) -> bool:
     """Whether one launch makes dY and dW together. Beyond FUSED_MAX_BLOCK_D the blocks are
     already 16 and the fused program spilled 250-270 B per thread on sm_80, so there dY and
@@ -367,7 +384,7 @@ class _TritonLoss(torch.autograd.Function):
         # W[n] softmax(a[n]) = exp(a[n] - shift[n]); rows with W = 0 get shift = inf, p = 0
         shift = (lse_s - torch.log(pair_w.sum(dim=1))).contiguous()  # [Ns]
         dw, db = _prototype_grad_buffers(ws, qz, qc) if need_w or need_b else (None, None)
-        cfg = backward_config(ctx.cfg)
+        cfg = override_blocks("_student_grad_kernel", backward_config(ctx.cfg))
         dy = _student_grads(ys, ws, bs, shift, inv_ts, cfg, need_y, dw, db)  # [Ns, D] or None
         out_y = out_w = out_b = None
         if dy is not None:

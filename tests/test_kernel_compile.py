@@ -50,6 +50,25 @@ def test_every_dispatch_configuration_compiles_within_limits(
     assert int(summary.split()[0]) >= 100 and summary.endswith(" 0 over a limit"), summary
 
 
+def test_the_ab_variants_blocks_are_in_the_check() -> None:
+    """The blocks that bench/prototype_loss.py's A/B variants set are compiled and checked too
+    (a variant launched on a GPU with blocks over a limit would fail there, not here)."""
+    pytest.importorskip("triton.backends.nvidia")
+    code = (
+        "import kernel_compile as kc, prototype_loss as pl\n"
+        "got = {(j.kernel, dict(j.constexprs)['BLOCK_D'], (dict(j.constexprs)['BLOCK_N'], "
+        "dict(j.constexprs)['BLOCK_K'], j.num_warps)) for j in kc.jobs() if j.ab == 'triton-tall'"
+        " and j.arch == 90 and j.dtype == 'bf16'}\n"
+        "want = {(k, d, b) for k, by_d in pl.TALL.items() for d, b in by_d.items()}\n"
+        "print(len(want), sorted(want - got))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=ROOT / "bench", timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["2", "[]"], out.stdout
+
+
 # Lines of the TTGIR triton 3.8 made for sm_90 from the former _row_mix_kernel (bf16,
 # BLOCK_D = 256, 64 rows, 8 warps) and _aligned_grad_kernel (bf16, BLOCK_D = 256, 16 rows, 8
 # warps, before backward_config's WIDE), shortened

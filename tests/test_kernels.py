@@ -345,6 +345,27 @@ def test_triton_backward_in_two_launches(monkeypatch: pytest.MonkeyPatch) -> Non
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("blocks", [(32, 16, 8), (128, 16, 8)])
+def test_triton_backward_under_block_overrides(monkeypatch: pytest.MonkeyPatch,
+                                               blocks: tuple[int, int, int]) -> None:  # fmt: skip
+    """BLOCK_OVERRIDES (the A/B runs of taller backward blocks) reach the backward's launch and
+    leave its results as they were: 40 student rows are 2 row blocks of 32 (the second
+    partial) or one partial block of 128, K = 97 is 7 blocks of 16 (the last holding one)."""
+    import fastproto.kernels.triton_loss as tl_mod
+    from kernel_launches import count_launches
+
+    c = _backward_case()
+    want, low = truth(c, 1.3), c.cast(torch.float32)
+    default = run(low, "triton", 1.3)
+    grad = count_launches(monkeypatch, tl_mod, "_student_grad_kernel")
+    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", {"_student_grad_kernel": {32: blocks}})
+    got = run(low, "triton", 1.3)
+    assert grad.blocks == [blocks]
+    assert_close_rel(got, want, max_err(run(low, "reference", 1.3), want), torch.float32)
+    for name, x, y in zip(NAMES, got, default, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5, msg=name)
+
+
 def test_auto_is_chunked_on_cpu_and_gradient_reaches_vmf_norm() -> None:
     c = make_case(6, 3, 40, 16, 2, vmf=True, centred=False)
     auto, chunked = run(c, "auto", 1.0), run(c, "chunked", 1.0)
@@ -396,6 +417,32 @@ def test_gpu_large_shapes(shape: tuple, dtype: torch.dtype) -> None:
     baseline = max_err(run(low, "reference", scale), want)
     for impl in ("chunked", "triton"):
         assert_close_rel(run(low, impl, scale), want, baseline, dtype)
+
+
+def tall_blocks() -> dict:
+    """The blocks of bench/prototype_loss.py's `triton-tall` A/B variant."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from prototype_loss import TALL
+
+    return TALL
+
+
+@pytest.mark.gpu
+def test_gpu_tall_blocks_of_the_ab_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `triton-tall` A/B's CLS backward (128 x 16 blocks), compiled at DINO CLS sizes in
+    bf16, judged as the default blocks are: the A/B times a kernel that gives the right
+    answer."""
+    import fastproto.kernels.triton_loss as tl_mod
+
+    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", tall_blocks())
+    c = make_case(*GPU_SHAPES[0][:5], vmf=True, centred=True)
+    want = run(c.cast(torch.float64, "cuda"), "reference", 0.5)
+    low = c.cast(torch.bfloat16, "cuda")
+    baseline = max_err(run(low, "reference", 0.5), want)
+    assert_close_rel(run(low, "triton", 0.5), want, baseline, torch.bfloat16)
 
 
 @pytest.mark.gpu

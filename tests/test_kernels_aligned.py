@@ -23,6 +23,7 @@ from test_kernels import (
     assert_close_rel,
     make_case,
     max_err,
+    tall_blocks,
     truth,
 )
 
@@ -83,6 +84,22 @@ def test_aligned_sweep_over_row_blocks_and_k_splits(monkeypatch: pytest.MonkeyPa
     assert bool(zero.any()) and float(got[1][zero].abs().max()) == 0.0
     cfg = tl_mod.backward_config(tl_mod._config(24, torch.float32))
     assert tl_mod._splits(40, 97, cfg)[0] == {1: 1, 6: 2, 512: 4}[programs]
+
+
+def test_aligned_sweep_under_block_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BLOCK_OVERRIDES (the A/B runs of taller blocks) reach the sweep's launch and leave its
+    results as they were: 40 rows are 2 row blocks of 32 (the second partial), K = 97 is 7
+    blocks of 16 (the last with one prototype)."""
+    import fastproto.kernels.triton_loss as tl_mod
+
+    c = aligned_case(40, 97, 24)
+    default = run_aligned(c.cast(torch.float32), "triton", -0.8)
+    _, sweep = _count_launches(monkeypatch)
+    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", {"_aligned_grad_kernel": {32: (32, 16, 8)}})
+    got = assert_like_reference(c, "triton", torch.float32, -0.8)
+    assert sweep.blocks == [(32, 16, 8)]
+    for x, y in zip(got, default, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -269,6 +286,20 @@ def test_gpu_aligned_at_ibot_patch_sizes(dtype: torch.dtype, dim: int) -> None:
     low = c.cast(dtype, "cuda")
     baseline = max_err(run_aligned(low, "reference", scale), want)
     assert_close_rel(run_aligned(low, "triton", scale), want, baseline, dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_aligned_tall_blocks_of_the_ab_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `triton-tall` A/B's sweep (64 x 16 blocks), compiled at iBOT's patch rows in bf16,
+    judged as the default blocks are."""
+    import fastproto.kernels.triton_loss as tl_mod
+
+    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", tall_blocks())
+    c = aligned_case(64 * 196, 8192, 256)
+    want = run_aligned(c.cast(torch.float64, "cuda"), "reference", 0.5)
+    low = c.cast(torch.bfloat16, "cuda")
+    baseline = max_err(run_aligned(low, "reference", 0.5), want)
+    assert_close_rel(run_aligned(low, "triton", 0.5), want, baseline, torch.bfloat16)
 
 
 @pytest.mark.gpu
