@@ -39,6 +39,7 @@ import os
 import resource
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,6 +292,14 @@ def run_one(p: Preset, impl: str, device: torch.device, args: argparse.Namespace
         # in-process on CPU (--smoke): the peak is reset per run, heap reuse may blur it
         return measure(p, impl, device, dtype, args.warmup, args.repeats)
     except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return nan
+    except Exception:
+        if device.type != "cuda":  # the CPU smoke run is a test: let it fail
+            raise
+        # a kernel that does not compile or launch on this GPU (an A/B variant's blocks): its
+        # rows read nan, the traceback goes to the log, and the points after it still run
+        traceback.print_exc()
         torch.cuda.empty_cache()
         return nan
 
