@@ -11,13 +11,14 @@
 #   link_tree       3 s  only when the install failed (a setuptools that cannot build offline,
 #                        a read-only environment): bench/source_site.py puts the package on
 #                        PYTHONPATH as a tree of links (with PYTHONSAFEPATH=1)
-#   headline      125 s  the fused loss (triton) at K = 65536 and 262144, B = 64 CLS rows, bf16,
+#   headline      130 s  the fused loss (triton) at K = 65536 and 262144, B = 64 CLS rows, bf16,
 #                        against the materialised reference at K = 65536, then the aligned-rows
-#                        sweep on B = 64 patch rows at K = 65536, then two A/Bs of the gradient
-#                        blocks on the CLS and patch points at K = 65536: triton-tall (taller
-#                        row blocks, 4-8x fewer atomic adds) and triton-bwd16x16w8 (the blocks
-#                        before the replication fix) (bench/prototype_loss.py)
-#   memory        105 s  paper 1 Table 12 points, a full iBOT ViT-S/16 step at B = 64, fp16,
+#                        sweep on B = 64 patch rows at K = 65536, then A/Bs of the gradient
+#                        sweeps at K = 65536 (bench/prototype_loss.py): triton-tall (taller row
+#                        blocks, 4-8x fewer atomic adds; CLS and patch), triton-coldw (a CLS
+#                        backward with no atomic adds), triton-bwd16x16w8 (the blocks before
+#                        the replication fix; CLS and patch)
+#   memory        100 s  paper 1 Table 12 points, a full iBOT ViT-S/16 step at B = 64, fp16,
 #                        the most telling first, so a cut step keeps them: fused at K = 8192
 #                        and 2^20 (the claim's two ends), reference at 1024 and 8192 (its
 #                        slope), then fused at 65536 and 262144
@@ -103,15 +104,15 @@ if [ "$rc" -ne 0 ]; then
         | tee -a "$SUMMARY"
 fi
 
-step headline 125 "$OUT/headline.log" \
+step headline 130 "$OUT/headline.log" \
     "$PY" bench/prototype_loss.py --device cuda --dtype bfloat16 --warmup 1 --repeats 3 \
     --preset cls-b64-k65536:triton,reference cls-b64-k262144:triton patch-b64-k65536:triton \
-    cls-b64-k65536:triton-tall patch-b64-k65536:triton-tall \
+    cls-b64-k65536:triton-tall,triton-coldw patch-b64-k65536:triton-tall \
     cls-b64-k65536:triton-bwd16x16w8 patch-b64-k65536:triton-bwd16x16w8 \
     --out "bench/results/prototype_loss_$SLUG.csv"
 copy_results
 
-step memory 105 "$OUT/memory.log" \
+step memory 100 "$OUT/memory.log" \
     "$PY" bench/train_memory.py --device cuda --precision fp16 --batch 64 --repeats 3 \
     --points auto:8192 auto:1048576 reference:1024 reference:8192 auto:65536 auto:262144 \
     --no-report --out "bench/results/train_memory_$SLUG.csv"

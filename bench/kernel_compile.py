@@ -60,6 +60,7 @@ from fastproto.kernels.triton_aligned import aligned_config  # noqa: E402
 from fastproto.kernels.triton_loss import (  # noqa: E402
     MAX_DIM,
     backward_config,
+    column_dw_config,
     compiled_config,
     fuses_backward,
     mix_config,
@@ -88,7 +89,7 @@ SOURCE = Path(triton_kernels.__file__)
 ARGS = {
     "_row_lse_kernel": "Y:IN W:IN BIAS CENTER OUT_MAX OUT_SUM OUT_MAX0 OUT_SUM0 N:i32 K:i32 D:i32 "
     "inv_temp:fp32 k_per_split:i32",
-    "_column_mix_kernel": "Y:IN W:IN BIAS SHIFT OUT_1 N:i32 K:i32 D:i32 inv_temp:fp32 "
+    "_column_mix_kernel": "Y:IN W:IN BIAS SHIFT OUT_1 OUT_W N:i32 K:i32 D:i32 inv_temp:fp32 "
     "n_per_split:i32",
     "_teacher_mix_kernel": "Y:IN W:IN BIAS SHIFT M:IN MB R:IN RV OUT OUT_B QZ COL QC CENTER LSE0 "
     "COL_P0 N:i32 K:i32 D:i32 inv_temp:fp32 k_per_split:i32",
@@ -108,7 +109,8 @@ ARGS = {
 # statistic)
 VARIANTS = [
     *(("_row_lse_kernel", {"HAS_RAW": raw}) for raw in (False, True)),
-    ("_column_mix_kernel", {}),
+    ("_column_mix_kernel", {"HAS_DW": False}),
+    ("_column_mix_kernel", {"HAS_DW": True}),
     *(
         ("_teacher_mix_kernel", {"HAS_V": v, "HAS_M": m, "HAS_RAW": raw})
         for v, m, raw in (
@@ -163,6 +165,8 @@ def _launch_config(kernel: str, extra: dict[str, bool], block_d: int,
     cfg = compiled_config(block_d, dtype)
     if kernel == "_aligned_grad_kernel":
         return aligned_config(cfg)
+    if kernel == "_column_mix_kernel" and extra["HAS_DW"]:  # only where an A/B run asks
+        return column_dw_config(cfg)
     if kernel == "_teacher_mix_kernel":  # both sums in one launch only where fuses_backward
         cfg = mix_config(cfg)
         return None if extra["HAS_V"] and extra["HAS_M"] and not fuses_backward(cfg) else cfg

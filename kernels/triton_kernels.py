@@ -6,7 +6,9 @@ per-row shift (a row log-sum-exp, possibly minus log of a row weight); nothing N
 
     _row_lse_kernel     grid (row blocks, K splits): running (max, sum exp) per row and split
     _column_mix_kernel  grid (K blocks, row splits): out_1[k] = sum_n p[n, k]  [S, K]
-                        (teacher column sums for centring's statistics; partials per split)
+                        (teacher column sums for centring's statistics; partials per split),
+                        HAS_DW also out_w[k] = sum_n p[n, k] y[n]  [S, K, D] (a dW without
+                        atomic adds, for A/B runs)
     _teacher_mix_kernel grid (row blocks, K splits), the forward's teacher side in one pass:
                         V[s, n] = sum_k p[n, k] w_s[k]  [S, N, D], u[s, n] = sum_k p bias_s
                         [S, N], and by float32 atomic adds q^T Z [K, D], column sums [K], q^T c
@@ -121,17 +123,21 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _column_mix_kernel(Y, W, BIAS, SHIFT, OUT_1, N, K, D, inv_temp, n_per_split,
+def _column_mix_kernel(Y, W, BIAS, SHIFT, OUT_1, OUT_W, N, K, D, inv_temp, n_per_split,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                       CAST_FP32: tl.constexpr, IEEE: tl.constexpr):  # fmt: skip
+                       CAST_FP32: tl.constexpr, IEEE: tl.constexpr,
+                       HAS_DW: tl.constexpr):  # fmt: skip
     # One program: a block of prototypes against the rows of one split (n_per_split rows, a
     # multiple of BLOCK_N). Its column sums are the split's partial OUT_1 [S, K], added up by the
-    # launcher (no atomics, so the sums are deterministic).
+    # launcher (no atomics, so the sums are deterministic). HAS_DW: also the split's partial
+    # OUT_W[s, k] = sum_n p[n, k] Y[n] [S, K, D], held in registers across the rows (dW with no
+    # atomic adds, the student side of the backward when it owns prototype blocks).
     pid_k = tl.program_id(0).to(tl.int64)
     pid_s = tl.program_id(1).to(tl.int64)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     w, bias = _load_protos(W, BIAS, offs_k, K, D, BLOCK_D, CAST_FP32)
     acc_1 = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    acc_w = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
     r_end = tl.minimum((pid_s + 1) * n_per_split, N)
     for r0 in range(pid_s * n_per_split, r_end, BLOCK_N):
         offs_n = r0 + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -139,7 +145,13 @@ def _column_mix_kernel(Y, W, BIAS, SHIFT, OUT_1, N, K, D, inv_temp, n_per_split,
         shift = tl.load(SHIFT + offs_n, mask=offs_n < r_end, other=float("inf"))
         p = tl.exp(_logits(y, w, bias, offs_k, K, inv_temp, IEEE) - shift[:, None])
         acc_1 += tl.sum(p, axis=0)
+        if HAS_DW:
+            acc_w += _dot(tl.trans(p), y, IEEE)  # [BLOCK_K, BLOCK_D]
     tl.store(OUT_1 + pid_s * K + offs_k, acc_1, mask=offs_k < K)
+    if HAS_DW:
+        offs_d = tl.arange(0, BLOCK_D)
+        out = (pid_s * K + offs_k)[:, None] * D + offs_d[None, :]
+        tl.store(OUT_W + out, acc_w, mask=(offs_k < K)[:, None] & (offs_d[None, :] < D))
 
 
 @triton.jit

@@ -203,13 +203,22 @@ def _teacher_mix(rows, protos, bias, shift, mix, mix_b, z, c, raw: tuple[Tensor,
 
 def _column_sums(rows, protos, bias, shift, inv_temp: float, cfg: dict[str, Any]) -> Tensor:
     """sum_n exp(logit[n, k] - shift[n]) -> [K] float32, deterministic (per-split partials)."""
-    (k, _), n, dev = protos.shape, rows.shape[0], protos.device
+    return _column_mix(rows, protos, bias, shift, inv_temp, cfg, False)[0]
+
+
+def _column_mix(rows, protos, bias, shift, inv_temp: float, cfg: dict[str, Any],
+                has_dw: bool) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    """With p = exp(logit[n, k] - shift[n]): sum_n p [K] and, with has_dw, sum_n p rows[n] [K, D]
+    (else None), float32. Programs own prototype blocks and the row splits' partials are added
+    up here: no atomic adds, so both are deterministic."""
+    (k, d), n, dev = protos.shape, rows.shape[0], protos.device
     n_splits, per_split = _row_splits(n, k, cfg)
     out = torch.empty(n_splits, k, dtype=torch.float32, device=dev)  # [S, K]
+    out_w = torch.empty(n_splits, k, d, dtype=torch.float32, device=dev) if has_dw else out
     grid = (triton.cdiv(k, cfg["BLOCK_K"]), n_splits)
-    _column_mix_kernel[grid](rows, protos, bias, shift, out, n, k, rows.shape[1], inv_temp,
-                             per_split, **cfg)  # fmt: skip
-    return out.sum(dim=0)
+    _column_mix_kernel[grid](rows, protos, bias, shift, out, out_w, n, k, d, inv_temp, per_split,
+                             **cfg, HAS_DW=has_dw)  # fmt: skip
+    return out.sum(dim=0), out_w.sum(dim=0) if has_dw else None
 
 
 def backward_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -263,17 +272,32 @@ WIDE = {256: 4, 512: 8}
 # functions above, {kernel name: {BLOCK_D: blocks}}, for A/B runs of other blocks: the variants
 # of bench/prototype_loss.py set it for a run, and bench/kernel_compile.py compiles what they
 # set. Empty, as here: every launch takes the sizes above. Compiled float32 keeps its sizes.
+# "_column_mix_kernel" blocks change the CLS backward's algorithm where they apply: dW and dB
+# come from programs that own prototype blocks (no atomic adds; one more student logit tile).
 BLOCK_OVERRIDES: dict[str, dict[int, tuple[int, int, int]]] = {}
+
+
+def _override(kernel: str, cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """`cfg` with BLOCK_OVERRIDES' blocks for `kernel` at cfg's BLOCK_D, or None where it has
+    none; half-precision and interpreted configurations only (compiled float32 dots hold more
+    registers)."""
+    blocks = BLOCK_OVERRIDES.get(kernel, {}).get(cfg["BLOCK_D"])
+    if blocks is None or (cfg["IEEE"] and not cfg["CAST_FP32"]):
+        return None
+    return {**cfg, "BLOCK_N": blocks[0], "BLOCK_K": blocks[1], "num_warps": blocks[2]}
 
 
 def override_blocks(kernel: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """`cfg` with BLOCK_OVERRIDES' blocks for `kernel` (a kernel's name in
-    kernels/triton_kernels.py) at cfg's BLOCK_D, where it has any; half-precision and
-    interpreted configurations only (compiled float32 dots hold more registers)."""
-    blocks = BLOCK_OVERRIDES.get(kernel, {}).get(cfg["BLOCK_D"])
-    if blocks is None or (cfg["IEEE"] and not cfg["CAST_FP32"]):
-        return cfg
-    return {**cfg, "BLOCK_N": blocks[0], "BLOCK_K": blocks[1], "num_warps": blocks[2]}
+    kernels/triton_kernels.py) where it has any, else `cfg`."""
+    return _override(kernel, cfg) or cfg
+
+
+def column_dw_config(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """From the forward's `cfg`: the sizes of a backward dW sweep owned by prototype blocks
+    (`_column_mix_kernel HAS_DW`) where BLOCK_OVERRIDES asks for one, else None (the fused
+    backward, whose row blocks add dW atomically)."""
+    return _override("_column_mix_kernel", cfg)
 
 
 def fuses_backward(cfg: dict[str, Any]) -> bool:
@@ -311,6 +335,22 @@ def _launch_student_grad(ys, ws, bs, shift, inv_ts: float, cfg: dict[str, Any], 
                                dw if has_dw else shift, db if has_dw else shift, n, k, d, inv_ts,
                                per_split, **cfg, HAS_DY=need_y, HAS_DW=has_dw)  # fmt: skip
     return None if dy is None else dy.sum(dim=0)
+
+
+def _student_side(ys, ws, bs, shift, inv_ts: float, cfg: dict[str, Any], need_y: bool,
+                  dw: Tensor | None, db: Tensor | None) -> Tensor | None:  # fmt: skip
+    """The backward's student terms, as _student_grads (arguments alike; `cfg` the forward's
+    sizes): one fused sweep, or where column_dw_config applies, dY from the row sweep and dW, dB
+    from a sweep owned by prototype blocks."""
+    row_cfg = override_blocks("_student_grad_kernel", backward_config(cfg))
+    col_cfg = column_dw_config(cfg) if dw is not None and db is not None else None
+    if col_cfg is None:
+        return _student_grads(ys, ws, bs, shift, inv_ts, row_cfg, need_y, dw, db)
+    col_b, col_w = _column_mix(ys, ws, bs, shift, inv_ts, col_cfg, True)
+    assert dw is not None and db is not None and col_w is not None
+    dw += col_w  # [K, D]
+    db += col_b
+    return _student_grads(ys, ws, bs, shift, inv_ts, row_cfg, need_y, None, None)
 
 
 def _scatter_pairs(values: torch.Tensor, rows: torch.Tensor, pair_w: torch.Tensor,
@@ -384,8 +424,7 @@ class _TritonLoss(torch.autograd.Function):
         # W[n] softmax(a[n]) = exp(a[n] - shift[n]); rows with W = 0 get shift = inf, p = 0
         shift = (lse_s - torch.log(pair_w.sum(dim=1))).contiguous()  # [Ns]
         dw, db = _prototype_grad_buffers(ws, qz, qc) if need_w or need_b else (None, None)
-        cfg = override_blocks("_student_grad_kernel", backward_config(ctx.cfg))
-        dy = _student_grads(ys, ws, bs, shift, inv_ts, cfg, need_y, dw, db)  # [Ns, D] or None
+        dy = _student_side(ys, ws, bs, shift, inv_ts, ctx.cfg, need_y, dw, db)  # [Ns, D] | None
         out_y = out_w = out_b = None
         if dy is not None:
             dy -= _gather_pairs(v, rows, pair_w)

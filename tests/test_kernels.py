@@ -14,6 +14,7 @@ twice the error of the reference implementation run in that same precision, plus
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -314,6 +315,18 @@ def _grads_with(c: Case, impl: str, need_y: bool, need_w: bool) -> list[torch.Te
     return [next(grads) if on else None for on in (need_y, need_w)]
 
 
+def assert_grads_like_reference(grads: Callable[..., list], c: Case,
+                                need: tuple[bool, bool]) -> None:  # fmt: skip
+    """grads(case, impl, need_y, need_w) -> [dY or None, dW or None]: triton on `c` against
+    the reference in float64, the same gradients present and each close."""
+    got = grads(c, "triton", *need)
+    want = grads(c.cast(torch.float64), "reference", *need)
+    for g, w in zip(got, want, strict=True):
+        assert (g is None) == (w is None)
+        if g is not None and w is not None:
+            torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("need", [(True, False), (False, True)], ids=["student", "protos"])
 @pytest.mark.parametrize("vmf", [False, True])
 def test_triton_backward_partial_gradients(need: tuple[bool, bool], vmf: bool) -> None:
@@ -323,12 +336,7 @@ def test_triton_backward_partial_gradients(need: tuple[bool, bool], vmf: bool) -
     fields = ("student", "teacher", "student_protos", "teacher_protos", "targets", "weights",
               "center")  # fmt: skip
     c = Case(*[getattr(base, f) for f in fields], vmf=vmf).cast(torch.float32)
-    got = _grads_with(c, "triton", *need)
-    want = _grads_with(c.cast(torch.float64), "reference", *need)
-    for g, w in zip(got, want, strict=True):
-        assert (g is None) == (w is None)
-        if g is not None and w is not None:
-            torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4)
+    assert_grads_like_reference(_grads_with, c, need)
 
 
 def test_triton_backward_in_two_launches(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -364,6 +372,52 @@ def test_triton_backward_under_block_overrides(monkeypatch: pytest.MonkeyPatch,
     assert_close_rel(got, want, max_err(run(low, "reference", 1.3), want), torch.float32)
     for name, x, y in zip(NAMES, got, default, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("programs", [1, 512])
+def test_triton_backward_with_column_owned_dw(monkeypatch: pytest.MonkeyPatch,
+                                              programs: int) -> None:  # fmt: skip
+    """BLOCK_OVERRIDES blocks for `_column_mix_kernel` (the `triton-coldw` A/B) make dW and dB
+    in a sweep owned by prototype blocks (no atomic adds) and dY in the row sweep alone; the
+    results are the fused backward's. K = 97 is 4 blocks of 32 (the last holding one); 40 rows
+    are 3 blocks of 16: TARGET_PROGRAMS = 1 one row split, 512 three (partials added up)."""
+    import fastproto.kernels.triton_loss as tl_mod
+    from kernel_launches import count_launches
+
+    monkeypatch.setattr(tl_mod, "TARGET_PROGRAMS", programs)
+    c = _backward_case()
+    want, low = truth(c, 1.3), c.cast(torch.float32)
+    fused = run(low, "triton", 1.3)
+    grad = count_launches(monkeypatch, tl_mod, "_student_grad_kernel")
+    column = count_launches(monkeypatch, tl_mod, "_column_mix_kernel")
+    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", {"_column_mix_kernel": {32: (16, 32, 4)}})
+    got = run(low, "triton", 1.3)
+    assert grad.calls == [{"HAS_DY": True, "HAS_DW": False}]
+    # teacher_statistics' column sums (forward sizes), then the backward's dW sweep
+    assert column.calls == [{"HAS_DW": False}, {"HAS_DW": True}]
+    assert column.blocks[1] == (16, 32, 4)
+    assert (
+        tl_mod._row_splits(40, 97, tl_mod._config(24, torch.float32))[0] == {1: 1, 512: 3}[programs]
+    )
+    assert_close_rel(got, want, max_err(run(low, "reference", 1.3), want), torch.float32)
+    for name, x, y in zip(NAMES, got, fused, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_column_owned_dw_alone_for_a_detached_student(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `triton-coldw`'s overrides and a detached student, the backward is the dW sweep
+    alone (no row sweep); frozen prototypes take the row sweep for dY alone, as before."""
+    import fastproto.kernels.triton_loss as tl_mod
+    from kernel_launches import count_launches
+
+    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", {"_column_mix_kernel": {32: (16, 32, 4)}})
+    grad = count_launches(monkeypatch, tl_mod, "_student_grad_kernel")
+    column = count_launches(monkeypatch, tl_mod, "_column_mix_kernel")
+    c = _backward_case().cast(torch.float32)
+    for need in ((False, True), (True, False)):
+        assert_grads_like_reference(_grads_with, c, need)
+    assert column.calls == [{"HAS_DW": True}]
+    assert grad.calls == [{"HAS_DY": True, "HAS_DW": False}]
 
 
 def test_auto_is_chunked_on_cpu_and_gradient_reaches_vmf_norm() -> None:
@@ -419,25 +473,26 @@ def test_gpu_large_shapes(shape: tuple, dtype: torch.dtype) -> None:
         assert_close_rel(run(low, impl, scale), want, baseline, dtype)
 
 
-def tall_blocks() -> dict:
-    """The blocks of bench/prototype_loss.py's `triton-tall` A/B variant."""
+def ab_blocks(variant: str) -> dict:
+    """The BLOCK_OVERRIDES of an A/B variant of bench/prototype_loss.py."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-    from prototype_loss import TALL
+    from prototype_loss import VARIANTS
 
-    return TALL
+    return VARIANTS[variant][1]["BLOCK_OVERRIDES"]
 
 
 @pytest.mark.gpu
-def test_gpu_tall_blocks_of_the_ab_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The `triton-tall` A/B's CLS backward (128 x 16 blocks), compiled at DINO CLS sizes in
-    bf16, judged as the default blocks are: the A/B times a kernel that gives the right
-    answer."""
+@pytest.mark.parametrize("variant", ["triton-tall", "triton-coldw"])
+def test_gpu_ab_blocks_of_the_cls_backward(monkeypatch: pytest.MonkeyPatch, variant: str) -> None:
+    """The A/B variants' CLS backward (`triton-tall`: 128 x 16 row blocks; `triton-coldw`: dW
+    from 128 x 64 prototype-owned blocks), compiled at DINO CLS sizes in bf16, judged as the
+    default blocks are: the A/B times a kernel that gives the right answer."""
     import fastproto.kernels.triton_loss as tl_mod
 
-    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", tall_blocks())
+    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", ab_blocks(variant))
     c = make_case(*GPU_SHAPES[0][:5], vmf=True, centred=True)
     want = run(c.cast(torch.float64, "cuda"), "reference", 0.5)
     low = c.cast(torch.bfloat16, "cuda")

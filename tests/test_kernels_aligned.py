@@ -20,10 +20,11 @@ from test_kernels import (
     STUDENT_TEMP,
     TEACHER_TEMP,
     Case,
+    ab_blocks,
     assert_close_rel,
+    assert_grads_like_reference,
     make_case,
     max_err,
-    tall_blocks,
     truth,
 )
 
@@ -131,13 +132,7 @@ def _grads(c: Case, impl: str, need_y: bool, need_w: bool) -> list[torch.Tensor 
 def test_aligned_partial_gradients(need: tuple[bool, bool]) -> None:
     """Frozen prototypes make dY alone, a detached student dW and dB alone (with vmf, dB
     reaches ||w_s|| through autograd)."""
-    c = aligned_case(19, 50, 16).cast(torch.float32)
-    got = _grads(c, "triton", *need)
-    want = _grads(c.cast(torch.float64), "reference", *need)
-    for g, w in zip(got, want, strict=True):
-        assert (g is None) == (w is None)
-        if g is not None and w is not None:
-            torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4)
+    assert_grads_like_reference(_grads, aligned_case(19, 50, 16).cast(torch.float32), need)
 
 
 def _count_launches(monkeypatch: pytest.MonkeyPatch) -> tuple[Launches, Launches]:
@@ -294,7 +289,7 @@ def test_gpu_aligned_tall_blocks_of_the_ab_run(monkeypatch: pytest.MonkeyPatch) 
     judged as the default blocks are."""
     import fastproto.kernels.triton_loss as tl_mod
 
-    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", tall_blocks())
+    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", ab_blocks("triton-tall"))
     c = aligned_case(64 * 196, 8192, 256)
     want = run_aligned(c.cast(torch.float64, "cuda"), "reference", 0.5)
     low = c.cast(torch.bfloat16, "cuda")
