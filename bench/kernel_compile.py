@@ -4,7 +4,9 @@ For each embedding width class (BLOCK_D = 16 ... 1024), each input dtype (float3
 bfloat16) and each kernel variant the launchers in kernels/triton_loss.py start, the kernel is
 compiled with `kernels.triton_loss.compiled_config` for sm_80 (A100) and sm_90 (H100, H200)
 through triton.compile(ASTSource(...), target=GPUTarget(...)); ptxas (shipped in triton's
-nvidia backend) reports registers, spills and stack. A configuration fails the check when
+nvidia backend) reports registers, spills and stack. The configurations that only the A/B
+variants of bench/prototype_loss.py launch (their BLOCK_OVERRIDES or WIDE in place) are
+compiled too, marked with the variant's name. A configuration fails the check when
 
     shared memory > the per-block maximum (sm_90: 227 KiB of the SM's 228; sm_80: 163 of 164),
     spill stores or loads > SPILL_LIMIT bytes per thread,
