@@ -218,7 +218,9 @@ def _column_mix(rows, protos, bias, shift, inv_temp: float, cfg: dict[str, Any],
     grid = (triton.cdiv(k, cfg["BLOCK_K"]), n_splits)
     _column_mix_kernel[grid](rows, protos, bias, shift, out, out_w, n, k, d, inv_temp, per_split,
                              **cfg, HAS_DW=has_dw)  # fmt: skip
-    return out.sum(dim=0), out_w.sum(dim=0) if has_dw else None
+    if not has_dw:
+        return out.sum(dim=0), None
+    return out.sum(dim=0), out_w[0] if n_splits == 1 else out_w.sum(dim=0)  # no [K, D] copy
 
 
 def backward_config(cfg: dict[str, Any]) -> dict[str, Any]:
