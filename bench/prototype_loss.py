@@ -186,7 +186,8 @@ def _peak_rss_mib() -> float:
 # prototypes and sweep all rows in 128-row tiles (`_column_mix_kernel HAS_DW`, all wgmma on
 # sm_90), dY from the tall row sweep alone; one more student logit tile (4 passes, not 3).
 TALL = {"_student_grad_kernel": {256: (128, 16, 8)}, "_aligned_grad_kernel": {256: (64, 16, 8)}}
-COLUMN_DW = {"_column_mix_kernel": {256: (128, 64, 8)}, "_student_grad_kernel": {256: (128, 16, 8)}}
+COLUMN_DW = {"_column_mix_kernel": {256: (128, 64, 8)},
+             "_student_grad_kernel": TALL["_student_grad_kernel"]}  # fmt: skip
 VARIANTS = {
     "triton-bwd16x16w8": ("triton", {"WIDE": {}}),
     "triton-tall": ("triton", {"BLOCK_OVERRIDES": TALL}),
