@@ -99,6 +99,8 @@ ARGS = {
     "k_per_split:i32",
     "_aligned_grad_kernel": "YS:IN WS:IN BS LSE_S YT:IN WT:IN BT LSE_T ROW_W DY DW DB COL_Q "
     "CROSS CENTER LSE0 COL_P0 N:i32 K:i32 D:i32 inv_ts:fp32 inv_tt:fp32 k_per_split:i32",
+    "_aligned_column_kernel": "YS:IN WS:IN BS LSE_S YT:IN WT:IN BT LSE_T ROW_W OUT_W OUT_B "
+    "N:i32 K:i32 D:i32 inv_ts:fp32 inv_tt:fp32 n_per_split:i32",
 }
 # (kernel, extra constexprs) as launched: the row log-sum-exp with and without its uncentred
 # twin; _column_mix (centring's column sums); the forward's _teacher_mix with V and q^T Z, V
@@ -108,7 +110,8 @@ ARGS = {
 # first of two launches) and dW/dB alone (embeddings detached); the aligned-rows sweep
 # (kernels/triton_aligned.py) with the same three and with neither (no grad mode: the loss
 # alone), each with and without the uncentred column sums (HAS_RAW, probability centring's
-# statistic)
+# statistic); the dW sweeps owned by prototype blocks (_column_mix HAS_DW, _aligned_column),
+# launched only where an A/B variant's BLOCK_OVERRIDES ask for them
 VARIANTS = [
     *(("_row_lse_kernel", {"HAS_RAW": raw}) for raw in (False, True)),
     ("_column_mix_kernel", {"HAS_DW": False}),
@@ -132,6 +135,7 @@ VARIANTS = [
         for dy, dw in ((True, True), (True, False), (False, True), (False, False))
         for raw in (False, True)
     ),
+    ("_aligned_column_kernel", {}),
 ]
 
 
@@ -169,6 +173,8 @@ def _launch_config(kernel: str, extra: dict[str, bool], block_d: int,
         return aligned_config(cfg)
     if kernel == "_column_mix_kernel" and extra["HAS_DW"]:  # only where an A/B run asks
         return column_dw_config(cfg)
+    if kernel == "_aligned_column_kernel":  # likewise, and only where the aligned sweep runs
+        return None if aligned_config(cfg) is None else column_dw_config(mix_config(cfg), kernel)
     if kernel == "_teacher_mix_kernel":  # both sums in one launch only where fuses_backward
         cfg = mix_config(cfg)
         return None if extra["HAS_V"] and extra["HAS_M"] and not fuses_backward(cfg) else cfg

@@ -27,7 +27,7 @@ moved once) against the device's limits.
 An impl may also be a tuning variant of one (VARIANTS below), timed beside it as an A/B:
 "triton-bwd16x16w8" is triton with the backward blocks it had before the replication fix,
 "triton-tall" triton with taller row blocks in its gradient sweeps (fewer atomic adds),
-"triton-coldw" triton with a CLS backward that makes dW without atomic adds.
+"triton-coldw" triton with gradient sweeps that make dW without atomic adds.
 """
 
 from __future__ import annotations
@@ -182,12 +182,16 @@ def _peak_rss_mib() -> float:
 # the CLS backward 128 x 16 and the aligned (patch) sweep 64 x 16, both under 8 warps. Each
 # row block adds its [BLOCK_K, D] dW tile atomically, so these make 8x and 4x fewer atomic
 # adds per FLOP than the 16-row defaults (bench/results/kernel_passes.md, "Atomic traffic").
-# "triton-coldw": the CLS backward with no atomic adds: dW and dB from programs that own 64
-# prototypes and sweep all rows in 128-row tiles (`_column_mix_kernel HAS_DW`, all wgmma on
-# sm_90), dY from the tall row sweep alone; one more student logit tile (4 passes, not 3).
+# "triton-coldw": both gradient sweeps with no atomic adds of dW. The CLS backward: dW and dB
+# from programs that own 64 prototypes and sweep all rows in 128-row tiles
+# (`_column_mix_kernel HAS_DW`, all wgmma on sm_90), dY from the tall row sweep alone; one more
+# student logit tile (4 passes, not 3). The aligned (patch) rows: dW and dB from programs that
+# own 64 prototypes of both models and sweep the rows in 32-row tiles (`_aligned_column_kernel`;
+# at 64 rows it spilled 36 B per thread on sm_90), dY from the tall sweep alone; one more
+# student and teacher tile (8 passes, not 6).
 TALL = {"_student_grad_kernel": {256: (128, 16, 8)}, "_aligned_grad_kernel": {256: (64, 16, 8)}}
 COLUMN_DW = {"_column_mix_kernel": {256: (128, 64, 8)},
-             "_student_grad_kernel": TALL["_student_grad_kernel"]}  # fmt: skip
+             "_aligned_column_kernel": {256: (32, 64, 8)}, **TALL}  # fmt: skip
 VARIANTS = {
     "triton-bwd16x16w8": ("triton", {"WIDE": {}}),
     "triton-tall": ("triton", {"BLOCK_OVERRIDES": TALL}),

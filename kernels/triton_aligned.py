@@ -13,6 +13,10 @@ where the general pair table (kernels/triton_loss.py) needs 9 (bench/results/ker
 The gradients are made in the forward, as fused linear cross-entropy does, and the backward
 only scales them: the [K, D] float32 dW is held from forward to backward, as the general path
 holds q^T Z. Without grad mode the sweep makes only the loss and the column sums (4 passes).
+
+The sweep's row blocks add dW atomically. Where BLOCK_OVERRIDES asks for it (an A/B run), dW
+and dB come instead from a second sweep whose programs own prototype blocks
+(`_aligned_column_kernel`, no atomic adds), and the first makes dY alone: 8 passes.
 """
 
 from __future__ import annotations
@@ -22,14 +26,16 @@ from typing import Any
 import torch
 import triton
 from fastproto.kernels.common import student_bias, teacher_bias
-from fastproto.kernels.triton_kernels import _aligned_grad_kernel
+from fastproto.kernels.triton_kernels import _aligned_column_kernel, _aligned_grad_kernel
 from fastproto.kernels.triton_loss import (
     _check_input,
     _config,
     _dot_dtype,
     _row_lse,
+    _row_splits,
     _splits,
     _teacher_lse,
+    column_dw_config,
     fuses_backward,
     mix_config,
     override_blocks,
@@ -79,6 +85,39 @@ def _aligned_sweep(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w, raw: tuple[Tenso
     return cross.sum(dim=0), col_q, None if dy is None else dy.sum(dim=0), dw, db, col_p0
 
 
+def _aligned_column(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w, inv_ts: float, inv_tt: float,
+                    cfg: dict[str, Any]) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """dW [K, D] and dB [K] (float32, unscaled as _aligned_sweep's) from programs that own
+    prototype blocks: no atomic adds, and the row splits' partials added up here, so both are
+    deterministic. bt: the centred teacher bias."""
+    (k, d), n, dev = ws.shape, ys.shape[0], ys.device
+    n_splits, per_split = _row_splits(n, k, cfg)
+    dw = torch.empty(n_splits, k, d, dtype=torch.float32, device=dev)  # [S, K, D]
+    db = torch.empty(n_splits, k, dtype=torch.float32, device=dev)  # [S, K]
+    grid = (triton.cdiv(k, cfg["BLOCK_K"]), n_splits)
+    _aligned_column_kernel[grid](ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w, dw, db, n, k, d,
+                                 inv_ts, inv_tt, per_split, **cfg)  # fmt: skip
+    return (dw[0], db[0]) if n_splits == 1 else (dw.sum(dim=0), db.sum(dim=0))
+
+
+def _gradient_sweeps(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w,
+                     raw: tuple[Tensor, Tensor] | None, inv_ts: float, inv_tt: float,
+                     cfg: dict[str, Any], need_y: bool, need_w: bool) -> Sweep:  # fmt: skip
+    """_aligned_sweep's results (arguments alike; `cfg` the forward's sizes): from the one
+    sweep, or where column_dw_config applies, dY from it and dW, dB from _aligned_column."""
+    sweep_cfg = aligned_config(cfg)
+    assert sweep_cfg is not None  # the entry point takes the general path otherwise
+    col_cfg = column_dw_config(mix_config(cfg), "_aligned_column_kernel") if need_w else None
+    out = _aligned_sweep(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w, raw, inv_ts, inv_tt,
+                         sweep_cfg, need_y, need_w and col_cfg is None)  # fmt: skip
+    if col_cfg is None:
+        return out
+    centred_bt = bt if raw is None else bt - raw[0]  # [K]
+    dw, db = _aligned_column(ys, ws, bs, lse_s, yt, wt, centred_bt, lse_t, row_w, inv_ts, inv_tt,
+                             col_cfg)  # fmt: skip
+    return out[0], out[1], out[2], dw, db, out[5]
+
+
 class _AlignedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, student, student_protos, bias_s, teacher, teacher_protos, bias_t,
@@ -95,11 +134,9 @@ class _AlignedLoss(torch.autograd.Function):
         lse_s = _row_lse(ys, ws, bs, inv_ts, cfg)  # [N]
         need_y = grad_on and ctx.needs_input_grad[0]
         need_w = grad_on and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
-        sweep_cfg = aligned_config(cfg)
-        assert sweep_cfg is not None  # the entry point takes the general path otherwise
-        cross, col_q, dy, dw, db, col_p0 = _aligned_sweep(ys, ws, bs, lse_s, yt, wt, bt, lse_t,
-                                                          row_w, raw, inv_ts, inv_tt, sweep_cfg,
-                                                          need_y, need_w)  # fmt: skip
+        cross, col_q, dy, dw, db, col_p0 = _gradient_sweeps(ys, ws, bs, lse_s, yt, wt, bt, lse_t,
+                                                            row_w, raw, inv_ts, inv_tt, cfg,
+                                                            need_y, need_w)  # fmt: skip
         ctx.save_for_backward(dy, dw, db)
         ctx.inv_ts, ctx.dtypes = inv_ts, (student.dtype, student_protos.dtype)
         mean_probs = col_q / ys.shape[0]

@@ -22,6 +22,9 @@ per-row shift (a row log-sum-exp, possibly minus log of a row weight); nothing N
                         same DY partials and DW, DB atomics, plus the per-row cross term
                         sum_k q a [S, N] and the teacher column sums [K] (the whole loss and
                         its gradients in one sweep after the two row log-sum-exps)
+    _aligned_column_kernel  grid (K blocks, row splits), the same rows' DW and DB from
+                        programs that own prototype blocks: partials [S, K, D], [S, K], no
+                        atomic adds (with the sweep's dY alone, for A/B runs)
 
 Row and prototype offsets are int64 (N*K and K*D pass 2^31). A whole row of D (padded to
 BLOCK_D) is loaded at once. CAST_FP32 turns every tile to float32 before tl.dot (needed under
@@ -318,3 +321,40 @@ def _aligned_grad_kernel(YS, WS, BS, LSE_S, YT, WT, BT, LSE_T, ROW_W, DY, DW, DB
         offs_d = tl.arange(0, BLOCK_D)
         mask = (offs_n < N)[:, None] & (offs_d[None, :] < D)
         tl.store(DY + out[:, None] * D + offs_d[None, :], acc_y, mask=mask)
+
+
+@triton.jit
+def _aligned_column_kernel(YS, WS, BS, LSE_S, YT, WT, BT, LSE_T, ROW_W, OUT_W, OUT_B, N, K, D,
+                           inv_ts, inv_tt, n_per_split, BLOCK_N: tl.constexpr,
+                           BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                           CAST_FP32: tl.constexpr, IEEE: tl.constexpr):  # fmt: skip
+    # The aligned rows' dW and dB with no atomic adds: one program owns a block of prototypes
+    # (both models' [BLOCK_K, BLOCK_D] tiles loaded once) against the rows of one split, and
+    # keeps g^T y_s [BLOCK_K, BLOCK_D] and g^T 1 [BLOCK_K] in registers across them, with
+    # g = W[n] (softmax(a) - softmax(b)) from both log-sum-exps. Out: the split's partials
+    # OUT_W [S, K, D] and OUT_B [S, K], added up by the launcher. BT is the centred teacher bias.
+    pid_k = tl.program_id(0).to(tl.int64)
+    pid_s = tl.program_id(1).to(tl.int64)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    ws, bs = _load_protos(WS, BS, offs_k, K, D, BLOCK_D, CAST_FP32)
+    wt, bt = _load_protos(WT, BT, offs_k, K, D, BLOCK_D, CAST_FP32)
+    acc_w = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    r_end = tl.minimum((pid_s + 1) * n_per_split, N)
+    for r0 in range(pid_s * n_per_split, r_end, BLOCK_N):
+        offs_n = r0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        ys = _load_rows(YS, offs_n, r_end, D, BLOCK_D, CAST_FP32)
+        yt = _load_rows(YT, offs_n, r_end, D, BLOCK_D, CAST_FP32)
+        rows = offs_n < r_end  # padded rows: weight 0, lse inf, so g = 0
+        lse_s = tl.load(LSE_S + offs_n, mask=rows, other=float("inf"))
+        lse_t = tl.load(LSE_T + offs_n, mask=rows, other=float("inf"))
+        row_w = tl.load(ROW_W + offs_n, mask=rows, other=0.0)
+        p = tl.exp(_logits(ys, ws, bs, offs_k, K, inv_ts, IEEE) - lse_s[:, None])
+        q = tl.exp(_logits(yt, wt, bt, offs_k, K, inv_tt, IEEE) - lse_t[:, None])
+        g = row_w[:, None] * (p - q)  # [BLOCK_N, BLOCK_K]
+        acc_w += _dot(tl.trans(g), ys, IEEE)  # [BLOCK_K, BLOCK_D]
+        acc_b += tl.sum(g, axis=0)
+    offs_d = tl.arange(0, BLOCK_D)
+    out = (pid_s * K + offs_k)[:, None] * D + offs_d[None, :]
+    tl.store(OUT_W + out, acc_w, mask=(offs_k < K)[:, None] & (offs_d[None, :] < D))
+    tl.store(OUT_B + pid_s * K + offs_k, acc_b, mask=offs_k < K)

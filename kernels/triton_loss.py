@@ -276,6 +276,8 @@ WIDE = {256: 4, 512: 8}
 # set. Empty, as here: every launch takes the sizes above. Compiled float32 keeps its sizes.
 # "_column_mix_kernel" blocks change the CLS backward's algorithm where they apply: dW and dB
 # come from programs that own prototype blocks (no atomic adds; one more student logit tile).
+# "_aligned_column_kernel" blocks do the same for the aligned rows (kernels/triton_aligned.py):
+# the sweep makes dY alone and a second sweep dW and dB (one more student and teacher tile).
 BLOCK_OVERRIDES: dict[str, dict[int, tuple[int, int, int]]] = {}
 
 
@@ -295,11 +297,13 @@ def override_blocks(kernel: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return _override(kernel, cfg) or cfg
 
 
-def column_dw_config(cfg: dict[str, Any]) -> dict[str, Any] | None:
-    """From the forward's `cfg`: the sizes of a backward dW sweep owned by prototype blocks
-    (`_column_mix_kernel HAS_DW`) where BLOCK_OVERRIDES asks for one, else None (the fused
-    backward, whose row blocks add dW atomically)."""
-    return _override("_column_mix_kernel", cfg)
+def column_dw_config(cfg: dict[str, Any],
+                     kernel: str = "_column_mix_kernel") -> dict[str, Any] | None:  # fmt: skip
+    """From the forward's `cfg`: the sizes of a dW sweep owned by prototype blocks (`kernel`:
+    `_column_mix_kernel HAS_DW` for the pair table, `_aligned_column_kernel` for aligned rows)
+    where BLOCK_OVERRIDES asks for one, else None (the fused sweep, whose row blocks add dW
+    atomically)."""
+    return _override(kernel, cfg)
 
 
 def fuses_backward(cfg: dict[str, Any]) -> bool:

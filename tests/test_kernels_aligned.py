@@ -103,6 +103,63 @@ def test_aligned_sweep_under_block_overrides(monkeypatch: pytest.MonkeyPatch) ->
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
 
+COLUMN_OVERRIDE = {"_aligned_column_kernel": {32: (16, 32, 4)}}
+
+
+@pytest.mark.parametrize("programs", [1, 512])
+@pytest.mark.parametrize("raw", [False, True], ids=["centred", "raw-means"])
+def test_aligned_column_owned_dw(monkeypatch: pytest.MonkeyPatch, programs: int,
+                                 raw: bool) -> None:  # fmt: skip
+    """BLOCK_OVERRIDES blocks for `_aligned_column_kernel` (the `triton-coldw` A/B) make dW and
+    dB in a second sweep owned by prototype blocks (no atomic adds) and dY in the first alone;
+    the results are the one sweep's. K = 97 is 4 blocks of 32 (the last holding one); 40 rows
+    are 3 blocks of 16: TARGET_PROGRAMS = 1 one row split, 512 three (partials added up). With
+    raw means the sweep takes the uncentred teacher bias and the column sweep the centred."""
+    import fastproto.kernels.triton_aligned as al_mod
+    import fastproto.kernels.triton_loss as tl_mod
+
+    monkeypatch.setattr(tl_mod, "TARGET_PROGRAMS", programs)
+    c = aligned_case(40, 97, 24).cast(torch.float32)
+    run_one = _with_raw_means if raw else run_aligned
+    default = run_one(c, "triton", -0.8)
+    _, sweep = _count_launches(monkeypatch)
+    column = count_launches(monkeypatch, al_mod, "_aligned_column_kernel")
+    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", COLUMN_OVERRIDE)
+    got = run_one(c, "triton", -0.8)
+    assert sweep.calls == [{"HAS_DY": True, "HAS_DW": False, "HAS_RAW": raw}]
+    assert column.blocks == [(16, 32, 4)]
+    assert (
+        tl_mod._row_splits(40, 97, tl_mod._config(24, torch.float32))[0] == {1: 1, 512: 3}[programs]
+    )
+    for x, y in zip(got, default, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    if not raw:
+        want = truth(c, -0.8)
+        assert_close_rel(got, want, max_err(run_aligned(c, "reference", -0.8), want),
+                         torch.float32)  # fmt: skip
+
+
+def test_aligned_column_owned_dw_alone_for_a_detached_student(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the column override and a detached student, the first sweep makes neither gradient
+    (the loss and column sums only) and the column sweep dW and dB; frozen prototypes take the
+    one sweep for dY alone, with no column sweep."""
+    import fastproto.kernels.triton_aligned as al_mod
+    import fastproto.kernels.triton_loss as tl_mod
+
+    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", COLUMN_OVERRIDE)
+    _, sweep = _count_launches(monkeypatch)
+    column = count_launches(monkeypatch, al_mod, "_aligned_column_kernel")
+    c = aligned_case(19, 50, 24).cast(torch.float32)  # BLOCK_D = 32, the override's
+    assert_grads_like_reference(_grads, c, (False, True))
+    assert sweep.calls == [{"HAS_DY": False, "HAS_DW": False, "HAS_RAW": False}]
+    assert len(column.calls) == 1
+    assert_grads_like_reference(_grads, c, (True, False))
+    assert sweep.calls[1:] == [{"HAS_DY": True, "HAS_DW": False, "HAS_RAW": False}]
+    assert len(column.calls) == 1
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_aligned_half_rows_float32_prototypes(dtype: torch.dtype) -> None:
     """Autocast's operands: the gradients keep their dtypes, errors as the general path's."""
@@ -204,7 +261,7 @@ def test_aligned_rejects_rows_that_do_not_pair() -> None:
         aligned_cross_entropy(*base, impl="fast")
 
 
-def _with_raw_means(c: Case, impl: str) -> list[torch.Tensor]:
+def _with_raw_means(c: Case, impl: str, grad_scale: float = 1.0) -> list[torch.Tensor]:
     """(loss, d loss/d student, d loss/d protos, mean probs, uncentred mean probs)."""
     ys = c.student.clone().requires_grad_()
     ws = c.student_protos.clone().requires_grad_()
@@ -212,7 +269,7 @@ def _with_raw_means(c: Case, impl: str) -> list[torch.Tensor]:
         ys, c.teacher, ws, c.teacher_protos, c.weights[:, 0], c.center, STUDENT_TEMP,
         TEACHER_TEMP, c.vmf, impl=impl,
     )  # fmt: skip
-    return [loss.detach(), *torch.autograd.grad(loss, [ys, ws]), mean_probs, raw]
+    return [loss.detach(), *torch.autograd.grad(loss * grad_scale, [ys, ws]), mean_probs, raw]
 
 
 @pytest.mark.parametrize("impl", ["chunked", "triton"])
@@ -284,12 +341,14 @@ def test_gpu_aligned_at_ibot_patch_sizes(dtype: torch.dtype, dim: int) -> None:
 
 
 @pytest.mark.gpu
-def test_gpu_aligned_tall_blocks_of_the_ab_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The `triton-tall` A/B's sweep (64 x 16 blocks), compiled at iBOT's patch rows in bf16,
+@pytest.mark.parametrize("variant", ["triton-tall", "triton-coldw"])
+def test_gpu_aligned_blocks_of_the_ab_runs(monkeypatch: pytest.MonkeyPatch, variant: str) -> None:
+    """The A/B variants' patch sweeps (`triton-tall`: 64 x 16 blocks; `triton-coldw`: dY from
+    those, dW from 32 x 64 prototype-owned blocks), compiled at iBOT's patch rows in bf16,
     judged as the default blocks are."""
     import fastproto.kernels.triton_loss as tl_mod
 
-    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", ab_blocks("triton-tall"))
+    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", ab_blocks(variant))
     c = aligned_case(64 * 196, 8192, 256)
     want = run_aligned(c.cast(torch.float64, "cuda"), "reference", 0.5)
     low = c.cast(torch.bfloat16, "cuda")
