@@ -16,8 +16,9 @@
 #                        sweep on B = 64 patch rows at K = 65536, then A/Bs of the gradient
 #                        sweeps at K = 65536 (bench/prototype_loss.py): triton-tall (taller row
 #                        blocks, 4-8x fewer atomic adds; CLS and patch), triton-coldw (dW
-#                        with no atomic adds; CLS and patch), triton-bwd16x16w8 (the blocks
-#                        before the replication fix; CLS and patch)
+#                        with no atomic adds; CLS and patch), triton-flash (a patch loss of
+#                        no atomic adds in 7 passes), triton-bwd16x16w8 (the blocks before the
+#                        replication fix; CLS and patch)
 #   memory        100 s  paper 1 Table 12 points, a full iBOT ViT-S/16 step at B = 64, fp16,
 #                        the most telling first, so a cut step keeps them: fused at K = 8192
 #                        and 2^20 (the claim's two ends), reference at 1024 and 8192 (its
@@ -107,7 +108,7 @@ fi
 step headline 130 "$OUT/headline.log" \
     "$PY" bench/prototype_loss.py --device cuda --dtype bfloat16 --warmup 1 --repeats 3 \
     --preset cls-b64-k65536:triton,reference cls-b64-k262144:triton patch-b64-k65536:triton \
-    cls-b64-k65536:triton-tall,triton-coldw patch-b64-k65536:triton-tall,triton-coldw \
+    cls-b64-k65536:triton-tall,triton-coldw patch-b64-k65536:triton-tall,triton-coldw,triton-flash \
     cls-b64-k65536:triton-bwd16x16w8 patch-b64-k65536:triton-bwd16x16w8 \
     --out "bench/results/prototype_loss_$SLUG.csv"
 copy_results

@@ -58,12 +58,13 @@ if "TRITON_CACHE_DIR" not in os.environ:  # a scratch cache, so ~/.triton is lef
 import torch  # noqa: E402
 import triton  # noqa: E402
 from fastproto.kernels import triton_kernels  # noqa: E402
-from fastproto.kernels.triton_aligned import aligned_config  # noqa: E402
+from fastproto.kernels.triton_aligned import _flash_configs, aligned_config  # noqa: E402
 from fastproto.kernels.triton_loss import (  # noqa: E402
     MAX_DIM,
     backward_config,
     column_dw_config,
     compiled_config,
+    flash_config,
     fuses_backward,
     mix_config,
     override_blocks,
@@ -91,6 +92,8 @@ SOURCE = Path(triton_kernels.__file__)
 ARGS = {
     "_row_lse_kernel": "Y:IN W:IN BIAS CENTER OUT_MAX OUT_SUM OUT_MAX0 OUT_SUM0 N:i32 K:i32 D:i32 "
     "inv_temp:fp32 k_per_split:i32",
+    "_row_flash_kernel": "Y:IN W:IN BIAS CENTER M:IN MB OUT_MAX OUT_SUM OUT_MAX0 OUT_SUM0 OUT_V "
+    "OUT_U N:i32 K:i32 D:i32 inv_temp:fp32 k_per_split:i32",
     "_column_mix_kernel": "Y:IN W:IN BIAS SHIFT OUT_1 OUT_W N:i32 K:i32 D:i32 inv_temp:fp32 "
     "n_per_split:i32",
     "_teacher_mix_kernel": "Y:IN W:IN BIAS SHIFT M:IN MB R:IN RV OUT OUT_B QZ COL QC CENTER LSE0 "
@@ -99,8 +102,8 @@ ARGS = {
     "k_per_split:i32",
     "_aligned_grad_kernel": "YS:IN WS:IN BS LSE_S YT:IN WT:IN BT LSE_T ROW_W DY DW DB COL_Q "
     "CROSS CENTER LSE0 COL_P0 N:i32 K:i32 D:i32 inv_ts:fp32 inv_tt:fp32 k_per_split:i32",
-    "_aligned_column_kernel": "YS:IN WS:IN BS LSE_S YT:IN WT:IN BT LSE_T ROW_W OUT_W OUT_B "
-    "N:i32 K:i32 D:i32 inv_ts:fp32 inv_tt:fp32 n_per_split:i32",
+    "_aligned_column_kernel": "YS:IN WS:IN BS LSE_S YT:IN WT:IN BT LSE_T ROW_W OUT_W OUT_B COL_Q "
+    "CENTER LSE0 COL_P0 N:i32 K:i32 D:i32 inv_ts:fp32 inv_tt:fp32 n_per_split:i32",
 }
 # (kernel, extra constexprs) as launched: the row log-sum-exp with and without its uncentred
 # twin; _column_mix (centring's column sums); the forward's _teacher_mix with V and q^T Z, V
@@ -110,8 +113,10 @@ ARGS = {
 # first of two launches) and dW/dB alone (embeddings detached); the aligned-rows sweep
 # (kernels/triton_aligned.py) with the same three and with neither (no grad mode: the loss
 # alone), each with and without the uncentred column sums (HAS_RAW, probability centring's
-# statistic); the dW sweeps owned by prototype blocks (_column_mix HAS_DW, _aligned_column),
-# launched only where an A/B variant's BLOCK_OVERRIDES ask for them
+# statistic); launched only where an A/B variant's BLOCK_OVERRIDES ask for them: the dW sweeps
+# owned by prototype blocks (_column_mix HAS_DW; _aligned_column, with the column sums and the
+# uncentred ones under triton-flash) and the flash row sweeps (a student row's own mix, a
+# teacher row's with and without the uncentred log-sum-exp)
 VARIANTS = [
     *(("_row_lse_kernel", {"HAS_RAW": raw}) for raw in (False, True)),
     ("_column_mix_kernel", {"HAS_DW": False}),
@@ -135,7 +140,14 @@ VARIANTS = [
         for dy, dw in ((True, True), (True, False), (False, True), (False, False))
         for raw in (False, True)
     ),
-    ("_aligned_column_kernel", {}),
+    *(
+        ("_aligned_column_kernel", {"HAS_COL": col, "HAS_RAW": raw})
+        for col, raw in ((False, False), (True, False), (True, True))
+    ),
+    *(
+        ("_row_flash_kernel", {"HAS_RAW": raw, "SELF_MIX": own})
+        for raw, own in ((False, True), (False, False), (True, False))
+    ),
 ]
 
 
@@ -158,7 +170,9 @@ class Job:
     def label(self) -> str:
         c = dict(self.constexprs)
         flags = "".join(
-            f" {k}" for k in ("HAS_V", "HAS_M", "HAS_DY", "HAS_DW", "HAS_RAW") if c.get(k)
+            f" {k}"
+            for k in ("HAS_V", "HAS_M", "HAS_DY", "HAS_DW", "HAS_COL", "HAS_RAW", "SELF_MIX")
+            if c.get(k)
         )
         return f"{self.kernel}{flags}" + (f" [{self.ab}]" if self.ab else "")
 
@@ -173,8 +187,14 @@ def _launch_config(kernel: str, extra: dict[str, bool], block_d: int,
         return aligned_config(cfg)
     if kernel == "_column_mix_kernel" and extra["HAS_DW"]:  # only where an A/B run asks
         return column_dw_config(cfg)
-    if kernel == "_aligned_column_kernel":  # likewise, and only where the aligned sweep runs
-        return None if aligned_config(cfg) is None else column_dw_config(mix_config(cfg), kernel)
+    if kernel == "_row_flash_kernel" and extra["SELF_MIX"] and column_dw_config(cfg) is not None:
+        return flash_config(cfg)  # the CLS loss's student rows (_flash_student)
+    if kernel in ("_aligned_column_kernel", "_row_flash_kernel"):  # likewise, aligned rows only
+        if aligned_config(cfg) is None:
+            return None
+        if kernel == "_aligned_column_kernel" and not extra["HAS_COL"]:  # triton-coldw's form
+            return column_dw_config(mix_config(cfg), kernel)
+        return _flash_configs(cfg)[0 if kernel == "_row_flash_kernel" else 1]
     if kernel == "_teacher_mix_kernel":  # both sums in one launch only where fuses_backward
         cfg = mix_config(cfg)
         return None if extra["HAS_V"] and extra["HAS_M"] and not fuses_backward(cfg) else cfg

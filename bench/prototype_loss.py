@@ -27,7 +27,8 @@ moved once) against the device's limits.
 An impl may also be a tuning variant of one (VARIANTS below), timed beside it as an A/B:
 "triton-bwd16x16w8" is triton with the backward blocks it had before the replication fix,
 "triton-tall" triton with taller row blocks in its gradient sweeps (fewer atomic adds),
-"triton-coldw" triton with gradient sweeps that make dW without atomic adds.
+"triton-coldw" triton with gradient sweeps that make dW without atomic adds, "triton-flash"
+triton with dY made in the log-sum-exp sweeps (a patch loss of no atomic adds in 7 passes).
 """
 
 from __future__ import annotations
@@ -192,10 +193,19 @@ def _peak_rss_mib() -> float:
 TALL = {"_student_grad_kernel": {256: (128, 16, 8)}, "_aligned_grad_kernel": {256: (64, 16, 8)}}
 COLUMN_DW = {"_column_mix_kernel": {256: (128, 64, 8)},
              "_aligned_column_kernel": {256: (32, 64, 8)}, **TALL}  # fmt: skip
+# "triton-flash": row log-sum-exp sweeps that also make p @ w_s (and for teacher rows q @ w_s)
+# online (`_row_flash_kernel`, 64 x 64 under 8 warps, wgmma on sm_90), so that dY needs no
+# further tile, and dW from triton-coldw's column sweeps. The aligned (patch) rows: no atomic
+# adds at all, 7 passes (the column sums ride in the column sweep, `HAS_COL`). The CLS loss:
+# 8 passes as under triton, none of the student side's atomic adds (the teacher mix keeps its
+# q^T Z adds, 1/6 of the student's at B = 64).
+FLASH = {"_row_flash_kernel": {256: (64, 64, 8)},
+         **{k: COLUMN_DW[k] for k in ("_column_mix_kernel", "_aligned_column_kernel")}}  # fmt: skip
 VARIANTS = {
     "triton-bwd16x16w8": ("triton", {"WIDE": {}}),
     "triton-tall": ("triton", {"BLOCK_OVERRIDES": TALL}),
     "triton-coldw": ("triton", {"BLOCK_OVERRIDES": COLUMN_DW}),
+    "triton-flash": ("triton", {"BLOCK_OVERRIDES": FLASH}),
 }
 
 

@@ -16,7 +16,10 @@ holds q^T Z. Without grad mode the sweep makes only the loss and the column sums
 
 The sweep's row blocks add dW atomically. Where BLOCK_OVERRIDES asks for it (an A/B run), dW
 and dB come instead from a second sweep whose programs own prototype blocks
-(`_aligned_column_kernel`, no atomic adds), and the first makes dY alone: 8 passes.
+(`_aligned_column_kernel`, no atomic adds), and the first makes dY alone: 8 passes. Where it
+also asks for flash row sweeps (`_row_flash_kernel`), the two log-sum-exp sweeps make p @ w_s
+and q @ w_s too, which give dY and the cross term, and the column sweep the column sums: 7
+passes and no atomic adds at all (_flash_sweeps).
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from fastproto.kernels.triton_loss import (
     _check_input,
     _config,
     _dot_dtype,
+    _row_flash,
     _row_lse,
     _row_splits,
     _splits,
     _teacher_lse,
     column_dw_config,
+    flash_config,
     fuses_backward,
     mix_config,
     override_blocks,
@@ -85,19 +90,29 @@ def _aligned_sweep(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w, raw: tuple[Tenso
     return cross.sum(dim=0), col_q, None if dy is None else dy.sum(dim=0), dw, db, col_p0
 
 
+Column = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
+
+
 def _aligned_column(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w, inv_ts: float, inv_tt: float,
-                    cfg: dict[str, Any]) -> tuple[Tensor, Tensor]:  # fmt: skip
+                    cfg: dict[str, Any], col: bool = False,
+                    raw: tuple[Tensor, Tensor] | None = None) -> Column:  # fmt: skip
     """dW [K, D] and dB [K] (float32, unscaled as _aligned_sweep's) from programs that own
-    prototype blocks: no atomic adds, and the row splits' partials added up here, so both are
-    deterministic. bt: the centred teacher bias."""
+    prototype blocks, and with `col` the teacher column sums [K] and, with raw = (center [K],
+    uncentred lse [N]), the uncentred ones [K] (else None): no atomic adds, the row splits'
+    partials added up here, so all are deterministic. bt: the centred teacher bias."""
     (k, d), n, dev = ws.shape, ys.shape[0], ys.device
     n_splits, per_split = _row_splits(n, k, cfg)
     dw = torch.empty(n_splits, k, d, dtype=torch.float32, device=dev)  # [S, K, D]
-    db = torch.empty(n_splits, k, dtype=torch.float32, device=dev)  # [S, K]
+    sums = torch.empty(3, n_splits, k, dtype=torch.float32, device=dev)  # dB, col, col0 [S, K]
+    center, lse0 = raw if raw is not None else (bt, lse_t)  # unread stand-ins without raw
     grid = (triton.cdiv(k, cfg["BLOCK_K"]), n_splits)
-    _aligned_column_kernel[grid](ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w, dw, db, n, k, d,
-                                 inv_ts, inv_tt, per_split, **cfg)  # fmt: skip
-    return (dw[0], db[0]) if n_splits == 1 else (dw.sum(dim=0), db.sum(dim=0))
+    _aligned_column_kernel[grid](ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w, dw, sums[0],
+                                 sums[1], center, lse0, sums[2], n, k, d, inv_ts, inv_tt,
+                                 per_split, **cfg, HAS_COL=col or raw is not None,
+                                 HAS_RAW=raw is not None)  # fmt: skip
+    dw_sum = dw[0] if n_splits == 1 else dw.sum(dim=0)  # no [K, D] copy with one split
+    db, col_q, col_p0 = sums.sum(dim=1)
+    return dw_sum, db, col_q if col or raw is not None else None, None if raw is None else col_p0
 
 
 def _gradient_sweeps(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w,
@@ -113,9 +128,38 @@ def _gradient_sweeps(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w,
     if col_cfg is None:
         return out
     centred_bt = bt if raw is None else bt - raw[0]  # [K]
-    dw, db = _aligned_column(ys, ws, bs, lse_s, yt, wt, centred_bt, lse_t, row_w, inv_ts, inv_tt,
-                             col_cfg)  # fmt: skip
+    dw, db, _, _ = _aligned_column(ys, ws, bs, lse_s, yt, wt, centred_bt, lse_t, row_w, inv_ts,
+                                   inv_tt, col_cfg)  # fmt: skip
     return out[0], out[1], out[2], dw, db, out[5]
+
+
+def _flash_sweeps(ys, ws, bs, yt, wt, bt, raw_center: Tensor | None, row_w: Tensor,
+                  inv_ts: float, inv_tt: float, flash_cfg: dict[str, Any],
+                  col_cfg: dict[str, Any]) -> tuple[Tensor, Sweep]:  # fmt: skip
+    """The loss and both gradients with no atomic adds, 7 passes: the two row log-sum-exp sweeps
+    also make p @ w_s and q @ w_s (`_row_flash_kernel`), so dY = W (p - q) @ w_s and the cross
+    term sum_k q a = <y_s, q @ w_s> / tau_s + q @ bias_s need no further tile; one sweep owned
+    by prototype blocks then makes dW, dB and the column sums. -> (lse_s [N], _aligned_sweep's
+    results, dY and dW given)."""
+    center = None if raw_center is None else raw_center.detach().float().contiguous()
+    lse_t, lse0, q_ws, q_bs = _row_flash(yt, wt, bt, center, ws, bs, inv_tt, flash_cfg)
+    lse_s, _, p_ws, _ = _row_flash(ys, ws, bs, None, None, None, inv_ts, flash_cfg)
+    cross = (ys.float() * q_ws).sum(dim=1) * inv_ts + q_bs  # [N]
+    dy = row_w[:, None] * (p_ws - q_ws)  # [N, D]
+    raw = None if center is None else (center, lse0)
+    centred_bt = bt if center is None else bt - center  # [K]
+    dw, db, col_q, col_p0 = _aligned_column(ys, ws, bs, lse_s, yt, wt, centred_bt, lse_t, row_w,
+                                            inv_ts, inv_tt, col_cfg, True, raw)  # fmt: skip
+    assert col_q is not None
+    return lse_s, (cross, col_q, dy, dw, db, col_p0)
+
+
+def _flash_configs(cfg: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(row sweep sizes, column sweep sizes) of _flash_sweeps where BLOCK_OVERRIDES asks for
+    both (the `triton-flash` A/B), else (None, None)."""
+    flash_cfg = flash_config(cfg)
+    col_cfg = column_dw_config(mix_config(cfg), "_aligned_column_kernel")
+    return (flash_cfg, col_cfg) if flash_cfg is not None and col_cfg is not None else (None, None)
 
 
 class _AlignedLoss(torch.autograd.Function):
@@ -130,13 +174,18 @@ class _AlignedLoss(torch.autograd.Function):
         yt, wt = teacher.detach().to(dt).contiguous(), teacher_protos.detach().to(dt).contiguous()
         bs, bt = bias_s.detach().float().contiguous(), bias_t.detach().float().contiguous()
         row_w = weights.detach().float().contiguous()  # [N]
-        lse_t, raw = _teacher_lse(yt, wt, bt, raw_center, inv_tt, cfg)  # [N], raw or None
-        lse_s = _row_lse(ys, ws, bs, inv_ts, cfg)  # [N]
         need_y = grad_on and ctx.needs_input_grad[0]
         need_w = grad_on and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
-        cross, col_q, dy, dw, db, col_p0 = _gradient_sweeps(ys, ws, bs, lse_s, yt, wt, bt, lse_t,
-                                                            row_w, raw, inv_ts, inv_tt, cfg,
-                                                            need_y, need_w)  # fmt: skip
+        flash_cfg, col_cfg = _flash_configs(cfg) if need_y and need_w else (None, None)
+        if flash_cfg is not None and col_cfg is not None:
+            lse_s, sweep = _flash_sweeps(ys, ws, bs, yt, wt, bt, raw_center, row_w, inv_ts,
+                                         inv_tt, flash_cfg, col_cfg)  # fmt: skip
+        else:
+            lse_t, raw = _teacher_lse(yt, wt, bt, raw_center, inv_tt, cfg)  # [N], raw or None
+            lse_s = _row_lse(ys, ws, bs, inv_ts, cfg)  # [N]
+            sweep = _gradient_sweeps(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w, raw, inv_ts,
+                                     inv_tt, cfg, need_y, need_w)  # fmt: skip
+        cross, col_q, dy, dw, db, col_p0 = sweep
         ctx.save_for_backward(dy, dw, db)
         ctx.inv_ts, ctx.dtypes = inv_ts, (student.dtype, student_protos.dtype)
         mean_probs = col_q / ys.shape[0]

@@ -11,6 +11,9 @@ Backward: p = W softmax(a) = exp(a - (lse_s - log W)), one pass over the student
           dL/dy_s = (p @ w_s - sum_p weight V[t])/tau_s                    _student_grad_kernel
           dL/dw_s = (p^T y_s - q^T Z)/tau_s, dL/dbias_s = p^T 1 - q^T c   (same kernel)
 Scratch memory is O(S * N * D + K * D), never O(N * K); q^T Z is the prototype gradient buffer.
+A/B forms (BLOCK_OVERRIDES below): dW from programs that own prototype blocks
+(_column_mix_kernel HAS_DW, no atomic adds), and with it p @ w_s made in the student log-sum-exp
+sweep (_row_flash_kernel), so that the backward has no row sweep.
 
 Inputs may be float32, float16 or bfloat16 (accumulation in float32); half-precision embeddings
 make every dot half precision (tensor cores), float32 prototypes included. Block sizes are
@@ -28,6 +31,7 @@ import triton
 from fastproto.kernels.common import pair_table, student_bias, teacher_bias
 from fastproto.kernels.triton_kernels import (
     _column_mix_kernel,
+    _row_flash_kernel,
     _row_lse_kernel,
     _student_grad_kernel,
     _teacher_mix_kernel,
@@ -135,6 +139,34 @@ def _row_lse_launch(rows, protos, bias, center, inv_temp: float,
                           parts[1], raw[0], raw[1], n, k, rows.shape[1], inv_temp, per_split,
                           **cfg, HAS_RAW=center is not None)  # fmt: skip
     return _merge_lse(parts[0], parts[1]), None if center is None else _merge_lse(raw[0], raw[1])
+
+
+RowFlash = tuple[Tensor, Tensor | None, Tensor, Tensor]
+
+
+def _row_flash(rows, protos, bias, center: Tensor | None, mix: Tensor | None,
+               mix_b: Tensor | None, inv_temp: float, cfg: dict[str, Any]) -> RowFlash:  # fmt: skip
+    """One _row_flash_kernel sweep -> (log-sum-exp [N], the uncentred one [N] with a centre
+    [K] (`bias` then uncentred) else None, softmax @ mix [N, D], softmax @ mix_b [N]), float32;
+    mix None: the row's own prototypes and bias. The split partials, each against its own
+    running max, are rescaled to the common max and added up here."""
+    (n, d), k = rows.shape, protos.shape[0]
+    n_splits, per_split = _splits(n, k, cfg)
+    parts = torch.empty(5 if center is not None else 3, n_splits, n, dtype=torch.float32,
+                        device=rows.device)  # fmt: skip  # (max, sum, u[, max0, sum0]) [S, N]
+    v = torch.empty(n_splits, n, d, dtype=torch.float32, device=rows.device)  # [S, N, D]
+    raw = parts[3:] if center is not None else parts
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), n_splits)
+    _row_flash_kernel[grid](rows, protos, bias, bias if center is None else center,
+                            protos if mix is None else mix, bias if mix_b is None else mix_b,
+                            parts[0], parts[1], raw[0], raw[1], v, parts[2], n, k, d, inv_temp,
+                            per_split, **cfg, HAS_RAW=center is not None,
+                            SELF_MIX=mix is None)  # fmt: skip
+    lse = _merge_lse(parts[0], parts[1])  # [N]
+    share = torch.exp(parts[0] - lse)  # [S, N]: each split's weight in the softmax
+    mixed = v[0] * share[0, :, None] if n_splits == 1 else (v * share[..., None]).sum(dim=0)
+    lse0 = None if center is None else _merge_lse(raw[0], raw[1])
+    return lse, lse0, mixed, (parts[2] * share).sum(dim=0)
 
 
 HALF = (torch.float16, torch.bfloat16)
@@ -306,6 +338,12 @@ def column_dw_config(cfg: dict[str, Any],
     return _override(kernel, cfg)
 
 
+def flash_config(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """From the forward's `cfg`: the sizes of row log-sum-exp sweeps that also make each row's
+    softmax @ w_s (`_row_flash_kernel`) where BLOCK_OVERRIDES asks for them, else None."""
+    return _override("_row_flash_kernel", cfg)
+
+
 def fuses_backward(cfg: dict[str, Any]) -> bool:
     """Whether one launch makes dY and dW together. Beyond FUSED_MAX_BLOCK_D the blocks are
     already 16 and the fused program spilled 250-270 B per thread on sm_80, so there dY and
@@ -344,19 +382,37 @@ def _launch_student_grad(ys, ws, bs, shift, inv_ts: float, cfg: dict[str, Any], 
 
 
 def _student_side(ys, ws, bs, shift, inv_ts: float, cfg: dict[str, Any], need_y: bool,
-                  dw: Tensor | None, db: Tensor | None) -> Tensor | None:  # fmt: skip
+                  dw: Tensor | None, db: Tensor | None,
+                  mixed: Tensor | None = None) -> Tensor | None:  # fmt: skip
     """The backward's student terms, as _student_grads (arguments alike; `cfg` the forward's
     sizes): one fused sweep, or where column_dw_config applies, dY from the row sweep and dW, dB
-    from a sweep owned by prototype blocks."""
+    from a sweep owned by prototype blocks. mixed: W softmax(a) @ w_s [Ns, D] from the forward's
+    flash sweep (_flash_student), which is then dY, with no row sweep."""
     row_cfg = override_blocks("_student_grad_kernel", backward_config(cfg))
     col_cfg = column_dw_config(cfg) if dw is not None and db is not None else None
     if col_cfg is None:
+        assert mixed is None  # the forward makes it only where the column sweep runs
         return _student_grads(ys, ws, bs, shift, inv_ts, row_cfg, need_y, dw, db)
     col_b, col_w = _column_mix(ys, ws, bs, shift, inv_ts, col_cfg, True)
     assert dw is not None and db is not None and col_w is not None
     dw += col_w  # [K, D]
     db += col_b
+    if mixed is not None:
+        return mixed if need_y else None
     return _student_grads(ys, ws, bs, shift, inv_ts, row_cfg, need_y, None, None)
+
+
+def _flash_student(ys, ws, bs, row_w: Tensor, inv_ts: float, cfg: dict[str, Any],
+                   grads: bool) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    """The student rows' log-sum-exp [Ns] and, where the `triton-flash` A/B asks for it (flash
+    and column-owned dW blocks in BLOCK_OVERRIDES) and `grads` (dY and dW both wanted), W
+    softmax(a) @ w_s [Ns, D] from the same sweep (else None): the backward's dY with no
+    further student tile, dW from the column sweep (4 passes on student rows, no atomic adds)."""
+    flash_cfg = flash_config(cfg) if grads and column_dw_config(cfg) is not None else None
+    if flash_cfg is None:
+        return _row_lse(ys, ws, bs, inv_ts, cfg), None
+    lse_s, _, mixed, _ = _row_flash(ys, ws, bs, None, None, None, inv_ts, flash_cfg)
+    return lse_s, mixed.mul_(row_w[:, None])
 
 
 def _scatter_pairs(values: torch.Tensor, rows: torch.Tensor, pair_w: torch.Tensor,
@@ -406,16 +462,17 @@ class _TritonLoss(torch.autograd.Function):
         rows, pair_w = pair_table(targets, weights, torch.float32)
         nt = yt.shape[0]
         lse_t, raw = _teacher_lse(yt, wt, bt, raw_center, inv_tt, cfg)  # [Nt], raw or None
-        lse_s = _row_lse(ys, ws, bs, inv_ts, cfg)  # [Ns]
+        grads = ctx.needs_input_grad[0] and ctx.needs_input_grad[1]
+        row_w = pair_w.sum(dim=1)  # [Ns]
+        lse_s, mixed = _flash_student(ys, ws, bs, row_w, inv_ts, cfg, grads)  # [Ns], [Ns, D]
         z = _scatter_pairs(ys, rows, pair_w, nt).to(ys.dtype) if ctx.needs_input_grad[1] else None
         c = _scatter_pairs(torch.ones_like(lse_s), rows, pair_w, nt)  # [Nt]
         # [Nt, D], [Nt], [K, D] or None, [K], [K], [K] or None: the teacher side in one pass
         v, u, qz, col_sum, qc, col_p0 = _teacher_mix(yt, wt, bt, lse_t, ws, bs, z, c, raw, inv_tt,
                                                      mix_config(cfg))  # fmt: skip
-        row_w = pair_w.sum(dim=1)  # [Ns]
         cross = (ys.float() * _gather_pairs(v, rows, pair_w)).sum() * inv_ts
         loss = (row_w * lse_s).sum() - cross - (pair_w * u[rows]).sum()
-        ctx.save_for_backward(ys, ws, bs, rows, pair_w, lse_s, v, qz, qc)
+        ctx.save_for_backward(ys, ws, bs, rows, pair_w, lse_s, v, qz, qc, mixed)
         ctx.inv_ts, ctx.cfg = inv_ts, cfg
         mean_probs = col_sum / nt
         raw_means = col_sum.new_empty(0) if col_p0 is None else col_p0 / nt
@@ -424,13 +481,13 @@ class _TritonLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, _grad_probs: Tensor, _grad_raw: Tensor):
-        ys, ws, bs, rows, pair_w, lse_s, v, qz, qc = ctx.saved_tensors
+        ys, ws, bs, rows, pair_w, lse_s, v, qz, qc, mixed = ctx.saved_tensors
         need_y, need_w, need_b = ctx.needs_input_grad[:3]
         inv_ts, scale = ctx.inv_ts, grad_loss.float()
         # W[n] softmax(a[n]) = exp(a[n] - shift[n]); rows with W = 0 get shift = inf, p = 0
         shift = (lse_s - torch.log(pair_w.sum(dim=1))).contiguous()  # [Ns]
         dw, db = _prototype_grad_buffers(ws, qz, qc) if need_w or need_b else (None, None)
-        dy = _student_side(ys, ws, bs, shift, inv_ts, ctx.cfg, need_y, dw, db)  # [Ns, D] | None
+        dy = _student_side(ys, ws, bs, shift, inv_ts, ctx.cfg, need_y, dw, db, mixed)  # [Ns, D]
         out_y = out_w = out_b = None
         if dy is not None:
             dy -= _gather_pairs(v, rows, pair_w)

@@ -374,6 +374,32 @@ def test_triton_backward_under_block_overrides(monkeypatch: pytest.MonkeyPatch,
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5, msg=name)
 
 
+COLUMN_OVERRIDE = {"_column_mix_kernel": {32: (16, 32, 4)}}
+CLS_FLASH_OVERRIDE = {"_row_flash_kernel": {32: (16, 32, 4)}, **COLUMN_OVERRIDE}
+
+
+def _like_the_fused_backward(monkeypatch: pytest.MonkeyPatch, overrides: dict,
+                             programs: int) -> tuple[list[torch.Tensor], dict]:  # fmt: skip
+    """_backward_case in float32 with the default blocks and then with `overrides` as
+    BLOCK_OVERRIDES: the results must agree and match the oracle as the reference does. ->
+    (the second run's figures, its launches of each pair-table kernel by name)."""
+    import fastproto.kernels.triton_loss as tl_mod
+    from kernel_launches import count_launches
+
+    monkeypatch.setattr(tl_mod, "TARGET_PROGRAMS", programs)
+    c = _backward_case()
+    want, low = truth(c, 1.3), c.cast(torch.float32)
+    fused = run(low, "triton", 1.3)
+    names = ("_student_grad_kernel", "_row_lse_kernel", "_row_flash_kernel", "_column_mix_kernel")
+    launches = {name: count_launches(monkeypatch, tl_mod, name) for name in names}
+    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", overrides)
+    got = run(low, "triton", 1.3)
+    assert_close_rel(got, want, max_err(run(low, "reference", 1.3), want), torch.float32)
+    for name, x, y in zip(NAMES, got, fused, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5, msg=name)
+    return got, launches
+
+
 @pytest.mark.parametrize("programs", [1, 512])
 def test_triton_backward_with_column_owned_dw(monkeypatch: pytest.MonkeyPatch,
                                               programs: int) -> None:  # fmt: skip
@@ -382,26 +408,15 @@ def test_triton_backward_with_column_owned_dw(monkeypatch: pytest.MonkeyPatch,
     results are the fused backward's. K = 97 is 4 blocks of 32 (the last holding one); 40 rows
     are 3 blocks of 16: TARGET_PROGRAMS = 1 one row split, 512 three (partials added up)."""
     import fastproto.kernels.triton_loss as tl_mod
-    from kernel_launches import count_launches
 
-    monkeypatch.setattr(tl_mod, "TARGET_PROGRAMS", programs)
-    c = _backward_case()
-    want, low = truth(c, 1.3), c.cast(torch.float32)
-    fused = run(low, "triton", 1.3)
-    grad = count_launches(monkeypatch, tl_mod, "_student_grad_kernel")
-    column = count_launches(monkeypatch, tl_mod, "_column_mix_kernel")
-    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", {"_column_mix_kernel": {32: (16, 32, 4)}})
-    got = run(low, "triton", 1.3)
-    assert grad.calls == [{"HAS_DY": True, "HAS_DW": False}]
+    _, launches = _like_the_fused_backward(monkeypatch, COLUMN_OVERRIDE, programs)
+    assert launches["_student_grad_kernel"].calls == [{"HAS_DY": True, "HAS_DW": False}]
     # teacher_statistics' column sums (forward sizes), then the backward's dW sweep
-    assert column.calls == [{"HAS_DW": False}, {"HAS_DW": True}]
-    assert column.blocks[1] == (16, 32, 4)
-    assert (
-        tl_mod._row_splits(40, 97, tl_mod._config(24, torch.float32))[0] == {1: 1, 512: 3}[programs]
-    )
-    assert_close_rel(got, want, max_err(run(low, "reference", 1.3), want), torch.float32)
-    for name, x, y in zip(NAMES, got, fused, strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5, msg=name)
+    assert launches["_column_mix_kernel"].calls == [{"HAS_DW": False}, {"HAS_DW": True}]
+    assert launches["_column_mix_kernel"].blocks[1] == (16, 32, 4)
+    assert launches["_row_flash_kernel"].calls == []
+    cfg = tl_mod._config(24, torch.float32)
+    assert tl_mod._row_splits(40, 97, cfg)[0] == {1: 1, 512: 3}[programs]
 
 
 def test_column_owned_dw_alone_for_a_detached_student(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -410,7 +425,7 @@ def test_column_owned_dw_alone_for_a_detached_student(monkeypatch: pytest.Monkey
     import fastproto.kernels.triton_loss as tl_mod
     from kernel_launches import count_launches
 
-    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", {"_column_mix_kernel": {32: (16, 32, 4)}})
+    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", COLUMN_OVERRIDE)
     grad = count_launches(monkeypatch, tl_mod, "_student_grad_kernel")
     column = count_launches(monkeypatch, tl_mod, "_column_mix_kernel")
     c = _backward_case().cast(torch.float32)
@@ -418,6 +433,40 @@ def test_column_owned_dw_alone_for_a_detached_student(monkeypatch: pytest.Monkey
         assert_grads_like_reference(_grads_with, c, need)
     assert column.calls == [{"HAS_DW": True}]
     assert grad.calls == [{"HAS_DY": True, "HAS_DW": False}]
+
+
+@pytest.mark.parametrize("programs", [1, 512])
+def test_triton_flash_student_side(monkeypatch: pytest.MonkeyPatch, programs: int) -> None:
+    """The `triton-flash` A/B on the pair table: the student log-sum-exp sweep also makes
+    W softmax(a) @ w_s (`_row_flash_kernel`), which is dY, and the backward is the column dW
+    sweep alone: no `_student_grad_kernel` and no student `_row_lse_kernel`; results are the
+    fused backward's. Rows 0, 5 and 6 have weight 0 (their dY is 0); TARGET_PROGRAMS = 512
+    splits K four ways in the flash sweep and the rows three ways in the column sweep."""
+    got, launches = _like_the_fused_backward(monkeypatch, CLS_FLASH_OVERRIDE, programs)
+    assert launches["_student_grad_kernel"].calls == []
+    assert launches["_row_flash_kernel"].calls == [{"HAS_RAW": False}]
+    # the loss's teacher lse, then teacher_statistics' (its own call in `run`)
+    assert launches["_row_lse_kernel"].calls == [{"HAS_RAW": False}] * 2
+    # statistics, then dW
+    assert launches["_column_mix_kernel"].calls == [{"HAS_DW": False}, {"HAS_DW": True}]
+    assert float(got[1][[0, 5, 6]].abs().max()) == 0.0
+
+
+def test_triton_flash_student_side_only_with_both_gradients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Frozen prototypes or a detached student take the row log-sum-exp as without the flash
+    override (and triton-coldw's backward): the flash sweep runs only when dY and dW are both
+    wanted."""
+    import fastproto.kernels.triton_loss as tl_mod
+    from kernel_launches import count_launches
+
+    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", CLS_FLASH_OVERRIDE)
+    flash = count_launches(monkeypatch, tl_mod, "_row_flash_kernel")
+    c = _backward_case().cast(torch.float32)
+    for need in ((False, True), (True, False)):
+        assert_grads_like_reference(_grads_with, c, need)
+    assert flash.calls == []
 
 
 def test_auto_is_chunked_on_cpu_and_gradient_reaches_vmf_norm() -> None:
@@ -485,11 +534,12 @@ def ab_blocks(variant: str) -> dict:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["triton-tall", "triton-coldw"])
+@pytest.mark.parametrize("variant", ["triton-tall", "triton-coldw", "triton-flash"])
 def test_gpu_ab_blocks_of_the_cls_backward(monkeypatch: pytest.MonkeyPatch, variant: str) -> None:
     """The A/B variants' CLS backward (`triton-tall`: 128 x 16 row blocks; `triton-coldw`: dW
-    from 128 x 64 prototype-owned blocks), compiled at DINO CLS sizes in bf16, judged as the
-    default blocks are: the A/B times a kernel that gives the right answer."""
+    from 128 x 64 prototype-owned blocks; `triton-flash`: dY from 64 x 64 flash sweeps, dW from
+    those blocks), compiled at DINO CLS sizes in bf16, judged as the default blocks are: the A/B
+    times a kernel that gives the right answer."""
     import fastproto.kernels.triton_loss as tl_mod
 
     monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", ab_blocks(variant))

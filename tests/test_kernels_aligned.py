@@ -104,6 +104,34 @@ def test_aligned_sweep_under_block_overrides(monkeypatch: pytest.MonkeyPatch) ->
 
 
 COLUMN_OVERRIDE = {"_aligned_column_kernel": {32: (16, 32, 4)}}
+FLASH_OVERRIDE = {"_row_flash_kernel": {32: (16, 32, 4)}, **COLUMN_OVERRIDE}
+
+
+def _like_the_one_sweep(monkeypatch: pytest.MonkeyPatch, overrides: dict, programs: int,
+                        raw: bool) -> dict[str, Launches]:  # fmt: skip
+    """40 rows x K = 97 x D = 24 in float32, with the default blocks and then with `overrides`
+    as BLOCK_OVERRIDES: the results must agree (and, without raw means, match the oracle as
+    the reference does). -> the second run's launches of each kernel of the aligned rows."""
+    import fastproto.kernels.triton_aligned as al_mod
+    import fastproto.kernels.triton_loss as tl_mod
+
+    monkeypatch.setattr(tl_mod, "TARGET_PROGRAMS", programs)
+    c = aligned_case(40, 97, 24).cast(torch.float32)
+    run_one = _with_raw_means if raw else run_aligned
+    default = run_one(c, "triton", -0.8)
+    launches = {name: count_launches(monkeypatch, tl_mod, name)
+                for name in ("_row_lse_kernel", "_row_flash_kernel")}  # fmt: skip
+    for name in ("_aligned_grad_kernel", "_aligned_column_kernel"):
+        launches[name] = count_launches(monkeypatch, al_mod, name)
+    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", overrides)
+    got = run_one(c, "triton", -0.8)
+    for x, y in zip(got, default, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-4)
+    if not raw:
+        want = truth(c, -0.8)
+        assert_close_rel(got, want, max_err(run_aligned(c, "reference", -0.8), want),
+                         torch.float32)  # fmt: skip
+    return launches
 
 
 @pytest.mark.parametrize("programs", [1, 512])
@@ -115,28 +143,83 @@ def test_aligned_column_owned_dw(monkeypatch: pytest.MonkeyPatch, programs: int,
     the results are the one sweep's. K = 97 is 4 blocks of 32 (the last holding one); 40 rows
     are 3 blocks of 16: TARGET_PROGRAMS = 1 one row split, 512 three (partials added up). With
     raw means the sweep takes the uncentred teacher bias and the column sweep the centred."""
-    import fastproto.kernels.triton_aligned as al_mod
+    import fastproto.kernels.triton_loss as tl_mod
+
+    launches = _like_the_one_sweep(monkeypatch, COLUMN_OVERRIDE, programs, raw)
+    assert launches["_aligned_grad_kernel"].calls == [
+        {"HAS_DY": True, "HAS_DW": False, "HAS_RAW": raw}
+    ]
+    assert launches["_aligned_column_kernel"].calls == [{"HAS_COL": False, "HAS_RAW": False}]
+    assert launches["_aligned_column_kernel"].blocks == [(16, 32, 4)]
+    assert launches["_row_flash_kernel"].calls == []
+    cfg = tl_mod._config(24, torch.float32)
+    assert tl_mod._row_splits(40, 97, cfg)[0] == {1: 1, 512: 3}[programs]
+
+
+@pytest.mark.parametrize("programs", [1, 512])
+@pytest.mark.parametrize("raw", [False, True], ids=["centred", "raw-means"])
+def test_aligned_flash_sweeps(monkeypatch: pytest.MonkeyPatch, programs: int, raw: bool) -> None:
+    """The `triton-flash` A/B: the two row sweeps make the log-sum-exps with q @ w_s and p @ w_s
+    (`_row_flash_kernel`), the column sweep dW, dB and the column sums; no `_aligned_grad_kernel`
+    and no atomic adds, and the results are the one sweep's. TARGET_PROGRAMS = 512 splits
+    K = 97 four ways for the row sweeps (partials against their own running max, merged) and the
+    40 rows three ways for the column sweep."""
+    import fastproto.kernels.triton_loss as tl_mod
+
+    launches = _like_the_one_sweep(monkeypatch, FLASH_OVERRIDE, programs, raw)
+    # teacher rows, then student rows
+    assert launches["_row_flash_kernel"].calls == [{"HAS_RAW": raw}, {"HAS_RAW": False}]
+    assert launches["_aligned_column_kernel"].calls == [{"HAS_COL": True, "HAS_RAW": raw}]
+    assert launches["_aligned_grad_kernel"].calls == []
+    # only run_aligned's own teacher_statistics
+    assert launches["_row_lse_kernel"].calls == ([] if raw else [{"HAS_RAW": False}])
+    cfg = tl_mod.flash_config(tl_mod._config(24, torch.float32))
+    assert cfg is not None and tl_mod._splits(40, 97, cfg)[0] == {1: 1, 512: 4}[programs]
+
+
+@pytest.mark.parametrize("programs", [1, 512])
+def test_row_flash_sweep_against_torch(monkeypatch: pytest.MonkeyPatch, programs: int) -> None:
+    """_row_flash's four results against softmax in float64: teacher-style (another matrix to
+    mix, a centre) and student-style (its own prototypes). 40 rows (3 blocks of 16, the last
+    partial) and K = 97 (the last block holding one), in 1 and 4 K splits; logits spread over
+    ~20 so that the running max moves between blocks."""
     import fastproto.kernels.triton_loss as tl_mod
 
     monkeypatch.setattr(tl_mod, "TARGET_PROGRAMS", programs)
-    c = aligned_case(40, 97, 24).cast(torch.float32)
-    run_one = _with_raw_means if raw else run_aligned
-    default = run_one(c, "triton", -0.8)
-    _, sweep = _count_launches(monkeypatch)
-    column = count_launches(monkeypatch, al_mod, "_aligned_column_kernel")
-    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", COLUMN_OVERRIDE)
-    got = run_one(c, "triton", -0.8)
-    assert sweep.calls == [{"HAS_DY": True, "HAS_DW": False, "HAS_RAW": raw}]
-    assert column.blocks == [(16, 32, 4)]
-    assert (
-        tl_mod._row_splits(40, 97, tl_mod._config(24, torch.float32))[0] == {1: 1, 512: 3}[programs]
-    )
-    for x, y in zip(got, default, strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
-    if not raw:
-        want = truth(c, -0.8)
-        assert_close_rel(got, want, max_err(run_aligned(c, "reference", -0.8), want),
-                         torch.float32)  # fmt: skip
+    torch.manual_seed(3)
+    y, w, mix = torch.randn(40, 24), torch.randn(97, 24), torch.randn(97, 24)
+    bias, mix_b, center = torch.randn(97), torch.randn(97), torch.randn(97)
+    cfg = {**tl_mod._config(24, torch.float32), "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4}
+    logits = (y.double() @ w.double().T) * 2.0 + bias.double()  # [N, K]
+    for centre, other in ((center, mix), (None, None)):
+        lse, lse0, mixed, mixed_b = tl_mod._row_flash(y, w, bias, centre, other,
+                                                      None if other is None else mix_b, 2.0,
+                                                      cfg)  # fmt: skip
+        shifted = logits if centre is None else logits - centre.double()
+        soft = torch.softmax(shifted, dim=1)
+        m, mb = (w, bias) if other is None else (mix, mix_b)
+        torch.testing.assert_close(lse.double(), torch.logsumexp(shifted, 1), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mixed.double(), soft @ m.double(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mixed_b.double(), soft @ mb.double(), rtol=1e-5, atol=1e-5)
+        if centre is None:
+            assert lse0 is None
+        else:
+            assert lse0 is not None
+            torch.testing.assert_close(lse0.double(), torch.logsumexp(logits, 1), rtol=1e-5,
+                                       atol=1e-5)  # fmt: skip
+
+
+def test_aligned_flash_only_with_both_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frozen prototypes or a detached student take the one sweep or triton-coldw's two, as
+    without the flash override; the flash sweeps run only when dY and dW are both wanted."""
+    import fastproto.kernels.triton_loss as tl_mod
+
+    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", FLASH_OVERRIDE)
+    flash = count_launches(monkeypatch, tl_mod, "_row_flash_kernel")
+    c = aligned_case(19, 50, 24).cast(torch.float32)
+    for need in ((False, True), (True, False)):
+        assert_grads_like_reference(_grads, c, need)
+    assert flash.calls == []
 
 
 def test_aligned_column_owned_dw_alone_for_a_detached_student(
@@ -341,11 +424,12 @@ def test_gpu_aligned_at_ibot_patch_sizes(dtype: torch.dtype, dim: int) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["triton-tall", "triton-coldw"])
+@pytest.mark.parametrize("variant", ["triton-tall", "triton-coldw", "triton-flash"])
 def test_gpu_aligned_blocks_of_the_ab_runs(monkeypatch: pytest.MonkeyPatch, variant: str) -> None:
     """The A/B variants' patch sweeps (`triton-tall`: 64 x 16 blocks; `triton-coldw`: dY from
-    those, dW from 32 x 64 prototype-owned blocks), compiled at iBOT's patch rows in bf16,
-    judged as the default blocks are."""
+    those, dW from 32 x 64 prototype-owned blocks; `triton-flash`: 64 x 64 flash row sweeps and
+    that column sweep), compiled at iBOT's patch rows in bf16, judged as the default blocks
+    are."""
     import fastproto.kernels.triton_loss as tl_mod
 
     monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", ab_blocks(variant))
