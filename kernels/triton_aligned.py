@@ -103,16 +103,18 @@ def _aligned_column(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w, inv_ts: float, 
     (k, d), n, dev = ws.shape, ys.shape[0], ys.device
     n_splits, per_split = _row_splits(n, k, cfg)
     dw = torch.empty(n_splits, k, d, dtype=torch.float32, device=dev)  # [S, K, D]
-    sums = torch.empty(3, n_splits, k, dtype=torch.float32, device=dev)  # dB, col, col0 [S, K]
+    has_col, has_raw = col or raw is not None, raw is not None
+    written = 1 + has_col + has_raw  # rows of `sums` the kernel writes: dB[, col[, col0]]
+    sums = torch.empty(3, n_splits, k, dtype=torch.float32, device=dev)  # [3, S, K]
     center, lse0 = raw if raw is not None else (bt, lse_t)  # unread stand-ins without raw
     grid = (triton.cdiv(k, cfg["BLOCK_K"]), n_splits)
     _aligned_column_kernel[grid](ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w, dw, sums[0],
                                  sums[1], center, lse0, sums[2], n, k, d, inv_ts, inv_tt,
-                                 per_split, **cfg, HAS_COL=col or raw is not None,
-                                 HAS_RAW=raw is not None)  # fmt: skip
+                                 per_split, **cfg, HAS_COL=has_col,
+                                 HAS_RAW=has_raw)  # fmt: skip
     dw_sum = dw[0] if n_splits == 1 else dw.sum(dim=0)  # no [K, D] copy with one split
-    db, col_q, col_p0 = sums.sum(dim=1)
-    return dw_sum, db, col_q if col or raw is not None else None, None if raw is None else col_p0
+    totals = list(sums[:written].sum(dim=1)) + [None] * (3 - written)  # [K] each, or None
+    return dw_sum, totals[0], totals[1], totals[2]
 
 
 def _gradient_sweeps(ys, ws, bs, lse_s, yt, wt, bt, lse_t, row_w,
