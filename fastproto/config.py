@@ -20,6 +20,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+# optim.prototype_weight_decay(_end): the prototype matrices decay on the network's schedule
+FOLLOW_NETWORK = -1.0
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.backend": ("ffcv", "dali", "folder"),
     "data.resize": ("antialias", "fast"),
@@ -79,9 +82,6 @@ class HeadConfig:
     bottleneck_dim: int = 256
     num_layers: int = 3
     shared: bool = True
-    # AdamW weight decay on the prototype matrix W [K, D] (in the vMF head ||w_k|| is the
-    # concentration kappa_k * tau, so decay flattens the student's predictions)
-    prototype_weight_decay: bool = True
 
 
 @dataclass
@@ -115,6 +115,10 @@ class OptimConfig:
     warmup_epochs: int = 10
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
+    # AdamW decay of the prototype matrices W [K, D], a cosine schedule of its own (start, end);
+    # FOLLOW_NETWORK for both (the default) decays them on the network's schedule above
+    prototype_weight_decay: float = -1.0
+    prototype_weight_decay_end: float = -1.0
     momentum_teacher: float = 0.996
     momentum_teacher_end: float = 1.0
     clip_grad: float = 3.0  # 0 disables clipping
@@ -307,11 +311,27 @@ def validate(config: TrainConfig) -> None:
             raise ValueError(f"{key} must be >= 0, got {value}")
     if config.optim.lr <= 0:
         raise ValueError(f"optim.lr must be positive (per 1024 images), got {config.optim.lr}")
+    _validate_prototype_decay(config.optim)
     _validate_augment(config.augment)
     _validate_arch(config)
     momentum = config.method.center_momentum
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"method.center_momentum must be in [0, 1), got {momentum}")
+
+
+def _validate_prototype_decay(o: OptimConfig) -> None:
+    pair = (o.prototype_weight_decay, o.prototype_weight_decay_end)
+    follows = [value == FOLLOW_NETWORK for value in pair]
+    if any(follows) and not all(follows):
+        raise ValueError(
+            "optim.prototype_weight_decay and optim.prototype_weight_decay_end are set together: "
+            f"both -1 (the network's schedule) or both >= 0, got {list(pair)}"
+        )
+    if not all(follows) and min(pair) < 0:
+        raise ValueError(
+            f"optim.prototype_weight_decay(_end) must be >= 0 (0 leaves the prototypes undecayed) "
+            f"or -1 for both (the network's schedule), got {list(pair)}"
+        )
 
 
 def _validate_arch(config: TrainConfig) -> None:
@@ -391,5 +411,13 @@ def to_toml(config: TrainConfig) -> str:
 
 
 def from_dict(tree: dict[str, Any], where: str = "checkpoint") -> TrainConfig:
-    """A config rebuilt from `to_dict` output (e.g. stored in a checkpoint)."""
+    """A config rebuilt from `to_dict` output (e.g. stored in a checkpoint). Checkpoints written
+    before the prototype decay had its own schedule hold head.prototype_weight_decay (a switch):
+    off reads as a schedule of 0."""
+    tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    head = tree.get("head")
+    switch = head.pop("prototype_weight_decay", None) if isinstance(head, dict) else None
+    if switch is False:
+        off = {"prototype_weight_decay": 0.0, "prototype_weight_decay_end": 0.0}
+        tree["optim"] = dict(tree.get("optim", {})) | off
     return merge(TrainConfig(), tree, where)

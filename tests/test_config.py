@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fastproto.config import (
+    FOLLOW_NETWORK,
     TrainConfig,
     apply_overrides,
     from_dict,
@@ -117,3 +118,24 @@ def test_ibot_refuses_a_backbone_without_patch_tokens() -> None:
     with pytest.raises(ValueError, match="has none; use method.name='dino'"):
         load_config("demo", ['model.arch="resnet_small_28"', 'method.name="ibot"'])
     assert load_config("demo", ['model.arch="timm:resnet10t"']).model.arch == "timm:resnet10t"
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["optim.prototype_weight_decay=0.4"], "set together: both -1"),
+        (["optim.prototype_weight_decay=-0.5", "optim.prototype_weight_decay_end=0.1"], ">= 0"),
+    ],
+)
+def test_prototype_decay_schedule_is_checked(overrides: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_config("demo", overrides)
+
+
+def test_old_checkpoint_switch_reads_as_a_prototype_decay_schedule() -> None:
+    tree = to_dict(TrainConfig())
+    del tree["optim"]["prototype_weight_decay"], tree["optim"]["prototype_weight_decay_end"]
+    off = from_dict(tree | {"head": tree["head"] | {"prototype_weight_decay": False}})
+    assert (off.optim.prototype_weight_decay, off.optim.prototype_weight_decay_end) == (0.0, 0.0)
+    on = from_dict(tree | {"head": tree["head"] | {"prototype_weight_decay": True}})
+    assert on.optim.prototype_weight_decay == FOLLOW_NETWORK

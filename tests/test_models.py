@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fastproto.config import TrainConfig
 from fastproto.masked_tokens import MaskedTokens
 from fastproto.models import ARCHS, MaskedViT, build_network
 
@@ -105,13 +106,23 @@ def test_small_resnet_keeps_resolution_through_its_stem() -> None:
     assert stem.shape[-2:] == (28, 28)  # timm's stem would give 7 x 7
 
 
-def test_prototype_weight_decay_switch() -> None:
+def test_prototype_matrix_decays_on_the_schedule_its_mode_names() -> None:
     from fastproto.train.setup import param_groups
+    from fastproto.train.step import set_schedule
+    from fastproto.train.values import step_values
 
     net = build_network("vit_pico_patch4_28", 16, "vmf", True, hidden_dim=32, bottleneck_dim=8)
     protos = net.cls_head.prototype_weight
-    decayed, plain = param_groups(net, decay_prototypes=True)
-    assert any(p is protos for p in decayed["params"])  # type: ignore[attr-defined]
-    decayed, plain = param_groups(net, decay_prototypes=False)
-    assert any(p is protos for p in plain["params"])  # type: ignore[attr-defined]
-    assert not any(p is protos for p in decayed["params"])  # type: ignore[attr-defined]
+    config = TrainConfig()
+    config.optim.weight_decay, config.optim.weight_decay_end = 0.3, 0.3
+    config.optim.prototype_weight_decay, config.optim.prototype_weight_decay_end = 2.0, 2.0
+    values = step_values(config, 5, 10)
+    for mode, expected in (("network", 0.3), ("none", 0.0), ("own", 2.0)):
+        optimizer = torch.optim.AdamW(param_groups(net, mode), lr=0.0)
+        set_schedule(optimizer, values)
+        holding = [g for g in optimizer.param_groups if any(p is protos for p in g["params"])]
+        assert len(holding) == 1 and holding[0]["weight_decay"] == expected, mode
+        others = [g["weight_decay"] for g in optimizer.param_groups if g is not holding[0]]
+        assert 0.3 in others or mode == "network"  # the network keeps its own schedule
+    with pytest.raises(ValueError, match="'network', 'none' or 'own'"):
+        param_groups(net, "off")

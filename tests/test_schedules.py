@@ -91,3 +91,22 @@ def test_bad_settings_are_refused() -> None:
 def test_integer_like_steps_are_accepted() -> None:
     s = CosineSchedule(1.0, 0.0, total_steps=10)
     assert s(np.int64(5)) == s(5) == s(torch.tensor(5))  # type: ignore[arg-type]
+
+
+def test_prototype_decay_clock_sums_lr_times_decay_and_resumes_to_the_same_bits() -> None:
+    from fastproto.config import TrainConfig
+    from fastproto.train import values as step_schedules
+
+    config = TrainConfig()
+    config.optim.epochs, config.optim.warmup_epochs = 4, 1
+    config.optim.prototype_weight_decay, config.optim.prototype_weight_decay_end = 0.5, 2.0
+    rows = [step_schedules.step_values(config, s, 25) for s in range(100)]
+    expected = np.cumsum([r.lr * r.prototype_weight_decay for r in rows])
+    np.testing.assert_allclose([r.prototype_decay_clock for r in rows], expected, rtol=1e-12)
+    assert rows[-1].prototype_weight_decay == pytest.approx(2.0, rel=1e-3)
+    assert rows[-1].weight_decay == pytest.approx(0.4, rel=1e-3)  # the network's schedule
+    step_schedules._CACHE.clear()  # a resumed process starts with no running sum
+    assert step_schedules.step_values(config, 60, 25) == rows[60]
+    config.optim.prototype_weight_decay = config.optim.prototype_weight_decay_end = -1.0
+    follows = [step_schedules.step_values(config, s, 25) for s in range(100)]
+    assert all(r.prototype_weight_decay == r.weight_decay for r in follows)

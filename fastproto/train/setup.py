@@ -18,6 +18,7 @@ from fastproto.config import TrainConfig
 from fastproto.models import SSLNetwork, build_network
 from fastproto.train.distributed import DistInfo
 from fastproto.train.step import TrainState
+from fastproto.train.values import prototype_decay_mode
 
 
 def network_signature(config: TrainConfig) -> dict[str, object]:
@@ -49,25 +50,26 @@ def build_student(config: TrainConfig, drop_path: float | None = None) -> SSLNet
     )  # fmt: skip
 
 
-def param_groups(model: nn.Module, decay_prototypes: bool = True) -> list[dict[str, object]]:
-    """Two AdamW groups: decayed weights, and everything 1-d or token-like without decay.
-
-    With `decay_prototypes` false the prototype matrices W [K, D] join the undecayed group: in
-    the vMF head ||w_k|| is the concentration, and decay pulls every norm down."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    plain_names: tuple[str, ...] = ("mask_token", "cls_token", "pos_embed")
-    if not decay_prototypes:
-        plain_names += ("prototype_weight",)
+def param_groups(model: nn.Module, prototypes: str = "network") -> list[dict[str, object]]:
+    """AdamW groups, each with the schedule it decays on ("decay", read by set_schedule):
+    weights on the network's; everything 1-d or token-like on none; the prototype matrices
+    W [K, D] on the network's, none, or a group of their own ("own"), by `prototypes`
+    (fastproto.train.values.prototype_decay_mode). In the vMF head ||w_k|| / tau is the
+    concentration kappa_k, so their decay pulls every concentration down."""
+    if prototypes not in ("network", "none", "own"):
+        raise ValueError(f"prototypes must be 'network', 'none' or 'own', got {prototypes!r}")
+    groups: dict[str, list[nn.Parameter]] = {"network": [], "none": [], "prototypes": []}
+    plain_names = ("mask_token", "cls_token", "pos_embed")
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        plain = p.ndim <= 1 or name.endswith(plain_names)
-        (no_decay if plain else decay).append(p)
-    return [
-        {"params": decay, "regularized": True},
-        {"params": no_decay, "regularized": False, "weight_decay": 0.0},
-    ]
+        if name.endswith("prototype_weight"):
+            groups["prototypes" if prototypes == "own" else prototypes].append(p)
+        else:
+            groups["none" if p.ndim <= 1 or name.endswith(plain_names) else "network"].append(p)
+    # the order of old checkpoints (network, none), the prototypes' own group after them
+    order = ("network", "none", "prototypes") if prototypes == "own" else ("network", "none")
+    return [{"params": groups[decay], "decay": decay, "weight_decay": 0.0} for decay in order]
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -98,7 +100,8 @@ def build_state(config: TrainConfig, dist: DistInfo) -> TrainState:
     if dist.distributed:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         student_ddp = DistributedDataParallel(student, device_ids=ids)
-    optimizer = torch.optim.AdamW(param_groups(student, config.head.prototype_weight_decay), lr=0.0)
+    groups = param_groups(student, prototype_decay_mode(config))
+    optimizer = torch.optim.AdamW(groups, lr=0.0)
     dtype = amp_dtype(config.run.precision, dist.device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     m = config.method
@@ -132,7 +135,10 @@ def load_state_dict(state: TrainState, saved: dict[str, object]) -> None:
     """Restore what `state_dict` saved into a freshly built state."""
     state.student.load_state_dict(saved["student"])  # type: ignore[arg-type]
     state.teacher.load_state_dict(saved["teacher"])  # type: ignore[arg-type]
+    roles = [group["decay"] for group in state.optimizer.param_groups]
     state.optimizer.load_state_dict(saved["optimizer"])  # type: ignore[arg-type]
+    for group, role in zip(state.optimizer.param_groups, roles, strict=True):
+        group["decay"] = role  # this config's schedule; checkpoints before it carry none
     if state.scaler is not None and saved.get("scaler") is not None:
         state.scaler.load_state_dict(saved["scaler"])  # type: ignore[arg-type]
     state.cls_centering.load_state_dict(saved["cls_centering"])  # type: ignore[arg-type]

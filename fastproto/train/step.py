@@ -45,7 +45,9 @@ class StepValues:
     """Schedule values for one global step."""
 
     lr: float
-    weight_decay: float
+    weight_decay: float  # the network's
+    prototype_weight_decay: float  # the prototype matrices' W [K, D]
+    prototype_decay_clock: float  # sum of lr * prototype_weight_decay up to this step
     teacher_temp: float
     momentum: float
     freeze_last_layer: bool
@@ -209,11 +211,12 @@ def _me_max(state: TrainState, student_y: torch.Tensor) -> torch.Tensor:
 
 
 def set_schedule(optimizer: torch.optim.Optimizer, values: StepValues) -> None:
-    """lr on every group; weight decay only on the groups that are regularised."""
+    """lr on every group; weight decay by the group's "decay": the network's schedule, the
+    prototype matrices' own, or none."""
+    decay = {"network": values.weight_decay, "prototypes": values.prototype_weight_decay}
     for group in optimizer.param_groups:
         group["lr"] = values.lr
-        if group.get("regularized", True):
-            group["weight_decay"] = values.weight_decay
+        group["weight_decay"] = decay.get(group["decay"], 0.0)
 
 
 def clip_per_parameter(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
