@@ -140,6 +140,11 @@ class Centering(nn.Module):
     ) -> Tensor:
         raise NotImplementedError
 
+    def centre_now(self, teacher_temp: float) -> Tensor:
+        """The centre [K] in the tempered-logit domain as the state holds it now, read without
+        moving it (for analysis between steps); 0 where a scheme keeps none."""
+        return torch.zeros(self.num_prototypes)
+
     def extra_repr(self) -> str:
         return f"num_prototypes={self.num_prototypes}"
 
@@ -190,6 +195,9 @@ class LogitCentering(_EmaCentering):
         self._fold_in(mean_output, total)
         return center
 
+    def centre_now(self, teacher_temp: float) -> Tensor:
+        return self.center / teacher_temp
+
 
 class ProbabilityCentering(_EmaCentering):
     """DINO-vMF's centring: EMA of the log of the batch-mean teacher probabilities.
@@ -208,6 +216,9 @@ class ProbabilityCentering(_EmaCentering):
         column_mean = _column_mean(teacher, teacher_protos, zero, teacher_temp, vmf, impl)
         self.fold_column_mean(column_mean, teacher.shape[0])
         return center
+
+    def centre_now(self, teacher_temp: float) -> Tensor:
+        return self.current()
 
     def current(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The centre [K] before this batch, a copy in at least float32 (`dtype` promoted)."""
@@ -240,6 +251,10 @@ class SinkhornCentering(Centering):
             u = u + torch.where(total > 0, _safe_log(column_mean), 0.0)  # no rows: u stays 0
         self.last_center.copy_(u.to(self.last_center.dtype))
         return u
+
+    def centre_now(self, teacher_temp: float) -> Tensor:
+        """The last batch's u: Sinkhorn makes its centre from each batch afresh."""
+        return self.last_center.clone()
 
     def extra_repr(self) -> str:
         return f"num_prototypes={self.num_prototypes}, iterations={self.iterations}"

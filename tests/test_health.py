@@ -116,9 +116,10 @@ def test_epoch_end_analyses_the_prototypes_on_the_training_device(
     # they take seconds at K = 262144 where a copy to the CPU took minutes
     from fastproto import prototypes
     from fastproto.config import load_config
+    from fastproto.train import loop
     from fastproto.train.distributed import DistInfo
-    from fastproto.train.loop import epoch_end
     from fastproto.train.metrics import MetricsLog
+    from fastproto.train.progress import Progress
     from fastproto.train.setup import build_state
 
     device = torch.device("cuda")
@@ -133,11 +134,44 @@ def test_epoch_end_analyses_the_prototypes_on_the_training_device(
         seen.append(weights.device)
         return original(weights, eps, block_size)
 
-    monkeypatch.setattr(prototypes, "unique_prototypes", spy)
+    monkeypatch.setattr(loop, "unique_prototypes", spy)
     log = MetricsLog(tmp_path, enabled=True)
-    epoch_end(state, log, 0, is_main=True)
+    loop.epoch_end(state, log, Progress(config, 1, 0, False), 0, 0.04, is_main=True)
     log.close()
     assert seen and seen[0].type == "cuda"
     record = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert record[-1]["unique_prototypes"] == 4096
     assert record[-1]["prototype_movement"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_partial_collapse_warning_fires_once_below_nine_tenths_and_names_koleo_proto() -> None:
+    watch = CollapseWatch(1000, warmup_epochs=0, koleo_proto=0.0)
+    assert watch.unique_prototypes(0, 1000) is None
+    assert watch.unique_prototypes(1, 900) is None  # M / K = 0.9 is not below 0.9
+    message = watch.unique_prototypes(2, 899)
+    assert message is not None and "M = 899 of K = 1000" in message
+    assert "method.koleo_proto" in message and "now 0" in message
+    assert watch.unique_prototypes(3, 100) is None  # once per run
+
+
+def test_assignment_usage_matches_a_loop_over_images() -> None:
+    from fastproto.kernels.reference import prototype_bias
+
+    from fastproto.train.usage import assignment_usage
+
+    torch.manual_seed(0)
+    k, d, n, temp = 12, 5, 37, 0.1
+    protos = torch.randn(k, d) * 2
+    protos[5:] = protos[0]  # seven copies of prototype 0: at most 6 distinct winners
+    y = F.normalize(torch.randn(n, d), dim=1)
+    center = torch.randn(k) * 0.1
+    got = assignment_usage(y, protos, center, temp, vmf=True, chunk=10)
+    bias = prototype_bias(protos.double(), temp, True) - center.double()
+    winners, mean = set(), torch.zeros(k, dtype=torch.float64)
+    for row in y.double():
+        logits = [float(protos[j].double() @ row / temp + bias[j]) for j in range(k)]
+        winners.add(max(range(k), key=lambda j: logits[j]))
+        mean += torch.softmax(torch.tensor(logits, dtype=torch.float64), dim=0) / n
+    assert got["used_prototypes"] == len(winners) <= 6
+    effective = math.exp(-sum(float(p) * math.log(float(p)) for p in mean))
+    assert got["effective_prototypes"] == pytest.approx(effective, rel=1e-6)  # float32 logits

@@ -29,6 +29,7 @@ HEALTH_ROWS = 32  # rows of each side the per-step numbers are computed on ([32,
 NN_SAMPLE = 4096  # prototypes whose nearest neighbour is searched for at epoch end
 NN_QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95)
 COLLAPSE_MARGIN = 0.1  # nats below log K
+PARTIAL_COLLAPSE = 0.9  # M / K below which the run is warned of partial prototype collapse
 
 
 def _entropy_and_spread(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,15 +109,38 @@ def prototype_health(weights: torch.Tensor, initial: torch.Tensor) -> dict[str, 
     return record
 
 
+def partial_collapse_warning(epoch: int, unique: int, num_prototypes: int, koleo: float) -> str:
+    """The text of the partial-collapse warning: M of K unique prototypes at `epoch`."""
+    return (
+        f"warning: epoch {epoch}: partial prototype collapse: M = {unique} of K = "
+        f"{num_prototypes} prototypes are unique (M / K = {unique / num_prototypes:.2f} < "
+        f"{PARTIAL_COLLAPSE}): many prototypes have moved onto the same direction, so the run "
+        f"uses fewer clusters than it pays for. KoLeo-proto (method.koleo_proto, now {koleo:g}; "
+        "paper 1 uses 0.1) keeps them apart; less decay on the prototype matrix "
+        "(optim.prototype_weight_decay, _end) slows the approach."
+    )
+
+
 class CollapseWatch:
     """Warns once when the per-sample teacher entropy stays within COLLAPSE_MARGIN of log K
-    for a whole epoch after `warmup_epochs` (DINO's uniform collapse)."""
+    for a whole epoch after `warmup_epochs` (DINO's uniform collapse), and once when the
+    unique prototypes M fall below PARTIAL_COLLAPSE of K (partial prototype collapse)."""
 
-    def __init__(self, num_prototypes: int, warmup_epochs: int) -> None:
+    def __init__(self, num_prototypes: int, warmup_epochs: int, koleo_proto: float = 0.0) -> None:
+        self.num_prototypes = num_prototypes
         self.threshold = math.log(num_prototypes) - COLLAPSE_MARGIN
         self.warmup_epochs = warmup_epochs
+        self.koleo_proto = koleo_proto
         self.lowest = math.inf  # the epoch's lowest per-sample teacher entropy so far
         self.warned = False
+        self.warned_partial = False
+
+    def unique_prototypes(self, epoch: int, unique: int) -> str | None:
+        """The partial-collapse warning the first time M / K < PARTIAL_COLLAPSE; else None."""
+        if self.warned_partial or unique >= PARTIAL_COLLAPSE * self.num_prototypes:
+            return None
+        self.warned_partial = True
+        return partial_collapse_warning(epoch, unique, self.num_prototypes, self.koleo_proto)
 
     def update(self, record: dict[str, float]) -> None:
         value = record.get("teacher_entropy_per_sample")

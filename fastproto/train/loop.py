@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from fastproto.config import TrainConfig, to_dict, to_toml
 from fastproto.data.base import Loader
 from fastproto.models import head_prototypes
+from fastproto.prototypes import unique_prototypes
 from fastproto.train import checkpoint as ckpt
 from fastproto.train import distributed
 from fastproto.train.health import CollapseWatch, prototype_health
@@ -38,6 +40,7 @@ from fastproto.train.resuming import (
 from fastproto.train.setup import build_state, network_signature, state_dict
 from fastproto.train.signals import StopFlag
 from fastproto.train.step import TrainState, train_step
+from fastproto.train.usage import prototype_usage
 from fastproto.train.values import step_values
 
 
@@ -140,7 +143,9 @@ def train(
     seed_step(config.run.seed, 0, 0)  # every rank builds the same initial weights
     state = build_state(config, dist)
     state.initial_prototypes = head_prototypes(state.teacher.cls_head).detach().clone()
-    state.watch = CollapseWatch(config.head.num_prototypes, config.optim.warmup_epochs)
+    state.watch = CollapseWatch(
+        config.head.num_prototypes, config.optim.warmup_epochs, config.method.koleo_proto
+    )
     point = resume(state, source, run_dir, len(loader))
     epoch, start = (point.epoch, point.batch_in_epoch) if point else (0, 0)
     prepare_run_dir(config, dist.is_main)
@@ -159,7 +164,8 @@ def train(
                 state, loader, inputs, epoch, start, log, progress, stop, run_dir, dist.is_main
             )
             if next_epoch > epoch:
-                epoch_end(state, log, epoch, dist.is_main)
+                temp = step_values(config, max(state.step - 1, 0), len(loader)).teacher_temp
+                epoch_end(state, log, progress, epoch, temp, dist.is_main)
             epoch = next_epoch
     except FloatingPointError as err:
         raise type(err)(f"{err}; {divergence_advice(run_dir)}") from err
@@ -171,32 +177,51 @@ def train(
     return RunResult(run_dir, state.step, epoch, stop.requested, progress.last, stop.signal_name)
 
 
-def epoch_end(state: TrainState, log: MetricsLog, epoch: int, is_main: bool) -> None:
-    """Per-epoch record: unique prototypes M at eps 0.025, the redundancy histogram, and kNN
-    accuracy (train vs val split, teacher CLS) every run.knn_every_epochs epochs if asked."""
+def epoch_end(
+    state: TrainState, log: MetricsLog, progress: Progress, epoch: int, teacher_temp: float,
+    is_main: bool,
+) -> None:  # fmt: skip
+    """Per-epoch record: unique prototypes M at eps 0.025, the redundancy histogram, movement
+    and nearest-neighbour distances, used and effective prototypes on a fixed training sample,
+    and kNN accuracy (train vs val split, teacher CLS) every run.knn_every_epochs epochs if
+    asked; one printed line; the collapse warnings."""
     if not is_main:
         return
-    from fastproto.prototypes import unique_prototypes
+    record: dict[str, object] = {"epoch": epoch} | prototype_record(state, teacher_temp)
+    every = state.config.run.knn_every_epochs
+    if every > 0 and (epoch + 1) % every == 0:
+        record["knn_top1"] = knn_now(state)
+    log.write("epoch", state.step, record)
+    progress.epoch_line(record)
+    if state.watch is None:
+        return
+    unique = cast(int, record["unique_prototypes"])
+    for warning in (state.watch.end_epoch(epoch), state.watch.unique_prototypes(epoch, unique)):
+        if warning:
+            tqdm.write(warning, file=sys.stderr)
+            log.write("warning", state.step, {"epoch": epoch, "message": warning})
 
+
+def prototype_record(state: TrainState, teacher_temp: float) -> dict[str, object]:
+    """The teacher's prototypes now: M and its redundancy histogram, movement and
+    nearest-neighbour distances, used and effective prototypes."""
     # on the training device: at K = 262144 the greedy partition takes minutes on a CPU
     weights = head_prototypes(state.teacher.cls_head).detach().float()
     report = unique_prototypes(weights, eps=0.025)
     redundancy = torch.as_tensor(report.redundancy).long().cpu()
     histogram = torch.bincount(redundancy).tolist() if redundancy.numel() else []
     record: dict[str, object] = {
-        "epoch": epoch, "unique_prototypes": int(report.num_unique),
-        "num_prototypes": int(weights.shape[0]), "redundancy_histogram": histogram,
+        "unique_prototypes": int(report.num_unique), "num_prototypes": int(weights.shape[0]),
+        "largest_duplicate_set": report.largest_duplicate_set,
+        "redundancy_histogram": histogram,
     }  # fmt: skip
     if state.initial_prototypes is not None:
         record |= prototype_health(weights, state.initial_prototypes)
-    every = state.config.run.knn_every_epochs
-    if every > 0 and (epoch + 1) % every == 0:
-        record["knn_top1"] = knn_now(state)
-    log.write("epoch", state.step, record)
-    warning = state.watch.end_epoch(epoch) if state.watch is not None else None
-    if warning:
-        tqdm.write(warning, file=sys.stderr)
-        log.write("warning", state.step, {"epoch": epoch, "message": warning})
+    if state.config.data.path:
+        record |= prototype_usage(
+            state.teacher, state.cls_centering, state.config, teacher_temp, state.device
+        )
+    return record
 
 
 def knn_now(state: TrainState) -> dict[str, float]:
