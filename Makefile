@@ -86,8 +86,10 @@ compile-check-other-triton: install
 	  bench/kernel_compile.py --write \
 	  --cache bench/results/kernel_compile_table_triton-$(OTHER_TRITON).json
 
+# Partial prototype collapse: the demo recipe with and without KoLeo-proto, side by side
+# (one core each, about 11 minutes); rerun to resume an interrupted demo.
 demo: install
-	$(VENV)/bin/fastproto train
+	$(VENV)/bin/fastproto demo
 
 # The prototype-collapse study in the learning regime (16 runs, about 70 minutes of two shards
 # on 2 cores; rerun to resume), its report and the run records, into docs/results/study_small/.

@@ -50,10 +50,22 @@ def initial_network(config: TrainConfig, device: torch.device) -> SSLNetwork:
     return build_student(config).to(device).eval()
 
 
-def evaluate_run(run_dir: Path, data_path: str, device: torch.device) -> dict[str, Any]:
-    """kNN accuracy of the newest checkpoint's teacher and student in `run_dir`, beside the
-    baselines to beat: the same network at initialisation and the raw pixels; and the unique
-    prototypes M of the teacher."""
+def baseline_knn(config: TrainConfig, data_path: str, device: torch.device) -> dict[str, Any]:
+    """kNN accuracy of what training has to beat: the raw pixels, and the network a fresh run
+    of `config` starts from."""
+    from fastproto.train.features import knn_accuracy
+
+    return {
+        "knn_top1_raw_pixels": knn_accuracy(None, config, data_path, device),
+        "knn_top1_at_init": knn_accuracy(
+            initial_network(config, device), config, data_path, device
+        ),
+    }
+
+
+def teacher_summary(run_dir: Path, data_path: str, device: torch.device) -> dict[str, Any]:
+    """The newest checkpoint's teacher in `run_dir`: kNN accuracy, unique prototypes M of K and
+    the largest duplicate set."""
     from fastproto.prototypes import unique_prototypes
     from fastproto.train.features import knn_accuracy, network_from_checkpoint
 
@@ -61,24 +73,30 @@ def evaluate_run(run_dir: Path, data_path: str, device: torch.device) -> dict[st
     if path is None:
         raise ValueError(f"no checkpoint in {run_dir} to evaluate")
     config, teacher, saved = network_from_checkpoint(path, device)
-    _, student, _ = network_from_checkpoint(path, device, which="student")
-    knn = {
-        "knn_top1_raw_pixels": knn_accuracy(None, config, data_path, device),
-        "knn_top1_at_init": knn_accuracy(
-            initial_network(config, device), config, data_path, device
-        ),
-        "knn_top1_student": knn_accuracy(student, config, data_path, device),
-        "knn_top1": knn_accuracy(teacher, config, data_path, device),
-    }
     report = unique_prototypes(head_prototypes(teacher.cls_head).detach().float().cpu(), eps=0.025)
     return {
         "checkpoint": str(path),
         "step": int(saved["step"]),  # type: ignore[call-overload]
-        **knn,
+        "knn_top1": knn_accuracy(teacher, config, data_path, device),
         "unique_prototypes": report.num_unique,
         "num_prototypes": config.head.num_prototypes,
         "largest_duplicate_set": report.largest_duplicate_set,
     }
+
+
+def evaluate_run(run_dir: Path, data_path: str, device: torch.device) -> dict[str, Any]:
+    """kNN accuracy of the newest checkpoint's teacher and student in `run_dir`, beside the
+    baselines to beat: the same network at initialisation and the raw pixels; and the unique
+    prototypes M of the teacher."""
+    from fastproto.train.features import knn_accuracy, network_from_checkpoint
+
+    summary = teacher_summary(run_dir, data_path, device)
+    config, student, _ = network_from_checkpoint(Path(summary["checkpoint"]), device, "student")
+    return (
+        summary
+        | baseline_knn(config, data_path, device)
+        | {"knn_top1_student": knn_accuracy(student, config, data_path, device)}
+    )
 
 
 def run_demo(
