@@ -182,3 +182,58 @@ def test_a_recipe_regulariser_does_not_make_a_baseline_a_koleo_data_run() -> Non
     # a record without the grid's axis falls back to the config
     plain = record(("p", 64, "koleo-data", 0.3, "vmf", "probability", 32, 0, 60, 0.6))
     assert (to_row("p", plain).regulariser, to_row("p", plain).lam) == ("koleo-data", 0.3)
+
+
+def with_history(run: tuple[Any, ...], proto_decay: float, falls_at: int | None) -> dict:
+    """A record with the newer fields: a per-epoch history with the decay clock and usage, the
+    resolved decay settings, the final clock. M / K falls to M / K at `falls_at` (epoch index)."""
+    out = record(run)
+    k, m = run[1], run[8]
+    out["config"]["optim"] |= {"weight_decay": 0.8, "weight_decay_end": 0.8,
+                               "prototype_weight_decay": proto_decay,
+                               "prototype_weight_decay_end": proto_decay}  # fmt: skip
+    epochs = []
+    for i in range(5):
+        unique = m if falls_at is not None and i >= falls_at else k
+        epochs.append({"step": 100 * (i + 1), "epoch": i, "unique_prototypes": unique,
+                       "num_prototypes": k, "nn_distance_quantiles": {"p0": 0.0, "p5": 0.05,
+                       "p50": 0.3}, "used_prototypes": unique // 2,
+                       "effective_prototypes": unique / 4,
+                       "prototype_decay_clock": 0.04 * (i + 1)})  # fmt: skip
+    out["metrics"] |= {"num_prototypes": k, "epochs": epochs, "prototype_decay_clock": 0.2,
+                       "nn_distance_quantiles": {"p0": 0.0, "p5": 0.05, "p50": 0.3}}  # fmt: skip
+    return out
+
+
+def test_report_with_the_decay_clock_usage_and_a_decay_ablation(tmp_path: Path) -> None:
+    write_fixture(tmp_path, RUNS[:2])  # two records without the newer fields
+    results = tmp_path / "results"
+    both = with_history(("both", 64, "none", 0.0, "vmf", "probability", 32, 0, 16, 0.6), -1.0, 3)
+    kept = with_history(("kept", 64, "koleo-proto", 0.1, "vmf", "probability", 32, 0, 64, 0.62),
+                        0.0, None)  # fmt: skip
+    for rec in (both, kept):
+        (results / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    text = build_report(tmp_path).read_text()
+    # the clock figure: drawn from the two runs that record the clock, linked in the report
+    assert "2 of 4 finished runs record the clock." in text
+    assert "![M / K and nn p5 against the decay clock](figures/decay_clock.png)" in text
+    png = (tmp_path / "figures" / "decay_clock.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # used and effective prototypes of the last epoch in the per-run table; '-' for old records
+    assert re.search(r"\| both \| 64 \| 0 \| 0 \| - \| .* \| 8 \| 4\.0 \| 60\.0 \|", text)
+    # an old record: no movement, history or usage; collapsed (M / K = 20 / 64), so informative
+    assert "| b64s0 | 64 | 0 | 0 | - | - | yes | - | - / - / - | - | - | 60.0 | 70.0 |" in text
+    # the decay ablation: M / K first at or below 0.9 at step 400 (epoch 3), clock 0.16 there
+    assert "| both | 64 | 0.8 | 0.8 (network's) | 0 | 0.250 | 400 | 0.160 | 0.200 |" in text
+    assert "| kept | 64 | 0.8 | 0 | 0.1 | 1.000 | - | - | 0.200 |" in text
+    # rules come before the results they decide
+    assert text.index("- informative:") < text.index("**Q1") < text.index("| run |")
+
+
+def test_report_on_old_records_has_no_clock_figure(tmp_path: Path) -> None:
+    write_fixture(tmp_path, RUNS[:4])
+    text = build_report(tmp_path).read_text()
+    assert "0 of 4 finished runs record the clock." in text
+    assert "decay_clock.png" not in text
+    assert not (tmp_path / "figures" / "decay_clock.png").exists()
+    assert "(network -, prototypes -): no ablation." in text

@@ -74,6 +74,10 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
         assert rec["status"] == "ok" and rec["metrics"]["unique_prototypes"] == 7
         assert rec["config"]["head"]["num_prototypes"] == spec.settings["num_prototypes"]
         assert rec["config"]["run"]["out"] == str(tmp_path / spec.run_id)
+        # the decay settings the report's decay ablation reads (fastproto.study.mechanism)
+        decay = ("weight_decay", "weight_decay_end", "prototype_weight_decay",
+                 "prototype_weight_decay_end")  # fmt: skip
+        assert all(isinstance(rec["config"]["optim"][key], float) for key in decay)
         assert rec["train"] == {"step": 5, "epoch": 1, "last_terms": {"loss": 1.5}}
         assert rec["commit"] and set(rec["timings"]) == {"train_s", "eval_s", "total_s"}
     assert not list((tmp_path / "results").glob(".*"))  # no temporary files left behind

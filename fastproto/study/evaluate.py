@@ -10,11 +10,18 @@ CLS features of both splits ([N, E]) once, and runs on them
 - the share of data by redundancy factor (paper 1, fig. 1): the val CLS features go through the
   head (y = h(x) / ||h(x)||, [N, D]) and each sample is assigned to the best of the M
   representatives, with the vMF term log C_D(||w_k|| / tau) added for vmf heads
-  (tau = method.teacher_temp).
+  (tau = method.teacher_temp);
+- the training's per-epoch prototype history from metrics.jsonl: M, K, nearest-neighbour
+  quantiles, used and effective prototypes, and the prototype decay clock (sum of lr x
+  prototype weight decay) at each epoch's step, read from the step row of that step or the
+  nearest one before it. The decay settings are not copied here: the run's record holds its
+  whole config (optim.weight_decay(_end), optim.prototype_weight_decay(_end)), which
+  fastproto.study.mechanism resolves.
 """
 
 from __future__ import annotations
 
+import bisect
 from pathlib import Path
 from typing import Any
 
@@ -54,19 +61,53 @@ def _prototype_metrics(teacher: Any, eps: float) -> tuple[dict[str, Any], Any]:
     return metrics, report
 
 
-def _health_history(run_dir: Path) -> dict[str, Any]:
-    """Per-epoch M, prototype movement and nearest-neighbour quantiles from metrics.jsonl."""
+# per epoch row of metrics.jsonl, what a record keeps (not the redundancy histogram: K numbers)
+HISTORY_KEYS = (
+    "step", "epoch", "unique_prototypes", "num_prototypes", "largest_duplicate_set",
+    "prototype_movement", "nn_distance_quantiles", "nn_distance_below_eps", "used_prototypes",
+    "effective_prototypes",
+)  # fmt: skip
+CLOCK = "prototype_decay_clock"
+
+
+def clock_table(step_rows: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """(step, prototype decay clock) of the step rows that carry it, by step; a step logged
+    twice (a resumed run repeats the steps after its checkpoint) keeps its later row."""
+    clocks = {
+        int(row["step"]): float(row[CLOCK])
+        for row in step_rows
+        if isinstance(row.get(CLOCK), int | float) and isinstance(row.get("step"), int)
+    }
+    return sorted(clocks.items())
+
+
+def clock_at(table: list[tuple[int, float]], step: Any) -> float | None:
+    """The clock of the step row at `step`, else of the nearest one before it; None if none."""
+    if not isinstance(step, int | float):
+        return None
+    i = bisect.bisect_right(table, step, key=lambda pair: pair[0])
+    return table[i - 1][1] if i else None
+
+
+def health_history(run_dir: Path, final_step: int | None = None) -> dict[str, Any]:
+    """Per-epoch prototype health from metrics.jsonl (HISTORY_KEYS and the decay clock at
+    each epoch's step), the last epoch's values, and the clock at `final_step`."""
     from fastproto.train.metrics import read_metrics
 
-    epochs = read_metrics(run_dir / "metrics.jsonl", "epoch")
-    keys = ("epoch", "unique_prototypes", "prototype_movement", "nn_distance_quantiles")
-    history = [{k: row[k] for k in keys if k in row} for row in epochs]
+    path = run_dir / "metrics.jsonl"
+    table = clock_table(read_metrics(path, "step"))
+    history = []
+    for row in read_metrics(path, "epoch"):
+        kept = {k: row[k] for k in HISTORY_KEYS if k in row}
+        if (clock := clock_at(table, row.get("step"))) is not None:
+            kept[CLOCK] = clock
+        history.append(kept)
     last = history[-1] if history else {}
-    return {
-        "epochs": history,
-        "prototype_movement": last.get("prototype_movement"),
-        "nn_distance_quantiles": last.get("nn_distance_quantiles"),
-    }
+    out = {"epochs": history, CLOCK: clock_at(table, final_step)}
+    for key in ("prototype_movement", "nn_distance_quantiles", "used_prototypes",
+                "effective_prototypes"):  # fmt: skip
+        out[key] = last.get(key)
+    return out
 
 
 def evaluate_run_dir(
@@ -97,7 +138,7 @@ def evaluate_run_dir(
         shots = evaluation.few_shot(*train, *val, shots=tuple(options["fewshot_shots"]))
         metrics["fewshot"] = {str(n): v for n, v in shots.items()}
     protos, report = _prototype_metrics(teacher, float(options["eps"]))
-    metrics |= protos | _health_history(run_dir)
+    metrics |= protos | health_history(run_dir, metrics["step"])
     metrics["data_share_by_redundancy"] = _share(
         teacher, val[0], report, config.method.teacher_temp
     )

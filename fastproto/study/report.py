@@ -3,6 +3,12 @@
 Sections (each on the slice of runs that varies only the settings it is about, the others held
 at a reference value that the section states; see `results.reference_slice`):
 
+- partial collapse: the decision rules, then the verdicts on informative runs and the per-run
+  table (fastproto.study.collapse);
+- M / K and nearest-neighbour p5 of every run against the prototype decay clock
+  (fastproto.study.clock);
+- the decay ablation table, when runs differ by which parameters are decayed
+  (fastproto.study.mechanism);
 - M against K per regulariser (paper 1, fig. 3 left) and kNN against K (fig. 3 right);
 - the KoLeo-proto lambda ablation (paper 1, table 10; lambda = 0 is the baseline run);
 - the average data share against the redundancy factor (paper 1, fig. 1);
@@ -21,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from fastproto.study import claims as hyp
+from fastproto.study.clock import clock_section
 from fastproto.study.collapse import collapse_section
+from fastproto.study.mechanism import mechanism_section
 from fastproto.study.plots import Series, line_plot
 from fastproto.study.results import Row, cell, group, load_records, reference_slice, to_row
 
@@ -272,7 +280,8 @@ def build_report(folder: Path, out: Path | None = None) -> Path:
         "number of unique prototypes at eps = 0.025 (paper 1, definition 4.1).",
         "",
     ]
-    lines += collapse_section([rec for _, rec in records])
+    plain = [rec for _, rec in records]
+    lines += collapse_section(plain) + clock_section(plain, figures) + mechanism_section(plain)
     lines += _claims_section(found) + scaling + _lambda_table(ok) + _share(ok, figures)
     lines += norm_cent + batch + _appendix(records, rows)
     out.parent.mkdir(parents=True, exist_ok=True)
