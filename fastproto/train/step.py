@@ -32,12 +32,23 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fastproto.centering import ProbabilityCentering
+from fastproto.centering import ProbabilityCentering, me_max_penalty
 from fastproto.config import TrainConfig
+from fastproto.ema import ema_update_
 from fastproto.errors import NonFiniteError
+from fastproto.kernels.dispatch import resolve_impl
+from fastproto.losses import (
+    dino_loss,
+    dino_loss_with_raw_means,
+    ibot_patch_loss,
+    ibot_patch_loss_with_raw_means,
+    koleo_data,
+    koleo_proto,
+)
 from fastproto.masked_tokens import MaskedTokens
 from fastproto.models import SSLNetwork, head_is_vmf, head_last_layer, head_prototypes
 from fastproto.train.health import CollapseWatch, prediction_health
+from fastproto.train.metrics import entropy
 
 
 @dataclass(frozen=True)
@@ -78,8 +89,6 @@ def loss_operand_dtype(state: TrainState) -> torch.dtype:
     the fused Triton kernels compute it, so that their dots run on tensor cores with float32
     accumulation (prototypes stay float32 parameters and are cast per tile); float32 for the
     chunked and reference paths, which materialise logit blocks in the operands' dtype."""
-    from fastproto.kernels.dispatch import resolve_impl
-
     impl = resolve_impl(state.config.method.loss_impl, state.device)
     if state.amp_dtype is not None and impl == "triton":
         return state.amp_dtype
@@ -109,8 +118,6 @@ def _centre(state: TrainState, centring: nn.Module, teacher: torch.Tensor, w_t: 
 def _cls_loss(
     state: TrainState, student_y: torch.Tensor, teacher_y: torch.Tensor, teacher_temp: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    from fastproto.losses import dino_loss, dino_loss_with_raw_means
-
     m = state.config.method
     head, teacher_head = state.student.cls_head, state.teacher.cls_head
     w_s, w_t = head_prototypes(head).float(), head_prototypes(teacher_head).float().detach()
@@ -135,8 +142,6 @@ def _patch_loss(
     masks: MaskedTokens,
     teacher_temp: float,
 ) -> torch.Tensor:
-    from fastproto.losses import ibot_patch_loss, ibot_patch_loss_with_raw_means
-
     m = state.config.method
     head, teacher_head = state.student.patch_head, state.teacher.patch_head
     w_s, w_t = head_prototypes(head).float(), head_prototypes(teacher_head).float().detach()
@@ -160,8 +165,6 @@ def compute_losses(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """-> (total loss, loss terms and health numbers as 0-d tensors, not read yet, batch-mean
     teacher distribution [K])."""
-    from fastproto.losses import koleo_data, koleo_proto
-
     m = state.config.method
     with torch.no_grad(), _autocast(state):
         t_out = state.teacher(global_crops, None, masks, mask_input=False)
@@ -203,8 +206,6 @@ def compute_losses(
 
 def _me_max(state: TrainState, student_y: torch.Tensor) -> torch.Tensor:
     """ME-MAX penalty on the student's CLS predictions, student_y [S*B, D]."""
-    from fastproto.centering import me_max_penalty
-
     head = state.student.cls_head
     protos = head_prototypes(head).float()  # [K, D]
     return me_max_penalty(student_y, protos, state.config.method.student_temp, head_is_vmf(head))
@@ -276,8 +277,6 @@ def refuse_non_finite(state: TrainState, terms: dict[str, float]) -> None:
 
 def apply_update(state: TrainState, values: StepValues) -> None:
     """Drop the last layer's gradients while it is frozen, step, move the teacher (EMA)."""
-    from fastproto.ema import ema_update_
-
     if values.freeze_last_layer:
         for head in state.student.heads():
             for p in head_last_layer(head):
@@ -304,8 +303,6 @@ def train_step(
     The host reads the step's numbers once, after the backward and the clipping and before
     anything is updated, so the device is never waited for mid-step and a non-finite loss or
     gradient is still refused before it reaches the weights."""
-    from fastproto.train.metrics import entropy
-
     total, parts, mean_probs = compute_losses(
         state, global_crops, local_crops, masks, values.teacher_temp
     )
