@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -79,7 +79,6 @@ class TrainState:
     amp_dtype: torch.dtype | None
     device: torch.device
     step: int = 0
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # this step's health, 0-d
     initial_prototypes: torch.Tensor | None = None  # CLS head W [K, D] at initialisation
     watch: CollapseWatch | None = None
 
@@ -117,22 +116,23 @@ def _centre(state: TrainState, centring: nn.Module, teacher: torch.Tensor, w_t: 
 
 def _cls_loss(
     state: TrainState, student_y: torch.Tensor, teacher_y: torch.Tensor, teacher_temp: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """-> (DINO loss, batch-mean teacher distribution [K], the health numbers as 0-d tensors)."""
     m = state.config.method
     head, teacher_head = state.student.cls_head, state.teacher.cls_head
     w_s, w_t = head_prototypes(head).float(), head_prototypes(teacher_head).float().detach()
     vmf = head_is_vmf(head)
     center, fold = _centre(state, state.cls_centering, teacher_y, w_t, teacher_temp, vmf)
-    state.extras = prediction_health(
+    health = prediction_health(
         student_y.float(), teacher_y.float(), w_s, w_t, center, m.student_temp, teacher_temp, vmf
     )
     args = (student_y, teacher_y, w_s, w_t, center, state.config.data.global_crops,
             m.student_temp, teacher_temp, vmf, m.loss_impl)  # fmt: skip
     if fold is None:
-        return dino_loss(*args)
+        return *dino_loss(*args), health
     loss, mean_probs, raw = dino_loss_with_raw_means(*args)
     fold.fold_column_mean(raw, teacher_y.shape[0])
-    return loss, mean_probs
+    return loss, mean_probs, health
 
 
 def _patch_loss(
@@ -171,7 +171,7 @@ def compute_losses(
     with _autocast(state):
         s_out = state.student_ddp(global_crops, local_crops, masks, mask_input=True)
     dt = loss_operand_dtype(state)
-    cls, mean_probs = _cls_loss(state, s_out.cls_y.to(dt), t_out.cls_y.to(dt), teacher_temp)
+    cls, mean_probs, health = _cls_loss(state, s_out.cls_y.to(dt), t_out.cls_y.to(dt), teacher_temp)
     total, parts = cls, {"dino": cls}
     # also with no masked token on this rank: the loss is then a zero attached to the patch
     # head, so under DDP every parameter still gets its (zero) gradient and all-reduces match
@@ -200,7 +200,7 @@ def compute_losses(
         total = total + m.me_max * reg_m
         parts["me_max"] = reg_m
     parts["loss"] = total
-    shown = {name: t.detach() for name, t in parts.items()} | state.extras
+    shown = {name: t.detach() for name, t in parts.items()} | health
     return total, shown, mean_probs
 
 
