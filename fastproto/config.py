@@ -28,6 +28,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.resize": ("antialias", "fast"),
     "method.name": ("dino", "ibot"),
     "head.norm": ("vmf", "l2", "free"),
+    "head.prototypes": ("gradient", "em"),
+    "head.em_dead_policy": ("keep", "reseed"),
     "method.centering": ("probability", "logit", "sinkhorn", "none"),
     "method.loss_impl": ("auto", "triton", "chunked", "reference"),
     "run.precision": ("auto", "bf16", "fp16", "fp32"),
@@ -82,6 +84,12 @@ class HeadConfig:
     bottleneck_dim: int = 256
     num_layers: int = 3
     shared: bool = True
+    # how the prototype matrix is learned: "gradient" (by the loss, as DINO does) or "em" (a vMF
+    # mixture fitted by online EM to the teacher's CLS embeddings, no gradient, no decay;
+    # fastproto.prototype_em), with its forgetting factor and its policy for dead components
+    prototypes: str = "gradient"
+    em_forgetting: float = 0.99
+    em_dead_policy: str = "keep"
 
 
 @dataclass
@@ -312,6 +320,7 @@ def validate(config: TrainConfig) -> None:
     if config.optim.lr <= 0:
         raise ValueError(f"optim.lr must be positive (per 1024 images), got {config.optim.lr}")
     _validate_prototype_decay(config.optim)
+    _validate_em(config)
     _validate_augment(config.augment)
     _validate_arch(config)
     momentum = config.method.center_momentum
@@ -332,6 +341,23 @@ def _validate_prototype_decay(o: OptimConfig) -> None:
             f"optim.prototype_weight_decay(_end) must be >= 0 (0 leaves the prototypes undecayed) "
             f"or -1 for both (the network's schedule), got {list(pair)}"
         )
+
+
+def _validate_em(config: TrainConfig) -> None:
+    if config.head.prototypes != "em":
+        return
+    if config.head.norm != "vmf":
+        raise ValueError(
+            f"head.prototypes='em' fits a vMF mixture and needs head.norm='vmf', got "
+            f"{config.head.norm!r}"
+        )
+    if config.method.koleo_proto > 0:
+        raise ValueError(
+            "method.koleo_proto acts through the prototypes' gradient, which "
+            "head.prototypes='em' does not use; set method.koleo_proto=0"
+        )
+    if not 0.0 < config.head.em_forgetting <= 1.0:
+        raise ValueError(f"head.em_forgetting must be in (0, 1], got {config.head.em_forgetting}")
 
 
 def _validate_arch(config: TrainConfig) -> None:

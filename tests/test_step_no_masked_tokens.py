@@ -45,7 +45,7 @@ def test_no_masked_token_gives_an_attached_zero_and_zero_patch_head_gradients(
     g = torch.randn(G * B, 3, 28, 28)
     loc = torch.randn(L * B, 3, 12, 12)
     masks = MaskedTokens.from_grid(torch.zeros(G * B, 7, 7, dtype=torch.bool))  # none masked
-    total, terms, _ = compute_losses(state, g, loc, masks, teacher_temp=0.04)
+    total, terms, _, _ = compute_losses(state, g, loc, masks, teacher_temp=0.04)
     assert terms["ibot"] == 0.0 and torch.isfinite(total)
     total.backward()
     patch_params = dict(state.student.patch_head.named_parameters())

@@ -11,11 +11,13 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fastproto.config import TrainConfig
-from fastproto.models import SSLNetwork, build_network
+from fastproto.models import SSLNetwork, build_network, head_prototypes
+from fastproto.prototype_em import OnlineVMFMixture
 from fastproto.train.distributed import DistInfo
 from fastproto.train.step import TrainState
 from fastproto.train.values import prototype_decay_mode
@@ -37,7 +39,7 @@ def network_signature(config: TrainConfig) -> dict[str, object]:
         "method": config.method.name,
         "centering": config.method.centering,
         "batch_size": config.optim.batch_size,
-    }
+    } | ({"prototypes": h.prototypes} if h.prototypes != "gradient" else {})
 
 
 def build_student(config: TrainConfig, drop_path: float | None = None) -> SSLNetwork:
@@ -72,6 +74,25 @@ def param_groups(model: nn.Module, prototypes: str = "network") -> list[dict[str
     return [{"params": groups[decay], "decay": decay, "weight_decay": 0.0} for decay in order]
 
 
+def build_prototype_em(
+    config: TrainConfig, student: SSLNetwork, device: torch.device
+) -> OnlineVMFMixture | None:
+    """head.prototypes = "em": the mixture that replaces the CLS prototypes' gradient, started
+    from the head's initial rows (the same W), and the prototype matrix frozen to the optimizer
+    (no gradient, so no AdamW group and no decay). None for "gradient"."""
+    h = config.head
+    if h.prototypes != "em":
+        return None
+    weight = head_prototypes(student.cls_head)  # the vMF head's parameter W [K, D] itself
+    weight.requires_grad_(False)
+    em = OnlineVMFMixture(
+        h.num_prototypes, h.bottleneck_dim, forgetting=h.em_forgetting,
+        tau=config.method.warmup_teacher_temp, dead_policy=h.em_dead_policy,
+    )  # fmt: skip
+    em.initialize(F.normalize(weight.detach().float(), dim=1))
+    return em.to(device)
+
+
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """None means float32 throughout; CPU runs in float32 unless asked otherwise."""
     if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
@@ -96,6 +117,7 @@ def build_state(config: TrainConfig, dist: DistInfo) -> TrainState:
             setattr(block, "drop_prob", 0.0)  # noqa: B010
     teacher.requires_grad_(False)
     teacher.eval()
+    prototype_em = build_prototype_em(config, student, dist.device)
     student_ddp: nn.Module = student
     if dist.distributed:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
@@ -115,6 +137,7 @@ def build_state(config: TrainConfig, dist: DistInfo) -> TrainState:
         config=config, student=student, student_ddp=student_ddp, teacher=teacher,
         optimizer=optimizer, scaler=scaler, cls_centering=centering(),
         patch_centering=centering(), amp_dtype=dtype, device=dist.device,
+        prototype_em=prototype_em,
     )  # fmt: skip
 
 
@@ -128,7 +151,7 @@ def state_dict(state: TrainState) -> dict[str, object]:
         "cls_centering": state.cls_centering.state_dict(),
         "patch_centering": state.patch_centering.state_dict(),
         "step": state.step,
-    }
+    } | ({"prototype_em": state.prototype_em.state_dict()} if state.prototype_em else {})
 
 
 def load_state_dict(state: TrainState, saved: dict[str, object]) -> None:
@@ -144,3 +167,7 @@ def load_state_dict(state: TrainState, saved: dict[str, object]) -> None:
     state.cls_centering.load_state_dict(saved["cls_centering"])  # type: ignore[arg-type]
     state.patch_centering.load_state_dict(saved["patch_centering"])  # type: ignore[arg-type]
     state.step = int(saved["step"])  # type: ignore[call-overload]
+    if state.prototype_em is not None:
+        state.prototype_em.load_state_dict(saved["prototype_em"])  # type: ignore[arg-type]
+    elif "prototype_em" in saved:
+        raise ValueError("it was trained with head.prototypes='em'")

@@ -47,6 +47,7 @@ from fastproto.losses import (
 )
 from fastproto.masked_tokens import MaskedTokens
 from fastproto.models import SSLNetwork, head_is_vmf, head_last_layer, head_prototypes
+from fastproto.prototype_em import OnlineVMFMixture
 from fastproto.train.health import CollapseWatch, prediction_health
 from fastproto.train.metrics import entropy
 
@@ -81,6 +82,7 @@ class TrainState:
     step: int = 0
     initial_prototypes: torch.Tensor | None = None  # CLS head W [K, D] at initialisation
     watch: CollapseWatch | None = None
+    prototype_em: OnlineVMFMixture | None = None  # head.prototypes = "em": the CLS prototypes
 
 
 def loss_operand_dtype(state: TrainState) -> torch.dtype:
@@ -162,9 +164,9 @@ def compute_losses(
     local_crops: torch.Tensor | None,
     masks: MaskedTokens | None,
     teacher_temp: float,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """-> (total loss, loss terms and health numbers as 0-d tensors, not read yet, batch-mean
-    teacher distribution [K])."""
+    teacher distribution [K], the teacher's CLS embeddings [G*B, D], detached)."""
     m = state.config.method
     with torch.no_grad(), _autocast(state):
         t_out = state.teacher(global_crops, None, masks, mask_input=False)
@@ -201,7 +203,7 @@ def compute_losses(
         parts["me_max"] = reg_m
     parts["loss"] = total
     shown = {name: t.detach() for name, t in parts.items()} | health
-    return total, shown, mean_probs
+    return total, shown, mean_probs, t_out.cls_y.detach()
 
 
 def _me_max(state: TrainState, student_y: torch.Tensor) -> torch.Tensor:
@@ -303,12 +305,28 @@ def train_step(
     The host reads the step's numbers once, after the backward and the clipping and before
     anything is updated, so the device is never waited for mid-step and a non-finite loss or
     gradient is still refused before it reaches the weights."""
-    total, parts, mean_probs = compute_losses(
+    total, parts, mean_probs, teacher_y = compute_losses(
         state, global_crops, local_crops, masks, values.teacher_temp
     )
     grad_norm = backward_and_clip(state, total, values)
     terms = read_on_host(parts | {"grad_norm": grad_norm, "teacher_entropy": entropy(mean_probs)})
     refuse_non_finite(state, terms)
     apply_update(state, values)
+    refit_prototypes(state, teacher_y, values.teacher_temp)
     state.step += 1
     return terms, mean_probs
+
+
+@torch.no_grad()
+def refit_prototypes(state: TrainState, teacher_y: torch.Tensor, teacher_temp: float) -> None:
+    """head.prototypes = "em": fold this step's teacher CLS embeddings teacher_y [G*B, D] into
+    the vMF mixture (E-step: the teacher's uncentred softmax under the current W, so the
+    estimate is the mixture's own fit, not the centring's rebalancing) and write its W into the
+    CLS head of the student and of the teacher, so both use it at the next step."""
+    em = state.prototype_em
+    if em is None:
+        return
+    em.update(teacher_y.float())
+    weight = em.prototypes(teacher_temp)  # [K, D], ||w_k|| / tau_t = kappa_k
+    for network in (state.student, state.teacher):
+        head_prototypes(network.cls_head).copy_(weight)  # the vMF head's W parameter
