@@ -237,3 +237,19 @@ def test_report_on_old_records_has_no_clock_figure(tmp_path: Path) -> None:
     assert "decay_clock.png" not in text
     assert not (tmp_path / "figures" / "decay_clock.png").exists()
     assert "(network -, prototypes -): no ablation." in text
+
+
+def test_runs_whose_group_adds_overrides_are_ablations_not_recipe_runs() -> None:
+    from fastproto.study.grid import settings_overrides
+    from fastproto.study.mechanism import decay_settings
+    from fastproto.study.report import is_ablation
+
+    base = ["run.knn_every_epochs=0", "data.workers=1"]
+    settings = {"num_prototypes": 1024, "regulariser": "none", "koleo_lambda": 0.0, "seed": 0}
+    plain = {"settings": settings, "overrides": base + settings_overrides(settings)}
+    em = {**plain, "overrides": plain["overrides"] + ["head.prototypes='em'"]}
+    common = set(base)
+    assert not is_ablation(plain, common) and is_ablation(em, common)
+    decay = decay_settings({"optim": {"weight_decay": 0.8, "weight_decay_end": 0.8},
+                            "head": {"prototypes": "em"}})  # fmt: skip
+    assert decay.decayed() == (True, False) and decay.texts()[1] == "none (fitted by EM)"

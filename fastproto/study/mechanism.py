@@ -41,6 +41,7 @@ class Decay:
     network: Schedule | None
     prototypes: Schedule | None
     follows: bool = False
+    em: bool = False  # head.prototypes = "em": fitted by EM, never decayed
 
     def decayed(self) -> tuple[bool | None, bool | None]:
         """Which parameters decay at all: (network, prototype matrix)."""
@@ -49,6 +50,8 @@ class Decay:
     def texts(self) -> tuple[str, str]:
         """(network decay, prototype decay) as table text; '-' if unknown."""
         prototypes = _text(self.prototypes)
+        if self.em:
+            return _text(self.network), "none (fitted by EM)"
         return _text(self.network), f"{prototypes} (network's)" if self.follows else prototypes
 
 
@@ -72,6 +75,8 @@ def decay_settings(config: dict[str, Any]) -> Decay:
     """The decay of a resolved config (the dict a record holds)."""
     optim = config.get("optim", {})
     network = _pair(optim, "weight_decay", "weight_decay_end")
+    if config.get("head", {}).get("prototypes") == "em":
+        return Decay(network, (0.0, 0.0), em=True)
     own = _pair(optim, "prototype_weight_decay", "prototype_weight_decay_end")
     if own is None:  # the old switch, on unless set off
         if config.get("head", {}).get("prototype_weight_decay", True) is False:

@@ -29,6 +29,7 @@ from typing import Any
 from fastproto.study import claims as hyp
 from fastproto.study.clock import clock_section
 from fastproto.study.collapse import collapse_section
+from fastproto.study.grid import settings_overrides
 from fastproto.study.mechanism import mechanism_section
 from fastproto.study.plots import Series, line_plot
 from fastproto.study.results import Row, cell, group, load_records, reference_slice, to_row
@@ -251,6 +252,14 @@ def _row(file: str, record: dict[str, Any]) -> Row:
         ) from err
 
 
+def is_ablation(record: dict[str, Any], common: set[str]) -> bool:
+    """Whether the run's group added overrides beyond what its settings make and the overrides
+    `common` to every run (the grid's base): a decay or an EM arm, not one of the recipe's own
+    runs."""
+    made = set(settings_overrides(record.get("settings", {})))
+    return bool(set(record.get("overrides", [])) - made - common)
+
+
 def build_report(folder: Path, out: Path | None = None) -> Path:
     """Write the markdown report (default folder/report.md) and its PNGs (next to it, figures/)."""
     records = load_records(folder)
@@ -259,7 +268,10 @@ def build_report(folder: Path, out: Path | None = None) -> Path:
     out = out or folder / "report.md"
     figures = out.parent / "figures"
     rows = {file: _row(file, rec) for file, rec in records if rec.get("status") == "ok"}
-    ok = list(rows.values())
+    common = set.intersection(*(set(rec.get("overrides", [])) for _, rec in records))
+    # the K and lambda questions are asked of the recipe's own runs; the ablations (a group's
+    # extra overrides: where the decay acts, EM prototypes) have sections of their own
+    ok = [rows[file] for file, rec in records if file in rows and not is_ablation(rec, common)]
     scaling, scaling_rows = _scaling(ok, figures)
     norm_cent, norm_rows = _norm_centering(ok)
     batch, batch_rows = _batch(ok, figures)
@@ -281,7 +293,9 @@ def build_report(folder: Path, out: Path | None = None) -> Path:
         "",
     ]
     plain = [rec for _, rec in records]
-    lines += collapse_section(plain) + clock_section(plain, figures) + mechanism_section(plain)
+    recipe_runs = [rec for rec in plain if not is_ablation(rec, common)]
+    lines += collapse_section(recipe_runs) + clock_section(plain, figures)
+    lines += mechanism_section(plain)
     lines += _claims_section(found) + scaling + _lambda_table(ok) + _share(ok, figures)
     lines += norm_cent + batch + _appendix(records, rows)
     out.parent.mkdir(parents=True, exist_ok=True)
