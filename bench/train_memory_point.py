@@ -156,7 +156,13 @@ def measure(args: argparse.Namespace) -> PointResult:
     from fastproto.train.step import StepValues, train_step
 
     values = StepValues(
-        lr=1e-4, weight_decay=0.04, teacher_temp=0.04, momentum=0.996, freeze_last_layer=False
+        lr=1e-4,
+        weight_decay=0.04,
+        prototype_weight_decay=0.04,
+        prototype_decay_clock=4e-6,
+        teacher_temp=0.04,
+        momentum=0.996,
+        freeze_last_layer=False,
     )
     device = torch.device(args.device)
     config = make_config(args)

@@ -23,7 +23,8 @@ from fastproto.train.setup import build_state
 from fastproto.train.step import StepValues, train_step
 
 G, L, B = 2, 2, 8
-VALUES = StepValues(lr=1e-3, weight_decay=0.04, teacher_temp=0.05, momentum=0.9,
+VALUES = StepValues(lr=1e-3, weight_decay=0.04, prototype_weight_decay=0.04,
+                    prototype_decay_clock=4e-5, teacher_temp=0.05, momentum=0.9,
                     freeze_last_layer=False)  # fmt: skip
 
 
