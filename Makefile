@@ -91,16 +91,17 @@ compile-check-other-triton: install
 demo: install
 	$(VENV)/bin/fastproto demo
 
-# The prototype-collapse study in the learning regime (16 runs, about 70 minutes of two shards
-# on 2 cores; rerun to resume), its report and the run records, into docs/results/study_small/.
+# The prototype-collapse study in the collapse regime (docs/results/grid_collapse.toml: about
+# 10 minutes a run, two shards on the 2 cores; rerun to resume), its report and the run
+# records, into docs/results/study_collapse/.
 study: install
-	OMP_NUM_THREADS=1 $(VENV)/bin/fastproto sweep --grid docs/results/grid_small.toml \
-	  --out runs/study_small --shard 0/2 --no-progress & \
-	OMP_NUM_THREADS=1 $(VENV)/bin/fastproto sweep --grid docs/results/grid_small.toml \
-	  --out runs/study_small --shard 1/2 --no-progress; rc=$$?; wait $$! || rc=1; exit $$rc
-	$(VENV)/bin/fastproto report runs/study_small --out docs/results/study_small/report.md
-	mkdir -p docs/results/study_small/results
-	cp runs/study_small/results/*.json docs/results/study_small/results/
+	OMP_NUM_THREADS=1 $(VENV)/bin/fastproto sweep --grid docs/results/grid_collapse.toml \
+	  --out runs/study_collapse --shard 0/2 --no-progress & \
+	OMP_NUM_THREADS=1 $(VENV)/bin/fastproto sweep --grid docs/results/grid_collapse.toml \
+	  --out runs/study_collapse --shard 1/2 --no-progress; rc=$$?; wait $$! || rc=1; exit $$rc
+	$(VENV)/bin/fastproto report runs/study_collapse --out docs/results/study_collapse/report.md
+	mkdir -p docs/results/study_collapse/results
+	cp runs/study_collapse/results/*.json docs/results/study_collapse/results/
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -110,3 +110,15 @@ def test_prototype_decay_clock_sums_lr_times_decay_and_resumes_to_the_same_bits(
     config.optim.prototype_weight_decay = config.optim.prototype_weight_decay_end = -1.0
     follows = [step_schedules.step_values(config, s, 25) for s in range(100)]
     assert all(r.prototype_weight_decay == r.weight_decay for r in follows)
+
+
+def test_em_prototypes_receive_no_decay_and_their_clock_stays_at_zero() -> None:
+    from fastproto.config import TrainConfig
+    from fastproto.train import values as step_schedules
+
+    config = TrainConfig()
+    config.optim.epochs, config.optim.warmup_epochs = 4, 1
+    config.head.prototypes = "em"
+    row = step_schedules.step_values(config, 80, 25)
+    assert row.prototype_weight_decay == 0.0 and row.prototype_decay_clock == 0.0
+    assert row.weight_decay > 0.0  # the network still decays

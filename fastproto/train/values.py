@@ -27,8 +27,11 @@ def scaled_lr(config: TrainConfig) -> float:
 
 def prototype_decay_mode(config: TrainConfig) -> str:
     """Which AdamW group the prototype matrices join: "network" (they follow its schedule),
-    "none" (a schedule of 0: the undecayed group) or "own" (a group with their schedule)."""
+    "none" (a schedule of 0: the undecayed group; also with head.prototypes = "em", whose W
+    takes no optimizer step) or "own" (a group with their schedule)."""
     o = config.optim
+    if config.head.prototypes == "em":
+        return "none"
     if o.prototype_weight_decay == FOLLOW_NETWORK:
         return "network"
     if o.prototype_weight_decay == 0 and o.prototype_weight_decay_end == 0:
@@ -46,7 +49,10 @@ class _Schedules:
         self.lr = schedules.learning_rate_schedule(scaled_lr(config), o.min_lr, total, warmup)
         self.wd = schedules.weight_decay_schedule(total, o.weight_decay, o.weight_decay_end)
         self.wd_prototypes: Callable[[int], float] = self.wd
-        if prototype_decay_mode(config) != "network":
+        mode = prototype_decay_mode(config)
+        if mode == "none":
+            self.wd_prototypes = schedules.weight_decay_schedule(total, 0.0, 0.0)
+        elif mode == "own":
             self.wd_prototypes = schedules.weight_decay_schedule(
                 total, o.prototype_weight_decay, o.prototype_weight_decay_end
             )
@@ -73,7 +79,7 @@ _CACHE: dict[tuple[str, int], _Schedules] = {}
 
 
 def _schedules(config: TrainConfig, steps_per_epoch: int) -> _Schedules:
-    key = (repr(config.optim) + repr(config.method), steps_per_epoch)
+    key = (repr(config.optim) + repr(config.method) + repr(config.head), steps_per_epoch)
     if key not in _CACHE:
         _CACHE.clear()  # one run at a time per process
         _CACHE[key] = _Schedules(config, steps_per_epoch)
