@@ -20,18 +20,21 @@ from fastproto.kernels.reference import teacher_logits
 from fastproto.models import SSLNetwork, head_is_vmf, head_prototypes
 
 USAGE_IMAGES = 2048  # enough for K = 1024 to be fully used; a fixed cost at any data set size
+TILE_ELEMENTS = 2**22  # float64 logit tile [rows, K]: 32 MiB, whatever K is
 
 
 @torch.no_grad()
 def assignment_usage(
     teacher_y: torch.Tensor, protos: torch.Tensor, center: torch.Tensor, teacher_temp: float,
-    vmf: bool, chunk: int = 1024,
+    vmf: bool, chunk: int | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """teacher_y [N, D] (head outputs), protos [K, D], center [K] -> used and effective
-    prototypes; logits are made `chunk` rows at a time ([chunk, K], never [N, K])."""
+    prototypes; logits are made `chunk` rows at a time ([chunk, K], never [N, K]; by default
+    as many rows as keep a tile at TILE_ELEMENTS)."""
     if teacher_y.dim() != 2 or teacher_y.shape[0] < 1:
         raise ValueError(f"teacher_y must be [N, D] with N >= 1, got {tuple(teacher_y.shape)}")
     k = protos.shape[0]
+    chunk = chunk or max(1, TILE_ELEMENTS // k)
     chosen = torch.zeros(k, dtype=torch.bool, device=protos.device)
     mass = torch.zeros(k, dtype=torch.float64, device=protos.device)
     for start in range(0, teacher_y.shape[0], chunk):
