@@ -33,9 +33,12 @@ from fastproto.train.values import step_values
 OUT = Path(__file__).parent / "results" / "demo_step_time_cpu.md"
 
 
-def time_point(threads: int, batch: int, warmup: int, steps: int) -> tuple[float, float, float]:
-    """Mean (loader wait, augmentation, train_step) seconds per step."""
-    config = load_config("demo", [f"optim.batch_size={batch}"])
+def time_point(
+    threads: int, batch: int, warmup: int, steps: int, overrides: tuple[str, ...] = ()
+) -> tuple[float, float, float]:
+    """Mean (loader wait, augmentation, train_step) seconds per step of the demo recipe with
+    `overrides` (KEY=VALUE strings) on top."""
+    config = load_config("demo", [f"optim.batch_size={batch}", *overrides])
     config.data.path = str(ensure_demo_data("ffcv"))
     dist = distributed.setup("cpu")
     loader = make_train_loader(config, dist)
@@ -68,22 +71,28 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     warmup, steps = (1, 3) if args.smoke else (args.warmup, args.steps)
-    rows = ["| batch | torch threads | loader wait ms | augment ms | train_step ms | images/s |",
-            "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    rows = [
+        "| batch | torch threads | loader wait ms | augment ms | train_step ms | images/s |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for batch in args.batch:
         for threads in args.threads:
             load, aug, step = time_point(threads, batch, warmup, steps)
             rate = batch / (load + aug + step)
-            rows.append(f"| {batch} | {threads} | {1e3 * load:.1f} | {1e3 * aug:.1f} | "
-                        f"{1e3 * step:.1f} | {rate:.0f} |")  # fmt: skip
+            rows.append(
+                f"| {batch} | {threads} | {1e3 * load:.1f} | {1e3 * aug:.1f} | "
+                f"{1e3 * step:.1f} | {rate:.0f} |"
+            )
             print(rows[-1], flush=True)
     if args.smoke:
         return
-    head = (f"# Demo step time on the CPU by thread count\n\n{dt.date.today()}, commit "
-            f"{git_commit()}, {platform.processor() or platform.machine()}, "
-            f"{torch.get_num_interop_threads()} cores visible to torch; `python "
-            f"bench/demo_step_time.py`: {warmup} warm-up and {steps} timed steps per row, "
-            "the demo recipe and its FFCV loader (2 workers).\n\n")  # fmt: skip
+    head = (
+        f"# Demo step time on the CPU by thread count\n\n{dt.date.today()}, commit "
+        f"{git_commit()}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_interop_threads()} cores visible to torch; `python "
+        f"bench/demo_step_time.py`: {warmup} warm-up and {steps} timed steps per row, "
+        "the demo recipe and its FFCV loader (2 workers).\n\n"
+    )
     OUT.write_text(head + "\n".join(rows) + "\n")
     print(f"wrote {OUT}")
 

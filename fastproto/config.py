@@ -30,6 +30,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "head.norm": ("vmf", "l2", "free"),
     "head.prototypes": ("gradient", "em"),
     "head.em_dead_policy": ("keep", "reseed"),
+    "head.em_estep": ("uncentred", "centred"),
+    "head.em_concentration": ("fitted", "fixed"),
     "method.centering": ("probability", "logit", "sinkhorn", "none"),
     "method.loss_impl": ("auto", "triton", "chunked", "reference"),
     "run.precision": ("auto", "bf16", "fp16", "fp32"),
@@ -86,10 +88,17 @@ class HeadConfig:
     shared: bool = True
     # how the prototype matrix is learned: "gradient" (by the loss, as DINO does) or "em" (a vMF
     # mixture fitted by online EM to the teacher's CLS embeddings, no gradient, no decay;
-    # fastproto.prototype_em), with its forgetting factor and its policy for dead components
+    # fastproto.prototype_em), with its forgetting factor, its policy for dead components and
+    # its E-step: the teacher's uncentred softmax (the mixture's own fit) or the centred one
+    # (the loss's target, which the centring steers towards the rarely used components)
     prototypes: str = "gradient"
     em_forgetting: float = 0.99
     em_dead_policy: str = "keep"
+    em_estep: str = "uncentred"
+    # "fixed": kappa_k = 1 / teacher temperature (unit-norm prototypes), only the directions are
+    # fitted; "fitted": kappa_k from each component's mean resultant length, which runs away to
+    # one dominant component in the collapse regime (docs/prototype_em.md)
+    em_concentration: str = "fixed"
 
 
 @dataclass
@@ -382,10 +391,12 @@ def _validate_arch(config: TrainConfig) -> None:
 
 def _validate_augment(a: AugmentConfig) -> None:
     probabilities = {
-        "flip_p": a.flip_p, "jitter_p": a.jitter_p, "grey_p": a.grey_p,
+        "flip_p": a.flip_p,
+        "jitter_p": a.jitter_p,
+        "grey_p": a.grey_p,
         **{f"blur_p[{i}]": p for i, p in enumerate(a.blur_p)},
         **{f"solarise_p[{i}]": p for i, p in enumerate(a.solarise_p)},
-    }  # fmt: skip
+    }
     for key, p in probabilities.items():
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"augment.{key} is a probability and must be in [0, 1], got {p}")

@@ -34,6 +34,13 @@ between 0 and about 0.17 / p (largest near rbar = 0.65, exact in both limits rba
 0.07 % at p = 256: far below the sampling noise of rbar. kappa is clipped to
 [KAPPA_FLOOR, max_kappa] (rbar = 1, a single direction, would give infinity).
 
+Concentration. With `fit_concentration=False` the M-step fits the mean directions only and
+every kappa_k stays as set (the trainer sets 1 / tau_t each step, so W has unit rows, as the vMF
+head starts): an online spherical soft k-means at the teacher's temperature. The trainer's
+default (`head.em_concentration = "fixed"`) is this form, because fitted concentrations run away
+when the embeddings bunch up: the component that covers them sharpens, its log C_p term outbids
+every other component and the teacher's target turns one-hot (docs/prototype_em.md).
+
 Mixing weights. The logits carry no log pi_k, on purpose: DINO's teacher softmax has none (the
 DINO-vMF paper, section 3.2 and appendix A.4: pi is taken uniform, and the centring divides by
 the estimated pi rather than multiplying, to rebalance assignments), and a vMF prototype W_k has
@@ -58,9 +65,9 @@ are never refitted from such statistics. `dead_policy` then says what happens:
 
 - "keep" (default): they stay as they are; the statistics keep folding in, and a component
   revives once its mass is back above `min_mass`. This is plain online EM with no heuristic, it
-  needs nothing but the statistics (so the fused-loss path implements it fully), and the
-  centring of the trainer already steers mass to rarely used components. Whether "reseed"
-  helps against prototype collapse is a measurement still to make.
+  needs nothing but the statistics (so the fused-loss path implements it fully). With fitted
+  concentrations in the collapse regime "reseed" fared worse than "keep" (every component ended
+  in one direction; docs/prototype_em.md).
 - "reseed": each dead component is moved onto an embedding of the current batch (rows drawn
   with torch's default generator; under DDP rank 0 picks and broadcasts them, and every rank
   draws the same count of numbers, so the ranks stay identical), with kappa the median of the
@@ -199,8 +206,11 @@ class OnlineVMFMixture(nn.Module):
         dead_policy: str = "keep",
         init_kappa: float | None = None,
         max_kappa: float = DEFAULT_MAX_KAPPA,
+        fit_concentration: bool = True,
     ) -> None:
         super().__init__()
+        # False: every kappa_k stays init_kappa and only the mean directions are fitted
+        self.fit_concentration = bool(fit_concentration)
         self.num_prototypes = _check_int("num_prototypes", num_prototypes, 1)
         self.dim = _check_int("dim", dim, 2)
         _check_config(forgetting, tau, min_mass, prior_mass, dead_policy)
@@ -348,7 +358,8 @@ class OnlineVMFMixture(nn.Module):
         refit = (~self.dead()) & (length > 0)  # [K]
         mu = self.resultant / length.clamp_min(torch.finfo(length.dtype).tiny)[:, None]
         self.direction.copy_(torch.where(refit[:, None], mu, self.direction))
-        self.kappa.copy_(torch.where(refit, kappa.to(self.kappa), self.kappa))
+        if self.fit_concentration:
+            self.kappa.copy_(torch.where(refit, kappa.to(self.kappa), self.kappa))
 
     def _reseed(self, seeds: Tensor) -> None:
         """Move each dead component onto a distinct row of rank 0's `seeds` [N, D]."""

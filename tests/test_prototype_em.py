@@ -235,6 +235,31 @@ def test_one_full_batch_update_equals_one_batch_em_step() -> None:
         torch.testing.assert_close(model.kappa, torch.from_numpy(kappa), rtol=1e-11, atol=0)
 
 
+def test_fixed_concentration_fits_the_directions_and_holds_kappa() -> None:
+    """fit_concentration=False: the directions are batch EM's (its E-step uses the held kappa,
+    so the same batch_em_step gives them) and every kappa stays init_kappa."""
+    data, directions, kappa0 = _em_problem()
+    for _ in range(3):  # three EM iterations, each a whole-batch update from the last directions
+        model = mixture(
+            4,
+            8,
+            forgetting=1.0,
+            prior_mass=0.0,
+            min_mass=1e-9,
+            init_kappa=kappa0,
+            fit_concentration=False,
+        )
+        model.initialize(directions)
+        mu, fitted = batch_em_step(
+            data.numpy(), directions.numpy(), np.full(4, kappa0), np.zeros(4)
+        )
+        model.update(data)
+        torch.testing.assert_close(model.direction, torch.from_numpy(mu), rtol=0, atol=1e-12)
+        assert torch.all(model.kappa == kappa0)
+        assert not np.allclose(fitted, kappa0)  # a fitted kappa would have moved
+        directions = model.direction.clone()
+
+
 def test_online_fixed_point_is_the_batch_em_fixed_point() -> None:
     # s* = S(theta*) / (1 - alpha) and m* = M(theta*) / (1 - alpha) share theta*: mu and rbar are
     # ratios. Both iterations contract to it geometrically; once each moves by less than 1e-12

@@ -49,17 +49,29 @@ def record(run: tuple[Any, ...]) -> dict[str, Any]:
     rid, k, reg, lam, norm, cent, batch, seed, m, knn = run
     config = {
         "head": {"num_prototypes": k, "norm": norm},
-        "method": {"koleo_proto": lam if reg == "koleo-proto" else 0.0,
-                   "koleo_data": lam if reg == "koleo-data" else 0.0,
-                   "centering": "none" if cent == "me-max" else cent},
+        "method": {
+            "koleo_proto": lam if reg == "koleo-proto" else 0.0,
+            "koleo_data": lam if reg == "koleo-data" else 0.0,
+            "centering": "none" if cent == "me-max" else cent,
+        },
         "optim": {"batch_size": batch},
         "run": {"seed": seed},
-    }  # fmt: skip
+    }
     share = SHARES.get(rid, {"1": 1 / m})
-    metrics = {"knn_top1": {"10": knn - 0.05, "20": knn}, "unique_prototypes": m,
-               "linear_top1": knn + 0.1, "data_share_by_redundancy": share}  # fmt: skip
-    out = {"run_id": rid, "groups": ["main"], "settings": {"centering": cent}, "status": "ok",
-           "config": config, "metrics": metrics}  # fmt: skip
+    metrics = {
+        "knn_top1": {"10": knn - 0.05, "20": knn},
+        "unique_prototypes": m,
+        "linear_top1": knn + 0.1,
+        "data_share_by_redundancy": share,
+    }
+    out = {
+        "run_id": rid,
+        "groups": ["main"],
+        "settings": {"centering": cent},
+        "status": "ok",
+        "config": config,
+        "metrics": metrics,
+    }
     return out
 
 
@@ -69,8 +81,14 @@ def write_fixture(folder: Path, runs: list[tuple[Any, ...]]) -> None:
     for run in runs:
         (results / f"{run[0]}.json").write_text(json.dumps(record(run)))
     error = "ValueError: unknown config key 'head.bogus'"
-    failed = {"run_id": "bad", "groups": ["main"], "settings": {}, "status": "failed",
-              "error": error, "traceback": "..."}  # fmt: skip
+    failed = {
+        "run_id": "bad",
+        "groups": ["main"],
+        "settings": {},
+        "status": "failed",
+        "error": error,
+        "traceback": "...",
+    }
     (results / "bad.json").write_text(json.dumps(failed))
 
 
@@ -101,9 +119,12 @@ def test_report_numbers_verdicts_and_figures(tmp_path: Path) -> None:
     assert share in text
     # norm x centring matrix: vmf row, probability column is the main KoLeo-proto cell
     main = [0.63, 0.65]
-    cells = ["60.0 (n=1)", "58.0 (n=1)",
-             f"{100 * statistics.mean(main):.1f} ± {100 * statistics.stdev(main):.1f} (n=2)",
-             "62.0 (n=1)"]  # fmt: skip
+    cells = [
+        "60.0 (n=1)",
+        "58.0 (n=1)",
+        f"{100 * statistics.mean(main):.1f} ± {100 * statistics.stdev(main):.1f} (n=2)",
+        "62.0 (n=1)",
+    ]
     assert "| norm | logit | me-max | probability | sinkhorn |" in text
     assert "| vmf | " + " | ".join(cells) + " |" in text
     assert "- vmf/probability: kp64s0, kp64s1" in text
@@ -120,15 +141,32 @@ def test_negative_and_missing_verdicts(tmp_path: Path) -> None:
     runs += [("kpbad", 64, "koleo-proto", 0.1, "vmf", "probability", 32, 0, 50, 0.61)]
     write_fixture(tmp_path, runs)
     text = build_report(tmp_path, tmp_path / "out" / "r.md").read_text()
-    assert verdicts(text) == ["NOT ENOUGH DATA", "NOT SUPPORTED", "NOT ENOUGH DATA",
-                              "NOT SUPPORTED", "NOT SUPPORTED"]  # fmt: skip
+    assert verdicts(text) == [
+        "NOT ENOUGH DATA",
+        "NOT SUPPORTED",
+        "NOT ENOUGH DATA",
+        "NOT SUPPORTED",
+        "NOT SUPPORTED",
+    ]
     assert f"K=64: mean M/K = {50 / 64:.3f}" in text
     assert (tmp_path / "out" / "figures" / "unique_vs_k.png").is_file()
 
 
 def row(k: int, reg: str, lam: float, m: float, knn: float, seed: int = 0) -> Row:
-    return Row(f"{k}{reg}{seed}", f"{k}{reg}{seed}", k, reg, lam, "vmf", "probability", 32, seed,
-               m, knn, None)  # fmt: skip
+    return Row(
+        f"{k}{reg}{seed}",
+        f"{k}{reg}{seed}",
+        k,
+        reg,
+        lam,
+        "vmf",
+        "probability",
+        32,
+        seed,
+        m,
+        knn,
+        None,
+    )
 
 
 def test_collapse_rule_thresholds() -> None:
@@ -138,8 +176,12 @@ def test_collapse_rule_thresholds() -> None:
     rows = [row(64, "none", 0.0, 30, 0.5), row(1024, "none", 0.0, 60, 0.5)]  # g = 0.25, M/K small
     assert claims.baseline_collapse(rows).verdict == claims.SUPPORTED
     # kNN must grow with K for KoLeo-proto
-    flat = [row(64, "koleo-proto", 0.1, 64, 0.6), row(256, "koleo-proto", 0.1, 256, 0.6),
-            row(64, "none", 0.0, 10, 0.5), row(256, "none", 0.0, 10, 0.5)]  # fmt: skip
+    flat = [
+        row(64, "koleo-proto", 0.1, 64, 0.6),
+        row(256, "koleo-proto", 0.1, 256, 0.6),
+        row(64, "none", 0.0, 10, 0.5),
+        row(256, "none", 0.0, 10, 0.5),
+    ]
     assert claims.koleo_knn(flat).verdict == claims.REJECTED
 
 
@@ -189,19 +231,33 @@ def with_history(run: tuple[Any, ...], proto_decay: float, falls_at: int | None)
     resolved decay settings, the final clock. M / K falls to M / K at `falls_at` (epoch index)."""
     out = record(run)
     k, m = run[1], run[8]
-    out["config"]["optim"] |= {"weight_decay": 0.8, "weight_decay_end": 0.8,
-                               "prototype_weight_decay": proto_decay,
-                               "prototype_weight_decay_end": proto_decay}  # fmt: skip
+    out["config"]["optim"] |= {
+        "weight_decay": 0.8,
+        "weight_decay_end": 0.8,
+        "prototype_weight_decay": proto_decay,
+        "prototype_weight_decay_end": proto_decay,
+    }
     epochs = []
     for i in range(5):
         unique = m if falls_at is not None and i >= falls_at else k
-        epochs.append({"step": 100 * (i + 1), "epoch": i, "unique_prototypes": unique,
-                       "num_prototypes": k, "nn_distance_quantiles": {"p0": 0.0, "p5": 0.05,
-                       "p50": 0.3}, "used_prototypes": unique // 2,
-                       "effective_prototypes": unique / 4,
-                       "prototype_decay_clock": 0.04 * (i + 1)})  # fmt: skip
-    out["metrics"] |= {"num_prototypes": k, "epochs": epochs, "prototype_decay_clock": 0.2,
-                       "nn_distance_quantiles": {"p0": 0.0, "p5": 0.05, "p50": 0.3}}  # fmt: skip
+        epochs.append(
+            {
+                "step": 100 * (i + 1),
+                "epoch": i,
+                "unique_prototypes": unique,
+                "num_prototypes": k,
+                "nn_distance_quantiles": {"p0": 0.0, "p5": 0.05, "p50": 0.3},
+                "used_prototypes": unique // 2,
+                "effective_prototypes": unique / 4,
+                "prototype_decay_clock": 0.04 * (i + 1),
+            }
+        )
+    out["metrics"] |= {
+        "num_prototypes": k,
+        "epochs": epochs,
+        "prototype_decay_clock": 0.2,
+        "nn_distance_quantiles": {"p0": 0.0, "p5": 0.05, "p50": 0.3},
+    }
     return out
 
 
@@ -209,8 +265,9 @@ def test_report_with_the_decay_clock_usage_and_a_decay_ablation(tmp_path: Path) 
     write_fixture(tmp_path, RUNS[:2])  # two records without the newer fields
     results = tmp_path / "results"
     both = with_history(("both", 64, "none", 0.0, "vmf", "probability", 32, 0, 16, 0.6), -1.0, 3)
-    kept = with_history(("kept", 64, "koleo-proto", 0.1, "vmf", "probability", 32, 0, 64, 0.62),
-                        0.0, None)  # fmt: skip
+    kept = with_history(
+        ("kept", 64, "koleo-proto", 0.1, "vmf", "probability", 32, 0, 64, 0.62), 0.0, None
+    )
     for rec in (both, kept):
         (results / f"{rec['run_id']}.json").write_text(json.dumps(rec))
     text = build_report(tmp_path).read_text()
@@ -250,6 +307,11 @@ def test_runs_whose_group_adds_overrides_are_ablations_not_recipe_runs() -> None
     em = {**plain, "overrides": plain["overrides"] + ["head.prototypes='em'"]}
     common = set(base)
     assert not is_ablation(plain, common) and is_ablation(em, common)
-    decay = decay_settings({"optim": {"weight_decay": 0.8, "weight_decay_end": 0.8},
-                            "head": {"prototypes": "em"}})  # fmt: skip
-    assert decay.decayed() == (True, False) and decay.texts()[1] == "none (fitted by EM)"
+    decay = decay_settings(
+        {"optim": {"weight_decay": 0.8, "weight_decay_end": 0.8}, "head": {"prototypes": "em"}}
+    )
+    assert decay.decayed() == (True, False)
+    assert decay.texts()[1] == "none (EM: kappa fitted, dead keep)"
+    fixed = {"prototypes": "em", "em_concentration": "fixed", "em_estep": "centred"}
+    text = decay_settings({"optim": {}, "head": fixed}).texts()[1]
+    assert text == "none (EM: kappa fixed, dead keep, centred E-step)"

@@ -10,8 +10,12 @@ import torch
 from test_train import data_dirs, tiny_config  # noqa: F401  (data_dirs is a fixture)
 
 from fastproto.config import load_config
+from fastproto.models import head_prototypes
+from fastproto.prototype_em import OnlineVMFMixture
+from fastproto.train import step as step_mod
 from fastproto.train.checkpoint import latest_checkpoint, load_checkpoint
 from fastproto.train.loop import train
+from fastproto.train.setup import build_prototype_em, build_student
 
 EM = ["head.prototypes='em'", "method.koleo_proto=0.0"]
 
@@ -42,6 +46,50 @@ def test_em_prototypes_come_from_the_mixture_and_resume_exactly(
     # no AdamW state for W: it is not a parameter the optimizer steps
     sizes = {tuple(s["exp_avg"].shape) for s in a["optimizer"]["state"].values()}
     assert tuple(w_student.shape) not in sizes
+
+
+def test_em_options_reach_the_mixture_and_the_e_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """head.em_concentration='fixed' builds a mixture that holds kappa; head.em_estep='centred'
+    hands the CLS centre [K] to the E-step, 'uncentred' hands none."""
+    config = load_config("demo", [*EM, "head.em_concentration='fixed'", "head.num_prototypes=32"])
+    em = build_prototype_em(config, build_student(config), torch.device("cpu"))
+    assert em is not None and not em.fit_concentration
+    seen: list[torch.Tensor | None] = []
+    record = lambda self, y, center=None: seen.append(center)  # noqa: E731
+    monkeypatch.setattr(OnlineVMFMixture, "update", record)
+    centre = torch.linspace(-1.0, 1.0, 32)
+
+    class Centring:
+        def centre_now(self, teacher_temp: float) -> torch.Tensor:
+            return centre
+
+    for estep in ("centred", "uncentred"):
+        state = type("State", (), {})()
+        state.config = load_config("demo", [*EM, f"head.em_estep='{estep}'"])
+        state.prototype_em, state.cls_centering = em, Centring()
+        state.student = state.teacher = build_student(config)
+        step_mod.refit_prototypes(
+            state, torch.nn.functional.normalize(torch.randn(4, 64), dim=1), 0.04
+        )
+    assert seen[0] is not None and torch.equal(seen[0], centre) and seen[1] is None
+
+
+def test_fixed_concentration_writes_unit_rows_at_this_steps_temperature() -> None:
+    """head.em_concentration='fixed' (the default): whatever the teacher temperature tau_t, the
+    mixture's kappa is 1 / tau_t and the heads get unit-norm rows, as the vMF head starts."""
+    config = load_config("demo", [*EM, "head.num_prototypes=32"])
+    assert config.head.em_concentration == "fixed"
+    student = build_student(config)
+    state = type("State", (), {})()
+    state.config, state.student, state.teacher = config, student, build_student(config)
+    state.prototype_em = build_prototype_em(config, student, torch.device("cpu"))
+    y = torch.nn.functional.normalize(torch.randn(16, 64), dim=1)  # [N, D] unit rows
+    for teacher_temp in (0.04, 0.07):
+        step_mod.refit_prototypes(state, y, teacher_temp)
+        assert torch.allclose(state.prototype_em.kappa, torch.tensor(1.0 / teacher_temp))
+        for network in (state.student, state.teacher):
+            norms = head_prototypes(network.cls_head).norm(dim=1)  # [K]
+            torch.testing.assert_close(norms, torch.ones(32))
 
 
 def test_em_refuses_settings_it_cannot_honour() -> None:

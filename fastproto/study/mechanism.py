@@ -24,10 +24,20 @@ from fastproto.study import history as hist
 from fastproto.study.collapse import COLLAPSED_RATIO
 
 COLUMNS = (
-    "run", "K", "network decay", "prototype decay", "KoLeo-proto lambda", "final M / K",
-    f"first step M / K <= {COLLAPSED_RATIO:g}", "clock there", "final clock", "nn p5", "used",
-    "kNN", "linear",
-)  # fmt: skip
+    "run",
+    "K",
+    "network decay",
+    "prototype decay",
+    "KoLeo-proto lambda",
+    "final M / K",
+    f"first step M / K <= {COLLAPSED_RATIO:g}",
+    "clock there",
+    "final clock",
+    "nn p5",
+    "used",
+    "kNN",
+    "linear",
+)
 
 
 Schedule = tuple[float, float]  # (start, end) of a cosine weight-decay schedule
@@ -41,7 +51,7 @@ class Decay:
     network: Schedule | None
     prototypes: Schedule | None
     follows: bool = False
-    em: bool = False  # head.prototypes = "em": fitted by EM, never decayed
+    em: str = ""  # head.prototypes = "em" (fitted by EM, never decayed): its settings
 
     def decayed(self) -> tuple[bool | None, bool | None]:
         """Which parameters decay at all: (network, prototype matrix)."""
@@ -51,7 +61,7 @@ class Decay:
         """(network decay, prototype decay) as table text; '-' if unknown."""
         prototypes = _text(self.prototypes)
         if self.em:
-            return _text(self.network), "none (fitted by EM)"
+            return _text(self.network), f"none (EM: {self.em})"
         return _text(self.network), f"{prototypes} (network's)" if self.follows else prototypes
 
 
@@ -75,8 +85,9 @@ def decay_settings(config: dict[str, Any]) -> Decay:
     """The decay of a resolved config (the dict a record holds)."""
     optim = config.get("optim", {})
     network = _pair(optim, "weight_decay", "weight_decay_end")
-    if config.get("head", {}).get("prototypes") == "em":
-        return Decay(network, (0.0, 0.0), em=True)
+    head = config.get("head", {})
+    if head.get("prototypes") == "em":
+        return Decay(network, (0.0, 0.0), em=em_settings(head))
     own = _pair(optim, "prototype_weight_decay", "prototype_weight_decay_end")
     if own is None:  # the old switch, on unless set off
         if config.get("head", {}).get("prototype_weight_decay", True) is False:
@@ -87,7 +98,20 @@ def decay_settings(config: dict[str, Any]) -> Decay:
     return Decay(network, own)
 
 
+def em_settings(head: dict[str, Any]) -> str:
+    """An EM run's choices as table text: the concentration, the dead-component policy and, when
+    centred, the E-step (defaults where a record predates a key)."""
+    text = (
+        f"kappa {head.get('em_concentration', 'fitted')}, dead {head.get('em_dead_policy', 'keep')}"
+    )
+    return text + (", centred E-step" if head.get("em_estep") == "centred" else "")
+
+
 def _final_clock(record: dict[str, Any]) -> float | None:
+    """The prototype decay clock at the run's end; 0 for EM prototypes, which take no decay
+    (records from before the trainer logged 0 for them hold the network's clock)."""
+    if record.get("config", {}).get("head", {}).get("prototypes") == "em":
+        return 0.0
     found = hist.number(record["metrics"].get("prototype_decay_clock"))
     return found if found is not None else hist.last(hist.history(record), "prototype_decay_clock")
 
@@ -108,15 +132,20 @@ def mechanism_row(record: dict[str, Any], k: int) -> dict[str, str]:
     knn, linear = metrics.get("knn_top1", {}).get("20"), metrics.get("linear_top1")
     quantiles = metrics.get("nn_distance_quantiles") or {}
     cells = (
-        record["run_id"], str(k), network, prototypes, f"{hist.koleo_proto_lambda(record):g}",
+        record["run_id"],
+        str(k),
+        network,
+        prototypes,
+        f"{hist.koleo_proto_lambda(record):g}",
         f"{metrics['unique_prototypes'] / k:.3f}",
         _where(first),
         hist.text(None if first is None else hist.number(first.get("prototype_decay_clock"))),
-        hist.text(_final_clock(record)), hist.text(hist.number(quantiles.get("p5"))),
+        hist.text(_final_clock(record)),
+        hist.text(hist.number(quantiles.get("p5"))),
         hist.text(hist.last(rows, "used_prototypes"), 0),
         hist.text(None if knn is None else 100 * knn, 1),
         hist.text(None if linear is None else 100 * linear, 1),
-    )  # fmt: skip
+    )
     return dict(zip(COLUMNS, cells, strict=True))
 
 
@@ -146,8 +175,11 @@ def mechanism_section(records: list[dict[str, Any]]) -> list[str]:
     if not picked:
         decays = [decay_settings(r.get("config", {})) for r in records if hist.prototype_count(r)]
         held = sorted({"network {}, prototypes {}".format(*d.texts()) for d in decays})
-        return lines + [f"No K has runs that differ in which parameters decay "
-                        f"({'; '.join(held) or 'no finished run'}): no ablation.", ""]  # fmt: skip
+        return lines + [
+            f"No K has runs that differ in which parameters decay "
+            f"({'; '.join(held) or 'no finished run'}): no ablation.",
+            "",
+        ]
     doc = (__doc__ or "").split("\n\n", 1)[1].strip()
     lines += [
         doc.replace("COLLAPSED_RATIO", f"{COLLAPSED_RATIO:g}"),

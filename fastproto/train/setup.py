@@ -86,9 +86,13 @@ def build_prototype_em(
     weight = head_prototypes(student.cls_head)  # the vMF head's parameter W [K, D] itself
     weight.requires_grad_(False)
     em = OnlineVMFMixture(
-        h.num_prototypes, h.bottleneck_dim, forgetting=h.em_forgetting,
-        tau=config.method.warmup_teacher_temp, dead_policy=h.em_dead_policy,
-    )  # fmt: skip
+        h.num_prototypes,
+        h.bottleneck_dim,
+        forgetting=h.em_forgetting,
+        tau=config.method.warmup_teacher_temp,
+        dead_policy=h.em_dead_policy,
+        fit_concentration=h.em_concentration == "fitted",
+    )
     em.initialize(F.normalize(weight.detach().float(), dim=1))
     return em.to(device)
 

@@ -320,13 +320,19 @@ def train_step(
 @torch.no_grad()
 def refit_prototypes(state: TrainState, teacher_y: torch.Tensor, teacher_temp: float) -> None:
     """head.prototypes = "em": fold this step's teacher CLS embeddings teacher_y [G*B, D] into
-    the vMF mixture (E-step: the teacher's uncentred softmax under the current W, so the
-    estimate is the mixture's own fit, not the centring's rebalancing) and write its W into the
-    CLS head of the student and of the teacher, so both use it at the next step."""
+    the vMF mixture and write its W into the CLS head of the student and of the teacher, so both
+    use it at the next step. The E-step (head.em_estep) is the teacher's softmax under the
+    current W, uncentred (the mixture's own fit) or minus the CLS centre [K] (the loss's target,
+    rebalanced towards rarely used components)."""
     em = state.prototype_em
     if em is None:
         return
-    em.update(teacher_y.float())
+    if not em.fit_concentration:  # head.em_concentration = "fixed": unit-norm rows, kappa 1 / tau_t
+        em.kappa.fill_(1.0 / teacher_temp)
+    center = None
+    if state.config.head.em_estep == "centred":
+        center = state.cls_centering.centre_now(teacher_temp).to(teacher_y.device)  # [K]
+    em.update(teacher_y.float(), center)
     weight = em.prototypes(teacher_temp)  # [K, D], ||w_k|| / tau_t = kappa_k
     for network in (state.student, state.teacher):
         head_prototypes(network.cls_head).copy_(weight)  # the vMF head's W parameter
