@@ -51,7 +51,8 @@ bench-smoke: install
 	$(PY) bench/loader_throughput.py --smoke && \
 	$(PY) bench/resize_quality.py --smoke && \
 	$(PY) bench/train_memory.py --smoke --out $$scratch/train_memory.csv && \
-	$(PY) bench/vmf_error.py --smoke; \
+	$(PY) bench/vmf_error.py --smoke && \
+	$(PY) bench/prototype_em_cost.py --smoke; \
 	rc=$$?; rm -rf $$scratch; exit $$rc
 
 test: lint typecheck pytest bench-smoke
@@ -60,14 +61,14 @@ test: lint typecheck pytest bench-smoke
 # It uses that machine's own python3 (preinstalled torch, triton, timm), installs this project
 # editable without resolving dependencies, and runs the gpu tests compiled (not interpreted).
 # Where that install cannot build offline, the package goes on PYTHONPATH as a tree of links
-# (bench/source_site.py; PYTHONSAFEPATH keeps the checkout's fastproto/ from shadowing it).
+# (tools/source_site.py; PYTHONSAFEPATH keeps the checkout's fastproto/ from shadowing it).
 GPU_PYTHON ?= python3
 
 test-gpu:
-	$(GPU_PYTHON) bench/gpu_preflight.py
+	$(GPU_PYTHON) tools/gpu_preflight.py
 	site=""; if ! $(GPU_PYTHON) -m pip install --quiet --no-index --disable-pip-version-check \
 	  --no-build-isolation --no-deps -e .; then \
-	  site=$$(mktemp -d)/site && $(GPU_PYTHON) bench/source_site.py $$site || exit 1; \
+	  site=$$(mktemp -d)/site && $(GPU_PYTHON) tools/source_site.py $$site || exit 1; \
 	  echo "the editable install failed: running from the link tree $$site" >&2; fi; \
 	rc=0; env -u TRITON_INTERPRET FASTPROTO_TEST_TIER=gpu \
 	  $${site:+PYTHONPATH=$$site PYTHONSAFEPATH=1} \
@@ -83,7 +84,7 @@ compile-check-other-triton: install
 	$(VENV)/bin/pip install --quiet --no-deps --target build/triton-$(OTHER_TRITON) \
 	  triton==$(OTHER_TRITON)
 	env -u TRITON_INTERPRET PYTHONPATH=build/triton-$(OTHER_TRITON) $(PY) \
-	  bench/kernel_compile.py --write \
+	  tools/kernel_compile.py --write \
 	  --cache bench/results/kernel_compile_table_triton-$(OTHER_TRITON).json
 
 # Partial prototype collapse: the demo recipe with and without KoLeo-proto, side by side

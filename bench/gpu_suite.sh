@@ -2,23 +2,18 @@
 # The GPU checks of a short lent-GPU session in one call of at most 420 s, most important first:
 #
 #   step         budget  what
-#   preflight      40 s  bench/gpu_preflight.py: Python >= 3.11, torch + CUDA device, triton,
+#   preflight      40 s  tools/gpu_preflight.py: Python >= 3.11, torch + CUDA device, triton,
 #                        timm, numpy, pytest (and a note when setuptools cannot make the
 #                        editable install); stops the suite when not ready
 #                        (when it runs out of time instead, the suite goes on without its verdict)
 #   install        12 s  pip install --no-index --no-build-isolation --no-deps -e . (offline;
 #                        the machine's own torch/triton/timm stay as they are)
 #   link_tree       3 s  only when the install failed (a setuptools that cannot build offline,
-#                        a read-only environment): bench/source_site.py puts the package on
+#                        a read-only environment): tools/source_site.py puts the package on
 #                        PYTHONPATH as a tree of links (with PYTHONSAFEPATH=1)
 #   headline      130 s  the fused loss (triton) at K = 65536 and 262144, B = 64 CLS rows, bf16,
 #                        against the materialised reference at K = 65536, then the aligned-rows
-#                        sweep on B = 64 patch rows at K = 65536, then A/Bs of the gradient
-#                        sweeps at K = 65536 (bench/prototype_loss.py): triton-tall (taller row
-#                        blocks, 4-8x fewer atomic adds; CLS and patch), triton-coldw (dW
-#                        with no atomic adds; CLS and patch), triton-flash (a patch loss of
-#                        no atomic adds in 7 passes), triton-bwd16x16w8 (the blocks before the
-#                        replication fix; CLS and patch)
+#                        sweep on B = 64 patch rows at K = 65536 (bench/prototype_loss.py)
 #   memory        100 s  paper 1 Table 12 points, a full iBOT ViT-S/16 step at B = 64, fp16,
 #                        the most telling first, so a cut step keeps them: fused at K = 8192
 #                        and 2^20 (the claim's two ends), reference at 1024 and 8192 (its
@@ -78,7 +73,7 @@ copy_results() {  # the CSVs this run appends to, as they stand now
 } | tee -a "$SUMMARY" >> "$SETUP_LOG"
 
 rc=0
-step preflight 40 "$SETUP_LOG" "$PY" bench/gpu_preflight.py || rc=$?
+step preflight 40 "$SETUP_LOG" "$PY" tools/gpu_preflight.py || rc=$?
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then  # slow start-up, not a verdict: go on
     echo "preflight ran out of time: going on without its verdict" | tee -a "$SUMMARY"
 elif [ "$rc" -ne 0 ]; then
@@ -94,7 +89,7 @@ step install 12 "$SETUP_LOG" "$PY" -m pip install --quiet --no-index \
     --disable-pip-version-check --no-build-isolation --no-deps -e . || rc=$?
 if [ "$rc" -ne 0 ]; then
     SITE="$(mktemp -d)/site"
-    if ! step link_tree 3 "$SETUP_LOG" "$PY" bench/source_site.py "$SITE"; then
+    if ! step link_tree 3 "$SETUP_LOG" "$PY" tools/source_site.py "$SITE"; then
         echo "the editable install and the link tree failed: see setup.log; nothing was run" \
             | tee -a "$SUMMARY"
         exit 1
@@ -108,8 +103,6 @@ fi
 step headline 130 "$OUT/headline.log" \
     "$PY" bench/prototype_loss.py --device cuda --dtype bfloat16 --warmup 1 --repeats 3 \
     --preset cls-b64-k65536:triton,reference cls-b64-k262144:triton patch-b64-k65536:triton \
-    cls-b64-k65536:triton-tall,triton-coldw patch-b64-k65536:triton-tall,triton-coldw,triton-flash \
-    cls-b64-k65536:triton-bwd16x16w8 patch-b64-k65536:triton-bwd16x16w8 \
     --out "bench/results/prototype_loss_$SLUG.csv"
 copy_results
 

@@ -20,9 +20,19 @@ import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 COLUMNS = (
-    "op", "impl", "shape", "metric", "unit", "p50", "p20", "p80",
-    "device", "versions", "commit", "date",
-)  # fmt: skip
+    "op",
+    "impl",
+    "shape",
+    "metric",
+    "unit",
+    "p50",
+    "p20",
+    "p80",
+    "device",
+    "versions",
+    "commit",
+    "date",
+)
 
 
 @dataclass(frozen=True)
@@ -61,8 +71,9 @@ class CudaMemory:
         return self.peak - self.at_start
 
 
-def time_and_peak(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,
-                  flush_l2: bool = True) -> tuple[Timing, CudaMemory | None]:  # fmt: skip
+def time_and_peak(
+    fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, flush_l2: bool = True
+) -> tuple[Timing, CudaMemory | None]:
     """(seconds per call, CUDA memory during the timed calls or None on CPU).
 
     On CUDA each timed call is bracketed by CUDA events, and with `flush_l2` a buffer bigger
@@ -81,8 +92,10 @@ def time_and_peak(fn: Callable[[], object], device: torch.device, warmup: int, r
             samples.append(time.perf_counter() - start)
         return percentiles(samples), None
     flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device) if flush_l2 else None
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-              for _ in range(repeats)]  # fmt: skip
+    events = [
+        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        for _ in range(repeats)
+    ]
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     at_start = torch.cuda.memory_allocated(device)
@@ -126,9 +139,12 @@ def versions() -> str:
 def git_commit() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
             cwd=Path(__file__).resolve().parent,
-        )  # fmt: skip
+        )
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -150,12 +166,31 @@ class Row:
     date: str
 
 
-def make_row(op: str, impl: str, shape: str, metric: str, unit: str, value: Timing | float,
-             device: torch.device) -> Row:  # fmt: skip
+def make_row(
+    op: str,
+    impl: str,
+    shape: str,
+    metric: str,
+    unit: str,
+    value: Timing | float,
+    device: torch.device,
+) -> Row:
     """A result row stamped with device, versions, commit and today's date."""
     t = value if isinstance(value, Timing) else Timing(value, value, value)
-    return Row(op, impl, shape, metric, unit, t.p50, t.p20, t.p80, device_name(device), versions(),
-               git_commit(), dt.date.today().isoformat())  # fmt: skip
+    return Row(
+        op,
+        impl,
+        shape,
+        metric,
+        unit,
+        t.p50,
+        t.p20,
+        t.p80,
+        device_name(device),
+        versions(),
+        git_commit(),
+        dt.date.today().isoformat(),
+    )
 
 
 def append_rows(path: Path, rows: list[Row]) -> None:

@@ -48,8 +48,10 @@ def _grey_pictures(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
         if len(images) >= n:
             return images[:n], labels[:n].astype(np.int64)
     yy, xx = np.mgrid[0:28, 0:28]
-    blobs = [np.exp(-((yy - rng.uniform(8, 20)) ** 2 + (xx - rng.uniform(8, 20)) ** 2) / 40) * 255
-             for _ in range(n)]  # fmt: skip
+    blobs = [
+        np.exp(-((yy - rng.uniform(8, 20)) ** 2 + (xx - rng.uniform(8, 20)) ** 2) / 40) * 255
+        for _ in range(n)
+    ]
     return np.stack(blobs).astype(np.uint8), rng.integers(0, 10, n)
 
 
@@ -130,8 +132,9 @@ def breakdown(tree: Path, recipe: MultiCropRecipe, count: int) -> dict[str, tupl
         cut_crops(pil[i], win[i], recipe)
 
     out[f"folder (PIL) resize={recipe.resize}"] = (
-        _per_image_ms(pil_decode, count), _per_image_ms(pil_crops, count),
-    )  # fmt: skip
+        _per_image_ms(pil_decode, count),
+        _per_image_ms(pil_crops, count),
+    )
     try:
         from ffcv.libffcv import imdecode, resize_crop
 
@@ -155,8 +158,9 @@ def breakdown(tree: Path, recipe: MultiCropRecipe, count: int) -> dict[str, tupl
                 resize_crop(scratch[i], t, t + h, left, left + w, crops[c])
 
     out[f"ffcv (libffcv imdecode, crop-resize) resize={recipe.resize}"] = (
-        _per_image_ms(ffcv_decode, count), _per_image_ms(ffcv_crops, count),
-    )  # fmt: skip
+        _per_image_ms(ffcv_decode, count),
+        _per_image_ms(ffcv_crops, count),
+    )
     return out
 
 
@@ -171,16 +175,19 @@ def run(args: argparse.Namespace) -> list[Row]:
             if backend == "dali" and mode != "antialias":
                 continue  # DALI has no per-crop filter choice (see the recipe's docstring)
             for workers in args.workers:
-                loader = make_loader(paths[backend], backend, args.batch_size, recipe,
-                                     workers=workers)  # fmt: skip
+                loader = make_loader(
+                    paths[backend], backend, args.batch_size, recipe, workers=workers
+                )
                 timing, images = time_epochs(loader, args.epochs)
                 ips = Timing(images / timing.p50, images / timing.p80, images / timing.p20)
                 cps = Timing(*(v * recipe.num_crops for v in (ips.p50, ips.p20, ips.p80)))
                 impl = f"{backend} workers={workers}"
                 impl += "" if mode == "antialias" else f" resize={mode}"
                 label = f"{shape} b{args.batch_size} n{images}"
-                for metric, unit, value in (("images_per_s", "img/s", ips),
-                                            ("crops_per_s", "crop/s", cps)):  # fmt: skip
+                for metric, unit, value in (
+                    ("images_per_s", "img/s", ips),
+                    ("crops_per_s", "crop/s", cps),
+                ):
                     rows.append(make_row("multicrop_loader", impl, label, metric, unit, value, cpu))
                 table.append((f"{backend} {mode}", workers, ips, cps.p50))
                 del loader
@@ -211,13 +218,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per setting")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts")
-    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
-                        help="backends to time")  # fmt: skip
+    parser.add_argument(
+        "--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS, help="backends to time"
+    )
     parser.add_argument("--num-local", type=int, default=10, help="local crops per image")
-    parser.add_argument("--resize", nargs="+", default=list(RESIZE_MODES), choices=RESIZE_MODES,
-                        help="crop filter modes to time (see MultiCropRecipe)")  # fmt: skip
-    parser.add_argument("--data-dir", default="/tmp/fastproto-bench-loader",
-                        help="where the generated images and conversions are kept")  # fmt: skip
+    parser.add_argument(
+        "--resize",
+        nargs="+",
+        default=list(RESIZE_MODES),
+        choices=RESIZE_MODES,
+        help="crop filter modes to time (see MultiCropRecipe)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default="/tmp/fastproto-bench-loader",
+        help="where the generated images and conversions are kept",
+    )
     parser.add_argument("--no-csv", action="store_true", help="print only, append no rows")
     args = parser.parse_args()
     if args.smoke:

@@ -23,18 +23,11 @@ moved once) against the device's limits.
     python bench/prototype_loss.py --device cuda --impl triton,chunked,reference
     python bench/prototype_loss.py --device cuda --dtype bfloat16 \
         --preset cls-b64-k65536:triton,reference cls-b64-k262144:triton   # impls per preset
-
-An impl may also be a tuning variant of one (VARIANTS below), timed beside it as an A/B:
-"triton-bwd16x16w8" is triton with the backward blocks it had before the replication fix,
-"triton-tall" triton with taller row blocks in its gradient sweeps (fewer atomic adds),
-"triton-coldw" triton with gradient sweeps that make dW without atomic adds, "triton-flash"
-triton with dY made in the log-sum-exp sweeps (a patch loss of no atomic adds in 7 passes).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -42,7 +35,7 @@ import resource
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,8 +116,12 @@ def make_inputs(p: Preset, device: torch.device, dtype: torch.dtype) -> tuple:
     student = unit(rand(ns, DIM), dim=1).to(device, dtype).requires_grad_()
     student_protos = protos().to(device, dtype).requires_grad_()
     teacher = unit(rand(nt, DIM), dim=1).to(device, dtype)
-    rest = (protos().to(device, dtype), targets.to(device), weights.to(device, dtype),
-            (0.1 * rand(p.k)).to(device, dtype))  # fmt: skip
+    rest = (
+        protos().to(device, dtype),
+        targets.to(device),
+        weights.to(device, dtype),
+        (0.1 * rand(p.k)).to(device, dtype),
+    )
     return student, student_protos, teacher, rest
 
 
@@ -139,15 +136,32 @@ def step_fn(p: Preset, impl: str, device: torch.device, dtype: torch.dtype) -> C
 
     def step() -> None:
         if p.rows == "patch":
-            loss, _ = aligned_cross_entropy(
-                student, teacher, student_protos, teacher_protos, weights[:, 0], center,
-                0.1, 0.04, True, impl=impl,
-            )  # fmt: skip
+            loss = aligned_cross_entropy(
+                student,
+                teacher,
+                student_protos,
+                teacher_protos,
+                weights[:, 0],
+                center,
+                0.1,
+                0.04,
+                True,
+                impl=impl,
+            ).loss
         else:
-            loss, _ = prototype_cross_entropy(
-                student, teacher, student_protos, teacher_protos, targets, weights, center,
-                0.1, 0.04, True, impl=impl,
-            )  # fmt: skip
+            loss = prototype_cross_entropy(
+                student,
+                teacher,
+                student_protos,
+                teacher_protos,
+                targets,
+                weights,
+                center,
+                0.1,
+                0.04,
+                True,
+                impl=impl,
+            ).loss
         torch.autograd.grad(loss, [student, student_protos])
 
     return step
@@ -175,68 +189,10 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-# Variants of an implementation, named like impls, for A/B runs of a tuning choice: the name,
-# the impl it runs, and the module attributes of fastproto.kernels.triton_loss it sets for the
-# run. "triton-bwd16x16w8": the half-precision backward blocks before WIDE (16 x 16 under 8
-# warps at BLOCK_D = 256 and 512), whose logit tiles the compile table shows 4x replicated.
-# "triton-tall": the gradient sweeps on taller row blocks at BLOCK_D = 256 (half precision),
-# the CLS backward 128 x 16 and the aligned (patch) sweep 64 x 16, both under 8 warps. Each
-# row block adds its [BLOCK_K, D] dW tile atomically, so these make 8x and 4x fewer atomic
-# adds per FLOP than the 16-row defaults (bench/results/kernel_passes.md, "Atomic traffic").
-# "triton-coldw": both gradient sweeps with no atomic adds of dW. The CLS backward: dW and dB
-# from programs that own 64 prototypes and sweep all rows in 128-row tiles
-# (`_column_mix_kernel HAS_DW`, all wgmma on sm_90), dY from the tall row sweep alone; one more
-# student logit tile (4 passes, not 3). The aligned (patch) rows: dW and dB from programs that
-# own 64 prototypes of both models and sweep the rows in 32-row tiles (`_aligned_column_kernel`;
-# at 64 rows it spilled 36 B per thread on sm_90), dY from the tall sweep alone; one more
-# student and teacher tile (8 passes, not 6).
-TALL = {"_student_grad_kernel": {256: (128, 16, 8)}, "_aligned_grad_kernel": {256: (64, 16, 8)}}
-COLUMN_DW = {"_column_mix_kernel": {256: (128, 64, 8)},
-             "_aligned_column_kernel": {256: (32, 64, 8)}, **TALL}  # fmt: skip
-# "triton-flash": row log-sum-exp sweeps that also make p @ w_s (and for teacher rows q @ w_s)
-# online (`_row_flash_kernel`, 64 x 64 under 8 warps, wgmma on sm_90), so that dY needs no
-# further tile, and dW from triton-coldw's column sweeps. The aligned (patch) rows: no atomic
-# adds at all, 7 passes (the column sums ride in the column sweep, `HAS_COL`). The CLS loss:
-# 8 passes as under triton, none of the student side's atomic adds (the teacher mix keeps its
-# q^T Z adds, 1/6 of the student's at B = 64).
-FLASH = {"_row_flash_kernel": {256: (64, 64, 8)},
-         **{k: COLUMN_DW[k] for k in ("_column_mix_kernel", "_aligned_column_kernel")}}  # fmt: skip
-VARIANTS = {
-    "triton-bwd16x16w8": ("triton", {"WIDE": {}}),
-    "triton-tall": ("triton", {"BLOCK_OVERRIDES": TALL}),
-    "triton-coldw": ("triton", {"BLOCK_OVERRIDES": COLUMN_DW}),
-    "triton-flash": ("triton", {"BLOCK_OVERRIDES": FLASH}),
-}
-
-
-@contextlib.contextmanager
-def variant(impl: str) -> Iterator[str]:
-    """-> the impl to call, with the variant's settings in place until the block ends."""
-    if impl not in VARIANTS:
-        yield impl
-        return
-    from fastproto.kernels import triton_loss
-
-    real, settings = VARIANTS[impl]
-    saved = {name: getattr(triton_loss, name) for name in settings}
-    for name, value in settings.items():
-        setattr(triton_loss, name, value)
-    try:
-        yield real
-    finally:
-        for name, value in saved.items():
-            setattr(triton_loss, name, value)
-
-
-def measure(p: Preset, impl: str, device: torch.device, dtype: torch.dtype, warmup: int,
-            repeats: int) -> tuple[Timing, float]:  # fmt: skip
+def measure(
+    p: Preset, impl: str, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int
+) -> tuple[Timing, float]:
     """(seconds per forward + backward, peak extra MiB); MiB is nan where it cannot be isolated."""
-    with variant(impl) as real:
-        return _measure(p, real, device, dtype, warmup, repeats)
-
-
-def _measure(p: Preset, impl: str, device: torch.device, dtype: torch.dtype, warmup: int,
-             repeats: int) -> tuple[Timing, float]:  # fmt: skip
     if device.type == "cuda":
         torch.cuda.empty_cache()
         step = step_fn(p, impl, device, dtype)
@@ -252,11 +208,24 @@ def _measure(p: Preset, impl: str, device: torch.device, dtype: torch.dtype, war
     return time_and_peak(step, device, warmup, repeats)[0], peak
 
 
-def measure_in_child(p: Preset, impl: str, dtype: torch.dtype, warmup: int,
-                     repeats: int) -> tuple[Timing, float]:  # fmt: skip
+def measure_in_child(
+    p: Preset, impl: str, dtype: torch.dtype, warmup: int, repeats: int
+) -> tuple[Timing, float]:
     """CPU: run `measure` in a fresh process so that its peak RSS belongs to this run alone."""
-    cmd = [sys.executable, __file__, "--child", p.name, "--impl", impl, "--dtype", str(dtype)[6:],
-           "--warmup", str(warmup), "--repeats", str(repeats)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        p.name,
+        "--impl",
+        impl,
+        "--dtype",
+        str(dtype)[6:],
+        "--warmup",
+        str(warmup),
+        "--repeats",
+        str(repeats),
+    ]
     # glibc raises its mmap threshold after each large free (up to 32 MiB), after which freed
     # tiles stay in the heap and fragmentation shows up as peak RSS growing with the number of
     # blocks; a fixed threshold returns large blocks to the system, so RSS tracks live memory
@@ -300,12 +269,19 @@ def select(args: argparse.Namespace, impls: list[str]) -> list[tuple[Preset, lis
         if unknown:
             raise SystemExit(f"unknown preset(s) {unknown}; names look like cls-b64-k65536")
         return [(table[name], own.split(",") if own else impls) for name, _, own in chosen]
-    return [(p, impls) for p in table.values() if not p.name.startswith("smoke")
-            and p.k <= args.max_k and p.batch in args.batch and p.rows in args.rows]  # fmt: skip
+    return [
+        (p, impls)
+        for p in table.values()
+        if not p.name.startswith("smoke")
+        and p.k <= args.max_k
+        and p.batch in args.batch
+        and p.rows in args.rows
+    ]
 
 
-def run_one(p: Preset, impl: str, device: torch.device, args: argparse.Namespace,
-            dtype: torch.dtype) -> tuple[Timing, float]:  # fmt: skip
+def run_one(
+    p: Preset, impl: str, device: torch.device, args: argparse.Namespace, dtype: torch.dtype
+) -> tuple[Timing, float]:
     nan = (Timing(math.nan, math.nan, math.nan), math.nan)
     if device.type == "cpu" and not args.smoke:
         return measure_in_child(p, impl, dtype, args.warmup, args.repeats)
@@ -318,8 +294,8 @@ def run_one(p: Preset, impl: str, device: torch.device, args: argparse.Namespace
     except Exception:
         if device.type != "cuda":  # the CPU smoke run is a test: let it fail
             raise
-        # a kernel that does not compile or launch on this GPU (an A/B variant's blocks): its
-        # rows read nan, the traceback goes to the log, and the points after it still run
+        # a kernel that does not compile or launch on this GPU: its rows read nan, the
+        # traceback goes to the log, and the points after it still run
         traceback.print_exc()
         torch.cuda.empty_cache()
         return nan
@@ -340,8 +316,9 @@ def slopes(results: list[tuple[Preset, str, Timing, float]]) -> dict[tuple[str, 
     return out
 
 
-def report(results: list[tuple[Preset, str, Timing, float]], device: torch.device,
-           dtype: torch.dtype) -> list[str]:  # fmt: skip
+def report(
+    results: list[tuple[Preset, str, Timing, float]], device: torch.device, dtype: torch.dtype
+) -> list[str]:
     """The printed table, one line per (preset, impl), in the order of paper 1 Table 12."""
     lim = limits(device, dtype)
     head = f"{'rows':5} {'B':>4} {'K':>8} {'Ns':>6} {'Nt':>6} {'impl':9} {'ms':>10} {'MiB':>9}"
@@ -356,8 +333,10 @@ def report(results: list[tuple[Preset, str, Timing, float]], device: torch.devic
         lines.append(line)
     if lim is not None:
         lines.append(f"device limits for {dtype}: {lim[1]:.0f} TFLOP/s, {lim[0]:.0f} GB/s")
-    lines.append("slope of peak extra memory (MiB per 1024 prototypes; paper 1 Table 12 ~800 MB "
-                 "for the whole iBOT step at B = 64):")  # fmt: skip
+    lines.append(
+        "slope of peak extra memory (MiB per 1024 prototypes; paper 1 Table 12 ~800 MB "
+        "for the whole iBOT step at B = 64):"
+    )
     for (impl, rows, batch), slope in sorted(slopes(results).items()):
         lines.append(f"  {impl:9} {rows:5} B={batch:<4} {slope:9.2f}")
     return lines
@@ -366,25 +345,47 @@ def report(results: list[tuple[Preset, str, Timing, float]], device: torch.devic
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="two tiny presets on CPU (CI)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="cpu or cuda (default: cuda when available)")  # fmt: skip
-    ap.add_argument("--impl", default=None,
-                    help="comma list of reference,chunked,triton, or a variant: "
-                         + ",".join(VARIANTS))  # fmt: skip
+    ap.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda when available)",
+    )
+    ap.add_argument(
+        "--impl",
+        default=None,
+        help="comma list of reference,chunked,triton (default: all three on cuda, "
+        "reference,chunked on cpu)",
+    )
     ap.add_argument("--max-k", type=int, default=max(K_VALUES), help="largest K to run")
     ap.add_argument("--batch", type=int, nargs="+", default=list(BATCHES), help="batch sizes")
-    ap.add_argument("--rows", nargs="+", default=["cls", "patch"], choices=["cls", "patch"],
-                    help="CLS-token rows, patch-token rows, or both")  # fmt: skip
-    ap.add_argument("--preset", nargs="+",
-                    help="explicit preset names (overrides the sweep); NAME:impl,impl runs only "
-                         "those implementations on that preset")  # fmt: skip
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                    help="dtype of embeddings and prototypes")  # fmt: skip
+    ap.add_argument(
+        "--rows",
+        nargs="+",
+        default=["cls", "patch"],
+        choices=["cls", "patch"],
+        help="CLS-token rows, patch-token rows, or both",
+    )
+    ap.add_argument(
+        "--preset",
+        nargs="+",
+        help="explicit preset names (overrides the sweep); NAME:impl,impl runs only "
+        "those implementations on that preset",
+    )
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="dtype of embeddings and prototypes",
+    )
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls after the warm-up")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="CSV to append to (default bench/results/prototype_loss_<device>.csv; "
-                         "--smoke writes nothing unless given)")  # fmt: skip
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="CSV to append to (default bench/results/prototype_loss_<device>.csv; "
+        "--smoke writes nothing unless given)",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -392,8 +393,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def child(args: argparse.Namespace) -> None:
     """Internal: measure one preset on CPU and print JSON (see measure_in_child)."""
     torch.manual_seed(0)
-    t, mib = measure(presets()[args.child], args.impl, torch.device("cpu"),
-                     getattr(torch, args.dtype), args.warmup, args.repeats)  # fmt: skip
+    t, mib = measure(
+        presets()[args.child],
+        args.impl,
+        torch.device("cpu"),
+        getattr(torch, args.dtype),
+        args.warmup,
+        args.repeats,
+    )
     print(json.dumps({"p50": t.p50, "p20": t.p20, "p80": t.p80, "peak_mib": mib}))
 
 
@@ -421,8 +428,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"appended {2 * len(results)} rows to {out}")
 
 
-def csv_rows(results: list[tuple[Preset, str, Timing, float]], device: torch.device,
-             dtype: torch.dtype) -> list:  # fmt: skip
+def csv_rows(
+    results: list[tuple[Preset, str, Timing, float]], device: torch.device, dtype: torch.dtype
+) -> list:
     rows = []
     for p, impl, t, mib in results:
         ns, nt, pairs = p.sizes

@@ -104,16 +104,21 @@ def run(args: argparse.Namespace) -> list[Row]:
                 pil = Image.fromarray(image)
                 for c, w in enumerate(win[i]):
                     t, left, h, wd = w.tolist()
-                    ref = pil.resize((sizes[c], sizes[c]), Image.Resampling.BILINEAR,
-                                     box=(left, t, left + wd, t + h))  # fmt: skip
+                    ref = pil.resize(
+                        (sizes[c], sizes[c]),
+                        Image.Resampling.BILINEAR,
+                        box=(left, t, left + wd, t + h),
+                    )
                     scores.append(psnr(resize(image, w, sizes[c]), np.asarray(ref)))
             med, p5, low = np.median(scores), np.quantile(scores, 0.05), min(scores)
             print(f"{kind:8} {name:24} {med:20.1f} {p5:6.1f} {low:6.1f}")
             label = f"2x224+10x96 {kind} n{len(images)}"
-            rows.append(make_row("resize_quality", name, label, "psnr_vs_pil_median", "dB",
-                                 float(med), cpu))  # fmt: skip
-            rows.append(make_row("resize_quality", name, label, "psnr_vs_pil_p5", "dB",
-                                 float(p5), cpu))  # fmt: skip
+            rows.append(
+                make_row("resize_quality", name, label, "psnr_vs_pil_median", "dB", float(med), cpu)
+            )
+            rows.append(
+                make_row("resize_quality", name, label, "psnr_vs_pil_p5", "dB", float(p5), cpu)
+            )
     return rows
 
 
@@ -121,8 +126,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="4 images, print only")
     parser.add_argument("--images", type=int, default=64, help="source images per kind")
-    parser.add_argument("--data-dir", default="/tmp/fastproto-bench-loader",
-                        help="where the loader benchmark keeps its images")  # fmt: skip
+    parser.add_argument(
+        "--data-dir",
+        default="/tmp/fastproto-bench-loader",
+        help="where the loader benchmark keeps its images",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.images = 4

@@ -66,8 +66,16 @@ class WatchedWriter(DatasetWriter):
         errors: Queue = Queue()
         done = Value(ctypes.c_uint64, 0)
         allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
-        args = (work, self.metadata_sm, self.metadata_type, self.fields, allocator, done,
-                allocations, *extra)  # fmt: skip
+        args = (
+            work,
+            self.metadata_sm,
+            self.metadata_type,
+            self.fields,
+            allocator,
+            done,
+            allocations,
+            *extra,
+        )
         job = (work_fn, os.getpid(), errors, args)
         workers = [Process(target=_watched_job, args=job) for _ in range(self.num_workers)]
         try:

@@ -33,6 +33,11 @@ initialised, each batch statistic [K] is averaged over ranks weighted by their r
 all-reduce of K + 1 floats per statistic), so every rank keeps the same state and Sinkhorn-Knopp
 runs over the global batch.
 
+In training a loss is centred by `centre_for_loss` and then hands its result to `after_loss`,
+with raw_means=`needs_raw_means`: probability centring takes its batch statistic from the
+loss's own passes (LossResult.raw_means) and so needs no pass of its own; the other schemes
+move their state in `centre_for_loss`, as the module call does, and ignore the result.
+
 ME-MAX (paper 1 section 3): `me_max_penalty` = -H(mean_n softmax(a[n])) on the student logits a;
 minimising it maximises the entropy of the mean student prediction.
 """
@@ -40,12 +45,13 @@ minimising it maximises the entropy of the mean student prediction.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from fastproto.kernels import teacher_statistics
+from fastproto.kernels import LossResult, teacher_statistics
 from fastproto.kernels.reference import prototype_bias, student_logits
 from fastproto.kernels.validate import check_teacher_inputs
 
@@ -90,6 +96,9 @@ def _column_mean(
 class Centering(nn.Module):
     """Base class: validates the batch, runs without grad, returns the center [K] to use."""
 
+    # True: call the loss with raw_means=True and hand its result to after_loss
+    needs_raw_means: ClassVar[bool] = False
+
     def __init__(self, num_prototypes: int) -> None:
         super().__init__()
         if isinstance(num_prototypes, bool) or not isinstance(num_prototypes, int):
@@ -110,13 +119,8 @@ class Centering(nn.Module):
 
         The EMA schemes return the center from before this batch, then fold the batch in.
         """
+        self._check_prototypes(teacher_protos)
         k = self.num_prototypes
-        if teacher_protos.dim() != 2 or teacher_protos.shape[0] != k:
-            raise ValueError(
-                f"this centring was built with num_prototypes={k} but teacher_protos has shape "
-                f"{tuple(teacher_protos.shape)}; pass [K={k}, D] prototypes or build the centring "
-                f"with make_centering(kind, num_prototypes=K)"
-            )
         # a batch may have no rows (an iBOT step without a masked token): it moves no state, but
         # under DDP this rank must still join the all-reduce of the ranks that have rows
         zero = teacher_protos.new_zeros(k)
@@ -135,10 +139,36 @@ class Centering(nn.Module):
                 impl,
             )
 
+    def _check_prototypes(self, teacher_protos: Tensor) -> None:
+        k = self.num_prototypes
+        if teacher_protos.dim() != 2 or teacher_protos.shape[0] != k:
+            raise ValueError(
+                f"this centring was built with num_prototypes={k} but teacher_protos has shape "
+                f"{tuple(teacher_protos.shape)}; pass [K={k}, D] prototypes or build the centring "
+                f"with make_centering(kind, num_prototypes=K)"
+            )
+
     def _center(
         self, teacher: Tensor, teacher_protos: Tensor, teacher_temp: float, vmf: bool, impl: str
     ) -> Tensor:
         raise NotImplementedError
+
+    def centre_for_loss(
+        self,
+        teacher: Tensor,
+        teacher_protos: Tensor,
+        teacher_temp: float,
+        vmf: bool,
+        impl: str = "auto",
+    ) -> Tensor:
+        """The centre [K] a loss subtracts from this batch's tempered teacher logits (teacher
+        [Nt, D], teacher_protos [K, D]); hand the loss's result to `after_loss` afterwards.
+        Here the module call, which folds the batch into the state itself."""
+        return self(teacher, teacher_protos, teacher_temp, vmf, impl)
+
+    def after_loss(self, result: LossResult, rows: int) -> None:
+        """Fold the loss's batch statistics over this rank's `rows` teacher rows into the state;
+        nothing here, where centre_for_loss has folded the batch in."""
 
     def centre_now(self, teacher_temp: float) -> Tensor:
         """The centre [K] in the tempered-logit domain as the state holds it now, read without
@@ -203,10 +233,11 @@ class ProbabilityCentering(_EmaCentering):
     """DINO-vMF's centring: EMA of the log of the batch-mean teacher probabilities.
 
     Called as a module it computes the batch statistic itself (2 passes over the teacher
-    logits). A loss that makes the statistic on its own sweeps (the iBOT patch loss through
-    `aligned_cross_entropy_with_raw_means`) instead takes `current()` as its centre and hands
-    the statistic to `fold_column_mean` afterwards: the same state, with no pass of its own.
+    logits). Through `centre_for_loss` and `after_loss` the loss makes it on its own sweeps
+    (LossResult.raw_means) instead: the same state, with no pass of its own.
     """
+
+    needs_raw_means = True
 
     def _center(
         self, teacher: Tensor, teacher_protos: Tensor, teacher_temp: float, vmf: bool, impl: str
@@ -216,6 +247,28 @@ class ProbabilityCentering(_EmaCentering):
         column_mean = _column_mean(teacher, teacher_protos, zero, teacher_temp, vmf, impl)
         self.fold_column_mean(column_mean, teacher.shape[0])
         return center
+
+    def centre_for_loss(
+        self,
+        teacher: Tensor,
+        teacher_protos: Tensor,
+        teacher_temp: float,
+        vmf: bool,
+        impl: str = "auto",
+    ) -> Tensor:
+        """The centre [K] from before this batch (`current`); after_loss then folds the batch
+        in from the loss's raw means."""
+        self._check_prototypes(teacher_protos)
+        return self.current(teacher.dtype)
+
+    def after_loss(self, result: LossResult, rows: int) -> None:
+        """Fold the loss's raw_means [K] over this rank's `rows` teacher rows into the state."""
+        if result.raw_means is None:
+            raise ValueError(
+                "probability centring folds in the loss's raw means: call the loss with "
+                "raw_means=True (the centring's needs_raw_means)"
+            )
+        self.fold_column_mean(result.raw_means, rows)
 
     def centre_now(self, teacher_temp: float) -> Tensor:
         return self.current()

@@ -97,13 +97,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     for flag, (_, kind, text) in TRAIN_FLAGS.items():
         parser.add_argument(flag, type=kind, default=None, help=text)
     parser.add_argument(
-        "--resume", action="store_true",
+        "--resume",
+        action="store_true",
         help="require a checkpoint in --out and continue from it (rerunning also resumes)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--resume-from", metavar="PATH",
+        "--resume-from",
+        metavar="PATH",
         help="continue from this checkpoint-*.pt (e.g. one before a divergence) into --out",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-3"
     )

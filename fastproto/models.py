@@ -106,8 +106,11 @@ def small_resnet(arch: str, drop_path: float = 0.0) -> PooledBackbone:
     depths, channels = SMALL_RESNETS[arch]
     model: Any = ResNet(
         BasicBlock,  # type: ignore[arg-type]  # timm annotates the class as an instance
-        depths, num_classes=0, channels=channels, drop_path_rate=drop_path,
-    )  # fmt: skip
+        depths,
+        num_classes=0,
+        channels=channels,
+        drop_path_rate=drop_path,
+    )
     stem = int(model.conv1.out_channels)  # what bn1 and layer1 expect
     model.conv1 = nn.Conv2d(3, stem, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
@@ -143,9 +146,15 @@ class MaskedViT(nn.Module):
             raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
         embed_dim, depth, heads, patch, img = ARCHS[arch]
         self.vit = VisionTransformer(
-            img_size=img, patch_size=patch, embed_dim=embed_dim, depth=depth, num_heads=heads,
-            num_classes=0, dynamic_img_size=True, drop_path_rate=drop_path,
-        )  # fmt: skip
+            img_size=img,
+            patch_size=patch,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=heads,
+            num_classes=0,
+            dynamic_img_size=True,
+            drop_path_rate=drop_path,
+        )
         self.embed_dim = embed_dim
         self.patch_size = patch
         self.img_size = img
@@ -252,7 +261,12 @@ def build_network(
     backbone = build_backbone(arch, drop_path=drop_path, mask_token=mask_token)
     embed_dim = int(backbone.embed_dim)  # type: ignore[arg-type]
     cls_head, patch_head = make_heads(
-        embed_dim, num_prototypes, norm, shared_head,
-        hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim, num_layers=num_layers,
-    )  # fmt: skip
+        embed_dim,
+        num_prototypes,
+        norm,
+        shared_head,
+        hidden_dim=hidden_dim,
+        bottleneck_dim=bottleneck_dim,
+        num_layers=num_layers,
+    )
     return SSLNetwork(backbone, cls_head, patch_head)

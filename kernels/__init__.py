@@ -2,19 +2,16 @@
 
 Implementations behind `impl`: "reference" (materialised, the truth), "chunked" (PyTorch loop over
 K blocks, any device) and "triton" (fused GPU kernels); "auto" picks triton on CUDA, else chunked.
+Each loss returns a LossResult (kernels/result.py).
 """
 
-from fastproto.kernels.aligned import aligned_cross_entropy, aligned_cross_entropy_with_raw_means
-from fastproto.kernels.dispatch import (
-    prototype_cross_entropy,
-    prototype_cross_entropy_with_raw_means,
-    teacher_statistics,
-)
+from fastproto.kernels.aligned import aligned_cross_entropy
+from fastproto.kernels.dispatch import prototype_cross_entropy, teacher_statistics
+from fastproto.kernels.result import LossResult
 
 __all__ = [
+    "LossResult",
     "aligned_cross_entropy",
-    "aligned_cross_entropy_with_raw_means",
     "prototype_cross_entropy",
-    "prototype_cross_entropy_with_raw_means",
     "teacher_statistics",
 ]

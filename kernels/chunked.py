@@ -27,6 +27,7 @@ computed outside the autograd.Function, so its own autograd carries the bias gra
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -59,8 +60,9 @@ def _tile(rows: torch.Tensor, protos: torch.Tensor, bias: torch.Tensor, inv_temp
     return torch.addmm(bias, rows, protos.to(rows.dtype).T, alpha=inv_temp)
 
 
-def _row_lse(rows: torch.Tensor, protos: torch.Tensor, bias: torch.Tensor, inv_temp: float,
-             block: int) -> torch.Tensor:  # fmt: skip
+def _row_lse(
+    rows: torch.Tensor, protos: torch.Tensor, bias: torch.Tensor, inv_temp: float, block: int
+) -> torch.Tensor:
     """log-sum-exp over all K of each row's logits [N], streaming with a running max."""
     run_max = rows.new_full((rows.shape[0],), float("-inf"))
     run_sum = rows.new_zeros(rows.shape[0])
@@ -73,8 +75,9 @@ def _row_lse(rows: torch.Tensor, protos: torch.Tensor, bias: torch.Tensor, inv_t
     return run_max + torch.log(run_sum)
 
 
-def _scatter_pairs(values: torch.Tensor, rows: torch.Tensor, pair_w: torch.Tensor,
-                   n_teacher: int) -> torch.Tensor:  # fmt: skip
+def _scatter_pairs(
+    values: torch.Tensor, rows: torch.Tensor, pair_w: torch.Tensor, n_teacher: int
+) -> torch.Tensor:
     """sum over pairs (n, p) with t[n, p] = m of weight * values[n] -> [Nt, ...]."""
     out = values.new_zeros((n_teacher, *values.shape[1:]))
     for p in range(rows.shape[1]):
@@ -92,8 +95,46 @@ def _gather_pairs(values: torch.Tensor, rows: torch.Tensor, pair_w: torch.Tensor
     return out
 
 
-def _teacher_pass(ys, ws, bs, yt, wt, bt, rows, pair_w, lse_t, inv_ts, inv_tt, block, need_w):
-    """Student lse [Ns], column sums [K], V [Nt, D], u [Nt] and (need_w) q^T Z [K, D], q^T c [K]."""
+@dataclass(frozen=True)
+class ForwardPass:
+    """The forward's second pass over K: the student side's log-sum-exp and the teacher side's
+    sums, with q [Nt, K] the teacher softmax; all in the compute dtype.
+
+    student_lse      [Ns], lse_k(a[n]).
+    col_sum          [K], sum_m q[m, k]: the teacher column sums.
+    expected_protos  [Nt, D], V = q @ w_s: each teacher row's mean of the student prototypes
+                     under its q, so <y_s[n], V[t]> / tau_s + u[t] is pair (n, t)'s cross term.
+    expected_bias    [Nt], u = q @ bias_s.
+    target_grad_w    [K, D], q^T Z: the targets' term of tau_s dL/dw_s, which the backward
+                     reuses as the prototype gradient buffer; None unless need_w.
+    target_grad_b    [K], q^T c: the targets' term of dL/dbias_s.
+    """
+
+    student_lse: torch.Tensor
+    col_sum: torch.Tensor
+    expected_protos: torch.Tensor
+    expected_bias: torch.Tensor
+    target_grad_w: torch.Tensor | None
+    target_grad_b: torch.Tensor
+
+
+def _teacher_pass(
+    ys: torch.Tensor,
+    ws: torch.Tensor,
+    bs: torch.Tensor,
+    yt: torch.Tensor,
+    wt: torch.Tensor,
+    bt: torch.Tensor,
+    rows: torch.Tensor,
+    pair_w: torch.Tensor,
+    lse_t: torch.Tensor,
+    inv_ts: float,
+    inv_tt: float,
+    block: int,
+    need_w: bool,
+) -> ForwardPass:
+    """One pass over K of the student rows `ys` [Ns, D] and the teacher rows `yt` [Nt, D] (teacher
+    log-sum-exp lse_t [Nt]; pair table rows, pair_w [Ns, P]) -> ForwardPass."""
     k, nt = ws.shape[0], yt.shape[0]
     z = _scatter_pairs(ys, rows, pair_w, nt) if need_w else None  # [Nt, D]
     c = _scatter_pairs(pair_w.new_ones(ys.shape[0]), rows, pair_w, nt)  # [Nt]
@@ -115,28 +156,42 @@ def _teacher_pass(ys, ws, bs, yt, wt, bt, rows, pair_w, lse_t, inv_ts, inv_tt, b
         qc[blk] = q.T @ c
         if qz is not None and z is not None:
             torch.mm(q.T, z, out=qz[blk])
-    return run_max + torch.log(run_sum), col_sum, v, u, qz, qc
+    return ForwardPass(run_max + torch.log(run_sum), col_sum, v, u, qz, qc)
 
 
 class _ChunkedLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, student, student_protos, bias_s, teacher, teacher_protos, bias_t,
-                targets, weights, inv_ts: float, inv_tt: float, block: int):  # fmt: skip
+    def forward(
+        ctx: Any,
+        student,
+        student_protos,
+        bias_s,
+        teacher,
+        teacher_protos,
+        bias_t,
+        targets,
+        weights,
+        inv_ts: float,
+        inv_tt: float,
+        block: int,
+    ):
         cd = compute_dtype(student.dtype)
         rows, pair_w = pair_table(targets, weights, cd)
         ys, ws, bs = student.detach().to(cd), student_protos.detach(), bias_s.detach()
         yt, wt, bt = teacher.detach().to(cd), teacher_protos.detach(), bias_t.detach().to(cd)
         lse_t = _row_lse(yt, wt, bt, inv_tt, block)  # [Nt]
         need_w = ctx.needs_input_grad[1]
-        lse_s, col_sum, v, u, qz, qc = _teacher_pass(
+        fwd = _teacher_pass(
             ys, ws, bs, yt, wt, bt, rows, pair_w, lse_t, inv_ts, inv_tt, block, need_w
         )
+        lse_s, v, u = fwd.student_lse, fwd.expected_protos, fwd.expected_bias  # [Ns], [Nt, D], [Nt]
         row_w = pair_w.sum(dim=1)  # [Ns]
         cross = (ys * _gather_pairs(v, rows, pair_w)).sum() * inv_ts + (pair_w * u[rows]).sum()
         loss = (row_w * lse_s).sum() - cross
+        qz, qc = fwd.target_grad_w, fwd.target_grad_b  # [K, D] or None, [K]
         ctx.save_for_backward(student, student_protos, bias_s, rows, pair_w, lse_s, v, qz, qc)
         ctx.inv_ts, ctx.block = inv_ts, block
-        mean_probs = col_sum / teacher.shape[0]
+        mean_probs = fwd.col_sum / teacher.shape[0]
         ctx.mark_non_differentiable(mean_probs)
         return loss, mean_probs
 
@@ -188,9 +243,18 @@ def prototype_cross_entropy_chunked(
     bias_s = student_bias(student_protos, student_temp, vmf)  # [K], autograd through ||w_s||
     bias_t = teacher_bias(teacher_protos, center, teacher_temp, vmf)  # [K], no grad
     loss, mean_probs = _ChunkedLoss.apply(
-        student, student_protos, bias_s, teacher, teacher_protos, bias_t,
-        targets, weights, 1.0 / student_temp, 1.0 / teacher_temp, block,
-    )  # fmt: skip
+        student,
+        student_protos,
+        bias_s,
+        teacher,
+        teacher_protos,
+        bias_t,
+        targets,
+        weights,
+        1.0 / student_temp,
+        1.0 / teacher_temp,
+        block,
+    )
     return loss, mean_probs
 
 

@@ -13,6 +13,7 @@ from fastproto.kernels.reference import (
     prototype_cross_entropy_reference,
     teacher_statistics_reference,
 )
+from fastproto.kernels.result import LossResult
 from fastproto.kernels.validate import check_loss_inputs, check_teacher_inputs
 
 IMPLS = ("auto", "reference", "chunked", "triton")
@@ -56,59 +57,47 @@ def prototype_cross_entropy(
     teacher_temp: float,
     vmf: bool,
     impl: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted prototype cross-entropy -> (loss scalar, teacher_mean_probs [K])."""
-    args = (student, teacher, student_protos, teacher_protos, targets, weights, center,
-            student_temp, teacher_temp, vmf)  # fmt: skip
-    loss, mean_probs, _ = _pair_loss(args, impl, raw_means=False)
-    return loss, mean_probs
+    *,
+    raw_means: bool = False,
+) -> LossResult:
+    """Weighted prototype cross-entropy of student [Ns, D] against teacher [Nt, D] through the
+    pair table targets, weights [Ns, P] (math: kernels/reference.py).
 
-
-def prototype_cross_entropy_with_raw_means(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    student_protos: torch.Tensor,
-    teacher_protos: torch.Tensor,
-    targets: torch.Tensor,
-    weights: torch.Tensor,
-    center: torch.Tensor,
-    student_temp: float,
-    teacher_temp: float,
-    vmf: bool,
-    impl: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """prototype_cross_entropy and the batch mean of the uncentred teacher softmax [K], the
-    statistic probability centring folds into its state: on triton it rides in the loss's own
-    sweeps, elsewhere it is teacher_statistics with a zero centre, as the centring module
-    computes it."""
-    args = (student, teacher, student_protos, teacher_protos, targets, weights, center,
-            student_temp, teacher_temp, vmf)  # fmt: skip
-    loss, mean_probs, raw = _pair_loss(args, impl, raw_means=True)
-    assert raw is not None
-    return loss, mean_probs, raw
-
-
-Triple = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
-
-
-def _pair_loss(args: tuple, impl: str, raw_means: bool) -> Triple:
-    student, teacher, _, teacher_protos, _, _, center, _, teacher_temp, vmf = args
+    -> LossResult: the loss, mean_probs [K] over the Nt teacher rows and, with raw_means=True,
+    raw_means [K], the mean of the uncentred teacher softmax: on triton the loss's own sweeps
+    make it, elsewhere it is teacher_statistics with a zero centre, as the centring module
+    computes it.
+    """
+    args = (
+        student,
+        teacher,
+        student_protos,
+        teacher_protos,
+        targets,
+        weights,
+        center,
+        student_temp,
+        teacher_temp,
+        vmf,
+    )
     check_loss_inputs(*args[:-1])
     chosen = _auto_dtype(resolve_impl(impl, student.device), impl, student.dtype)
     if chosen == "triton":
         _require_triton_device(student.device)
         from fastproto.kernels.triton_loss import prototype_cross_entropy_triton
 
-        return prototype_cross_entropy_triton(*args, raw_means=raw_means)
-    run = prototype_cross_entropy_reference if chosen == "reference" else (
-        prototype_cross_entropy_chunked
-    )  # fmt: skip
+        return LossResult(*prototype_cross_entropy_triton(*args, raw_means=raw_means))
+    run = (
+        prototype_cross_entropy_reference
+        if chosen == "reference"
+        else (prototype_cross_entropy_chunked)
+    )
     loss, mean_probs = run(*args)
     if not raw_means:
-        return loss, mean_probs, None
+        return LossResult(loss, mean_probs)
     zero = torch.zeros_like(center)
-    return loss, mean_probs, teacher_statistics(teacher, teacher_protos, zero, teacher_temp, vmf,
-                                                chosen)[1]  # fmt: skip
+    _, raw = teacher_statistics(teacher, teacher_protos, zero, teacher_temp, vmf, chosen)
+    return LossResult(loss, mean_probs, raw)
 
 
 def teacher_statistics(

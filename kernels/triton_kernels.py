@@ -5,13 +5,8 @@ l = y w^T * inv_temp + bias [BLOCK_N, BLOCK_K] and weights them as p = exp(l - s
 per-row shift (a row log-sum-exp, possibly minus log of a row weight); nothing N x K is stored.
 
     _row_lse_kernel     grid (row blocks, K splits): running (max, sum exp) per row and split
-    _row_flash_kernel   the same sweep also mixing, online: V[s, n] = sum_k p[n, k] M[k]
-                        [S, N, D] and u[s, n] = sum_k p[n, k] MB[k] [S, N] against the split's
-                        running max (a row's p w_s or q w_s with no second tile, for A/B runs)
-    _column_mix_kernel  grid (K blocks, row splits): out_1[k] = sum_n p[n, k]  [S, K]
-                        (teacher column sums for centring's statistics; partials per split),
-                        HAS_DW also out_w[k] = sum_n p[n, k] y[n]  [S, K, D] (a dW without
-                        atomic adds, for A/B runs)
+    _column_mix_kernel  grid (K blocks, row splits): out[k] = sum_n p[n, k]  [S, K]
+                        (teacher column sums for centring's statistics; partials per split)
     _teacher_mix_kernel grid (row blocks, K splits), the forward's teacher side in one pass:
                         V[s, n] = sum_k p[n, k] w_s[k]  [S, N, D], u[s, n] = sum_k p bias_s
                         [S, N], and by float32 atomic adds q^T Z [K, D], column sums [K], q^T c
@@ -25,9 +20,6 @@ per-row shift (a row log-sum-exp, possibly minus log of a row weight); nothing N
                         same DY partials and DW, DB atomics, plus the per-row cross term
                         sum_k q a [S, N] and the teacher column sums [K] (the whole loss and
                         its gradients in one sweep after the two row log-sum-exps)
-    _aligned_column_kernel  grid (K blocks, row splits), the same rows' DW and DB from
-                        programs that own prototype blocks: partials [S, K, D], [S, K], no
-                        atomic adds, optionally with the teacher column sums (for A/B runs)
 
 Row and prototype offsets are int64 (N*K and K*D pass 2^31). A whole row of D (padded to
 BLOCK_D) is loaded at once. CAST_FP32 turns every tile to float32 before tl.dot (needed under
@@ -84,8 +76,9 @@ def _lse_update(run_max, run_sum, logits):
 
 
 @triton.jit
-def _row_sweep_start(Y, N, D, k_per_split, K, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                     CAST_FP32: tl.constexpr):  # fmt: skip
+def _row_sweep_start(
+    Y, N, D, k_per_split, K, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAST_FP32: tl.constexpr
+):
     """A row sweep's program: its row offsets [BLOCK_N], rows [BLOCK_N, BLOCK_D], the first
     row of its split's partials (pid_s * N) and its split's K range [k_start, k_end)."""
     pid_n = tl.program_id(0).to(tl.int64)
@@ -105,12 +98,26 @@ def _lse_start(BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _centred_tile(y, W, BIAS, CENTER, k0, k_end, D, inv_temp, run_max0, run_sum0,
-                  BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, CAST_FP32: tl.constexpr,
-                  IEEE: tl.constexpr, HAS_RAW: tl.constexpr):  # fmt: skip
-    """K block k0's prototypes, w [BLOCK_K, BLOCK_D] and bias, and logits [BLOCK_N, BLOCK_K];
-    HAS_RAW: the uncentred log-sum-exp's running pair after the tile, and the logits minus the
-    centre CENTER [K]. -> (offs_k, w, bias, logits, run_max0, run_sum0)."""
+def _centred_tile(
+    y,
+    W,
+    BIAS,
+    CENTER,
+    k0,
+    k_end,
+    D,
+    inv_temp,
+    run_max0,
+    run_sum0,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAST_FP32: tl.constexpr,
+    IEEE: tl.constexpr,
+    HAS_RAW: tl.constexpr,
+):
+    """K block k0's logits [BLOCK_N, BLOCK_K]; HAS_RAW: the uncentred log-sum-exp's running pair
+    after the tile, and the logits minus the centre CENTER [K]. -> (logits, run_max0,
+    run_sum0)."""
     offs_k = k0 + tl.arange(0, BLOCK_K)
     w, bias = _load_protos(W, BIAS, offs_k, k_end, D, BLOCK_D, CAST_FP32)
     logits = _logits(y, w, bias, offs_k, k_end, inv_temp, IEEE)
@@ -118,12 +125,23 @@ def _centred_tile(y, W, BIAS, CENTER, k0, k_end, D, inv_temp, run_max0, run_sum0
         run_max0, run_sum0 = _lse_update(run_max0, run_sum0, logits)
         center = tl.load(CENTER + offs_k, mask=offs_k < k_end, other=0.0)
         logits = logits - center[None, :]
-    return offs_k, w, bias, logits, run_max0, run_sum0
+    return logits, run_max0, run_sum0
 
 
 @triton.jit
-def _store_lse(OUT_MAX, OUT_SUM, OUT_MAX0, OUT_SUM0, out, rows, run_max, run_sum, run_max0,
-               run_sum0, HAS_RAW: tl.constexpr):  # fmt: skip
+def _store_lse(
+    OUT_MAX,
+    OUT_SUM,
+    OUT_MAX0,
+    OUT_SUM0,
+    out,
+    rows,
+    run_max,
+    run_sum,
+    run_max0,
+    run_sum0,
+    HAS_RAW: tl.constexpr,
+):
     """The running pairs of rows `out` of the [S * N] partials (and the uncentred ones)."""
     tl.store(OUT_MAX + out, run_max, mask=rows)
     tl.store(OUT_SUM + out, run_sum, mask=rows)
@@ -133,67 +151,66 @@ def _store_lse(OUT_MAX, OUT_SUM, OUT_MAX0, OUT_SUM0, out, rows, run_max, run_sum
 
 
 @triton.jit
-def _row_lse_kernel(Y, W, BIAS, CENTER, OUT_MAX, OUT_SUM, OUT_MAX0, OUT_SUM0, N, K, D, inv_temp,
-                    k_per_split, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    BLOCK_D: tl.constexpr, CAST_FP32: tl.constexpr, IEEE: tl.constexpr,
-                    HAS_RAW: tl.constexpr):  # fmt: skip
+def _row_lse_kernel(
+    Y,
+    W,
+    BIAS,
+    CENTER,
+    OUT_MAX,
+    OUT_SUM,
+    OUT_MAX0,
+    OUT_SUM0,
+    N,
+    K,
+    D,
+    inv_temp,
+    k_per_split,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAST_FP32: tl.constexpr,
+    IEEE: tl.constexpr,
+    HAS_RAW: tl.constexpr,
+):
     # HAS_RAW: BIAS is the uncentred bias and CENTER [K] the centre; one tile gives both the
     # centred log-sum-exp (OUT_MAX, OUT_SUM) and the uncentred one (OUT_MAX0, OUT_SUM0), which
     # probability centring's batch statistics need. Otherwise BIAS is the whole bias.
-    offs_n, y, out0, k_start, k_end = _row_sweep_start(Y, N, D, k_per_split, K, BLOCK_N, BLOCK_D,
-                                                       CAST_FP32)  # fmt: skip
+    offs_n, y, out0, k_start, k_end = _row_sweep_start(
+        Y, N, D, k_per_split, K, BLOCK_N, BLOCK_D, CAST_FP32
+    )
     run_max, run_sum, run_max0, run_sum0 = _lse_start(BLOCK_N)
     for k0 in range(k_start, k_end, BLOCK_K):
-        _, _, _, logits, run_max0, run_sum0 = _centred_tile(y, W, BIAS, CENTER, k0, k_end, D,
-                                                            inv_temp, run_max0, run_sum0,
-                                                            BLOCK_K, BLOCK_D, CAST_FP32, IEEE,
-                                                            HAS_RAW)  # fmt: skip
+        logits, run_max0, run_sum0 = _centred_tile(
+            y,
+            W,
+            BIAS,
+            CENTER,
+            k0,
+            k_end,
+            D,
+            inv_temp,
+            run_max0,
+            run_sum0,
+            BLOCK_K,
+            BLOCK_D,
+            CAST_FP32,
+            IEEE,
+            HAS_RAW,
+        )
         run_max, run_sum = _lse_update(run_max, run_sum, logits)
-    _store_lse(OUT_MAX, OUT_SUM, OUT_MAX0, OUT_SUM0, out0 + offs_n, offs_n < N, run_max, run_sum,
-               run_max0, run_sum0, HAS_RAW)  # fmt: skip
-
-
-@triton.jit
-def _row_flash_kernel(Y, W, BIAS, CENTER, M, MB, OUT_MAX, OUT_SUM, OUT_MAX0, OUT_SUM0, OUT_V,
-                      OUT_U, N, K, D, inv_temp, k_per_split, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, CAST_FP32: tl.constexpr,
-                      IEEE: tl.constexpr, HAS_RAW: tl.constexpr,
-                      SELF_MIX: tl.constexpr):  # fmt: skip
-    # _row_lse_kernel's sweep that also mixes, as flash attention's forward does with the
-    # prototypes as keys: with p = exp(l - running max) over the split's K blocks, it keeps
-    # OUT_V = sum_k p[n, k] M[k] [S, N, D] and OUT_U = sum_k p[n, k] MB[k] [S, N], rescaled
-    # whenever the running max grows, so that after the merge (in the launcher) they are
-    # softmax(l) @ M and softmax(l) @ MB with no second tile. SELF_MIX: M, MB are W, BIAS (a
-    # student row's p w_s); else other prototypes (a teacher row's q w_s). HAS_RAW as there.
-    offs_n, y, out0, k_start, k_end = _row_sweep_start(Y, N, D, k_per_split, K, BLOCK_N, BLOCK_D,
-                                                       CAST_FP32)  # fmt: skip
-    run_max, run_sum, run_max0, run_sum0 = _lse_start(BLOCK_N)
-    acc_v = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    acc_u = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        offs_k, w, bias, logits, run_max0, run_sum0 = _centred_tile(y, W, BIAS, CENTER, k0,
-                                                                    k_end, D, inv_temp, run_max0,
-                                                                    run_sum0, BLOCK_K, BLOCK_D,
-                                                                    CAST_FP32, IEEE,
-                                                                    HAS_RAW)  # fmt: skip
-        if SELF_MIX:
-            mix, mix_b = w, bias
-        else:
-            mix, mix_b = _load_protos(M, MB, offs_k, k_end, D, BLOCK_D, CAST_FP32)
-        new_max = tl.maximum(run_max, tl.max(logits, axis=1))
-        alpha = tl.exp(run_max - new_max)  # [BLOCK_N]; 0 at the first block
-        p = tl.exp(logits - new_max[:, None])  # [BLOCK_N, BLOCK_K], 0 from k_end on
-        run_sum = run_sum * alpha + tl.sum(p, axis=1)
-        acc_v = acc_v * alpha[:, None] + _dot(p, mix, IEEE)  # [BLOCK_N, BLOCK_D]
-        acc_u = acc_u * alpha + tl.sum(p * mix_b[None, :], axis=1)
-        run_max = new_max
-    out, rows = out0 + offs_n, offs_n < N
-    _store_lse(OUT_MAX, OUT_SUM, OUT_MAX0, OUT_SUM0, out, rows, run_max, run_sum, run_max0,
-               run_sum0, HAS_RAW)  # fmt: skip
-    tl.store(OUT_U + out, acc_u, mask=rows)
-    offs_d = tl.arange(0, BLOCK_D)
-    tl.store(OUT_V + out[:, None] * D + offs_d[None, :], acc_v,
-             mask=rows[:, None] & (offs_d[None, :] < D))  # fmt: skip
+    _store_lse(
+        OUT_MAX,
+        OUT_SUM,
+        OUT_MAX0,
+        OUT_SUM0,
+        out0 + offs_n,
+        offs_n < N,
+        run_max,
+        run_sum,
+        run_max0,
+        run_sum0,
+        HAS_RAW,
+    )
 
 
 @triton.jit
@@ -207,40 +224,45 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _column_mix_kernel(Y, W, BIAS, SHIFT, OUT_1, OUT_W, N, K, D, inv_temp, n_per_split,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                       CAST_FP32: tl.constexpr, IEEE: tl.constexpr,
-                       HAS_DW: tl.constexpr):  # fmt: skip
+def _column_mix_kernel(
+    Y,
+    W,
+    BIAS,
+    SHIFT,
+    OUT,
+    N,
+    K,
+    D,
+    inv_temp,
+    n_per_split,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAST_FP32: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     # One program: a block of prototypes against the rows of one split (n_per_split rows, a
-    # multiple of BLOCK_N). Its column sums are the split's partial OUT_1 [S, K], added up by the
-    # launcher (no atomics, so the sums are deterministic). HAS_DW: also the split's partial
-    # OUT_W[s, k] = sum_n p[n, k] Y[n] [S, K, D], held in registers across the rows (dW with no
-    # atomic adds, the student side of the backward when it owns prototype blocks).
+    # multiple of BLOCK_N). Its column sums are the split's partial OUT [S, K], added up by the
+    # launcher (no atomics, so the sums are deterministic).
     pid_k = tl.program_id(0).to(tl.int64)
     pid_s = tl.program_id(1).to(tl.int64)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     w, bias = _load_protos(W, BIAS, offs_k, K, D, BLOCK_D, CAST_FP32)
-    acc_1 = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    acc_w = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_K,), dtype=tl.float32)
     r_end = tl.minimum((pid_s + 1) * n_per_split, N)
     for r0 in range(pid_s * n_per_split, r_end, BLOCK_N):
         offs_n = r0 + tl.arange(0, BLOCK_N).to(tl.int64)
         y = _load_rows(Y, offs_n, r_end, D, BLOCK_D, CAST_FP32)
         shift = tl.load(SHIFT + offs_n, mask=offs_n < r_end, other=float("inf"))
         p = tl.exp(_logits(y, w, bias, offs_k, K, inv_temp, IEEE) - shift[:, None])
-        acc_1 += tl.sum(p, axis=0)
-        if HAS_DW:
-            acc_w += _dot(tl.trans(p), y, IEEE)  # [BLOCK_K, BLOCK_D]
-    tl.store(OUT_1 + pid_s * K + offs_k, acc_1, mask=offs_k < K)
-    if HAS_DW:
-        offs_d = tl.arange(0, BLOCK_D)
-        out = (pid_s * K + offs_k)[:, None] * D + offs_d[None, :]
-        tl.store(OUT_W + out, acc_w, mask=(offs_k < K)[:, None] & (offs_d[None, :] < D))
+        acc += tl.sum(p, axis=0)
+    tl.store(OUT + pid_s * K + offs_k, acc, mask=offs_k < K)
 
 
 @triton.jit
-def _row_block(Y, SHIFT, pid_n, N, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-               CAST_FP32: tl.constexpr):  # fmt: skip
+def _row_block(
+    Y, SHIFT, pid_n, N, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAST_FP32: tl.constexpr
+):
     """Row offsets [BLOCK_N], rows y [BLOCK_N, BLOCK_D] and shift [BLOCK_N] of row block pid_n.
     Rows past N get shift = inf, as do rows of weight 0 (shift = lse - log 0): their p is 0."""
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -250,8 +272,19 @@ def _row_block(Y, SHIFT, pid_n, N, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constex
 
 
 @triton.jit
-def _weighted_tile(y, shift, W, BIAS, offs_k, k_end, D, inv_temp, BLOCK_D: tl.constexpr,
-                   CAST_FP32: tl.constexpr, IEEE: tl.constexpr):  # fmt: skip
+def _weighted_tile(
+    y,
+    shift,
+    W,
+    BIAS,
+    offs_k,
+    k_end,
+    D,
+    inv_temp,
+    BLOCK_D: tl.constexpr,
+    CAST_FP32: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     """Prototypes offs_k, w [BLOCK_K, BLOCK_D], and p = exp(logits - shift) [BLOCK_N, BLOCK_K]
     (0 in columns from k_end on)."""
     w, bias = _load_protos(W, BIAS, offs_k, k_end, D, BLOCK_D, CAST_FP32)
@@ -269,11 +302,37 @@ def _add_column_tile(OUT, offs_k, k_end, D, tile, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _teacher_mix_kernel(Y, W, BIAS, SHIFT, M, MB, R, RV, OUT, OUT_B, QZ, COL, QC, CENTER, LSE0,
-                        COL_P0, N, K, D, inv_temp, k_per_split, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, CAST_FP32: tl.constexpr,
-                        IEEE: tl.constexpr, HAS_V: tl.constexpr, HAS_M: tl.constexpr,
-                        HAS_RAW: tl.constexpr):  # fmt: skip
+def _teacher_mix_kernel(
+    Y,
+    W,
+    BIAS,
+    SHIFT,
+    M,
+    MB,
+    R,
+    RV,
+    OUT,
+    OUT_B,
+    QZ,
+    COL,
+    QC,
+    CENTER,
+    LSE0,
+    COL_P0,
+    N,
+    K,
+    D,
+    inv_temp,
+    k_per_split,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAST_FP32: tl.constexpr,
+    IEEE: tl.constexpr,
+    HAS_V: tl.constexpr,
+    HAS_M: tl.constexpr,
+    HAS_RAW: tl.constexpr,
+):
     # The forward's teacher side in one pass over the teacher tiles p = exp(l - shift): a
     # program owns a block of teacher rows against the K blocks of one split. HAS_V, row side
     # (owned, one partial per split): OUT[s, n] = sum_k p M[k] [S, N, D] (V), OUT_B[s, n] =
@@ -283,8 +342,9 @@ def _teacher_mix_kernel(Y, W, BIAS, SHIFT, M, MB, R, RV, OUT, OUT_B, QZ, COL, QC
     # BIAS is the uncentred bias, CENTER [K] the centre, LSE0 [N] the uncentred log-sum-exp,
     # and COL_P0[k] += sum_n exp(l - lse0) (probability centring's statistic) rides along.
     pid_s = tl.program_id(1).to(tl.int64)
-    offs_n, y, shift = _row_block(Y, SHIFT, tl.program_id(0).to(tl.int64), N, D, BLOCK_N,
-                                  BLOCK_D, CAST_FP32)  # fmt: skip
+    offs_n, y, shift = _row_block(
+        Y, SHIFT, tl.program_id(0).to(tl.int64), N, D, BLOCK_N, BLOCK_D, CAST_FP32
+    )
     offs_d = tl.arange(0, BLOCK_D)
     if HAS_M:
         r = _load_rows(R, offs_n, N, D, BLOCK_D, CAST_FP32)
@@ -321,24 +381,43 @@ def _teacher_mix_kernel(Y, W, BIAS, SHIFT, M, MB, R, RV, OUT, OUT_B, QZ, COL, QC
 
 
 @triton.jit
-def _student_grad_kernel(Y, W, BIAS, SHIFT, DY, DW, DB, N, K, D, inv_temp, k_per_split,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                         CAST_FP32: tl.constexpr, IEEE: tl.constexpr, HAS_DY: tl.constexpr,
-                         HAS_DW: tl.constexpr):  # fmt: skip
+def _student_grad_kernel(
+    Y,
+    W,
+    BIAS,
+    SHIFT,
+    DY,
+    DW,
+    DB,
+    N,
+    K,
+    D,
+    inv_temp,
+    k_per_split,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAST_FP32: tl.constexpr,
+    IEEE: tl.constexpr,
+    HAS_DY: tl.constexpr,
+    HAS_DW: tl.constexpr,
+):
     # One program: a block of student rows against the K blocks of one split. Each logit tile
     # [BLOCK_N, BLOCK_K] is computed once and feeds all three gradients. dY stays in registers
     # across the split (the program owns its rows: a plain store of one partial per split);
     # dW and dB are shared by all row blocks, so they are atomic adds into float32 buffers that
     # already hold the teacher terms -q^T Z and -q^T c.
     pid_s = tl.program_id(1).to(tl.int64)
-    offs_n, y, shift = _row_block(Y, SHIFT, tl.program_id(0).to(tl.int64), N, D, BLOCK_N,
-                                  BLOCK_D, CAST_FP32)  # fmt: skip
+    offs_n, y, shift = _row_block(
+        Y, SHIFT, tl.program_id(0).to(tl.int64), N, D, BLOCK_N, BLOCK_D, CAST_FP32
+    )
     acc_y = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     k_end = tl.minimum((pid_s + 1) * k_per_split, K)
     for k0 in range(pid_s * k_per_split, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        w, p = _weighted_tile(y, shift, W, BIAS, offs_k, k_end, D, inv_temp, BLOCK_D, CAST_FP32,
-                              IEEE)  # fmt: skip
+        w, p = _weighted_tile(
+            y, shift, W, BIAS, offs_k, k_end, D, inv_temp, BLOCK_D, CAST_FP32, IEEE
+        )
         if HAS_DY:
             acc_y += _dot(p, w, IEEE)  # [BLOCK_N, BLOCK_D]
         if HAS_DW:  # dW and dB together: dB is a column sum of the tile already at hand
@@ -351,11 +430,39 @@ def _student_grad_kernel(Y, W, BIAS, SHIFT, DY, DW, DB, N, K, D, inv_temp, k_per
 
 
 @triton.jit
-def _aligned_grad_kernel(YS, WS, BS, LSE_S, YT, WT, BT, LSE_T, ROW_W, DY, DW, DB, COL_Q, CROSS,
-                         CENTER, LSE0, COL_P0, N, K, D, inv_ts, inv_tt, k_per_split,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                         CAST_FP32: tl.constexpr, IEEE: tl.constexpr, HAS_DY: tl.constexpr,
-                         HAS_DW: tl.constexpr, HAS_RAW: tl.constexpr):  # fmt: skip
+def _aligned_grad_kernel(
+    YS,
+    WS,
+    BS,
+    LSE_S,
+    YT,
+    WT,
+    BT,
+    LSE_T,
+    ROW_W,
+    DY,
+    DW,
+    DB,
+    COL_Q,
+    CROSS,
+    CENTER,
+    LSE0,
+    COL_P0,
+    N,
+    K,
+    D,
+    inv_ts,
+    inv_tt,
+    k_per_split,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAST_FP32: tl.constexpr,
+    IEEE: tl.constexpr,
+    HAS_DY: tl.constexpr,
+    HAS_DW: tl.constexpr,
+    HAS_RAW: tl.constexpr,
+):
     # Student row n against teacher row n (iBOT's masked tokens), weight ROW_W[n]. One program:
     # a block of rows against the K blocks of one split. Each K block makes the student tile a
     # and the teacher tile b once; with both log-sum-exps known from the forward's row sweeps,
@@ -402,58 +509,3 @@ def _aligned_grad_kernel(YS, WS, BS, LSE_S, YT, WT, BT, LSE_T, ROW_W, DY, DW, DB
         offs_d = tl.arange(0, BLOCK_D)
         mask = (offs_n < N)[:, None] & (offs_d[None, :] < D)
         tl.store(DY + out[:, None] * D + offs_d[None, :], acc_y, mask=mask)
-
-
-@triton.jit
-def _aligned_column_kernel(YS, WS, BS, LSE_S, YT, WT, BT, LSE_T, ROW_W, OUT_W, OUT_B, COL_Q,
-                           CENTER, LSE0, COL_P0, N, K, D, inv_ts, inv_tt, n_per_split,
-                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                           CAST_FP32: tl.constexpr, IEEE: tl.constexpr, HAS_COL: tl.constexpr,
-                           HAS_RAW: tl.constexpr):  # fmt: skip
-    # The aligned rows' dW and dB with no atomic adds: one program owns a block of prototypes
-    # (both models' [BLOCK_K, BLOCK_D] tiles loaded once) against the rows of one split, and
-    # keeps g^T y_s [BLOCK_K, BLOCK_D] and g^T 1 [BLOCK_K] in registers across them, with
-    # g = W[n] (softmax(a) - softmax(b)) from both log-sum-exps. Out: the split's partials
-    # OUT_W [S, K, D] and OUT_B [S, K], added up by the launcher. BT is the centred teacher bias.
-    # HAS_COL: also the teacher column sums COL_Q [S, K] and, HAS_RAW, the uncentred ones
-    # COL_P0 [S, K] (exp(b + CENTER - LSE0), LSE0 [N] the uncentred log-sum-exp), for when no
-    # other sweep has the final teacher tiles.
-    pid_k = tl.program_id(0).to(tl.int64)
-    pid_s = tl.program_id(1).to(tl.int64)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    ws, bs = _load_protos(WS, BS, offs_k, K, D, BLOCK_D, CAST_FP32)
-    wt, bt = _load_protos(WT, BT, offs_k, K, D, BLOCK_D, CAST_FP32)
-    if HAS_RAW:
-        center = tl.load(CENTER + offs_k, mask=offs_k < K, other=0.0)
-    acc_w = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
-    acc_b = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    acc_q = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    acc_p0 = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    r_end = tl.minimum((pid_s + 1) * n_per_split, N)
-    for r0 in range(pid_s * n_per_split, r_end, BLOCK_N):
-        offs_n = r0 + tl.arange(0, BLOCK_N).to(tl.int64)
-        ys = _load_rows(YS, offs_n, r_end, D, BLOCK_D, CAST_FP32)
-        yt = _load_rows(YT, offs_n, r_end, D, BLOCK_D, CAST_FP32)
-        rows = offs_n < r_end  # padded rows: weight 0, lse inf, so g = 0
-        lse_s = tl.load(LSE_S + offs_n, mask=rows, other=float("inf"))
-        lse_t = tl.load(LSE_T + offs_n, mask=rows, other=float("inf"))
-        row_w = tl.load(ROW_W + offs_n, mask=rows, other=0.0)
-        p = tl.exp(_logits(ys, ws, bs, offs_k, K, inv_ts, IEEE) - lse_s[:, None])
-        b = _logits(yt, wt, bt, offs_k, K, inv_tt, IEEE)  # [BLOCK_N, BLOCK_K]
-        q = tl.exp(b - lse_t[:, None])
-        g = row_w[:, None] * (p - q)
-        acc_w += _dot(tl.trans(g), ys, IEEE)  # [BLOCK_K, BLOCK_D]
-        acc_b += tl.sum(g, axis=0)
-        if HAS_COL:
-            acc_q += tl.sum(q, axis=0)
-        if HAS_RAW:
-            lse0 = tl.load(LSE0 + offs_n, mask=rows, other=float("inf"))
-            acc_p0 += tl.sum(tl.exp(b + center[None, :] - lse0[:, None]), axis=0)
-    offs_d = tl.arange(0, BLOCK_D)
-    out = (pid_s * K + offs_k)[:, None] * D + offs_d[None, :]
-    tl.store(OUT_W + out, acc_w, mask=(offs_k < K)[:, None] & (offs_d[None, :] < D))
-    tl.store(OUT_B + pid_s * K + offs_k, acc_b, mask=offs_k < K)
-    if HAS_COL:
-        tl.store(COL_Q + pid_s * K + offs_k, acc_q, mask=offs_k < K)
-    if HAS_RAW:
-        tl.store(COL_P0 + pid_s * K + offs_k, acc_p0, mask=offs_k < K)

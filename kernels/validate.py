@@ -55,8 +55,10 @@ def check_loss_inputs(
     check_teacher_inputs(teacher, teacher_protos, center, teacher_temp)
     for name, t in (("student", student), ("student_protos", student_protos), ("weights", weights)):
         _require(t.is_floating_point(), f"{name} must be a floating tensor, got {t.dtype}")
-    devices = {t.device for t in (student, teacher, student_protos, teacher_protos, targets,
-                                  weights, center)}  # fmt: skip
+    devices = {
+        t.device
+        for t in (student, teacher, student_protos, teacher_protos, targets, weights, center)
+    }
     _require(
         len(devices) == 1, f"all tensors must be on one device, got {sorted(map(str, devices))}"
     )

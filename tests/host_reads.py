@@ -49,9 +49,11 @@ SYNCING = {
 FROM_PYTHON_DATA = aten.lift_fresh.default
 COPIES = {aten._to_copy.default, aten.copy_.default}
 BOOL_INDEXED = {
-    aten.index.Tensor, aten.index_put.default, aten.index_put_.default,
+    aten.index.Tensor,
+    aten.index_put.default,
+    aten.index_put_.default,
     aten._index_put_impl_.default,
-}  # fmt: skip
+}
 HOST_COPIES = ("tolist", "cpu", "numpy")
 
 
@@ -92,8 +94,10 @@ class Seen:
 def _touches(args: tuple[Any, ...], device: str) -> bool:
     return any(isinstance(a, torch.Tensor) and a.device.type == device for a in args) or any(
         isinstance(a, torch.Tensor) and a.device.type == device
-        for group in args if isinstance(group, (list, tuple)) for a in group
-    )  # fmt: skip
+        for group in args
+        if isinstance(group, (list, tuple))
+        for a in group
+    )
 
 
 class SyncWatch(TorchDispatchMode):

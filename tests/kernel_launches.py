@@ -10,15 +10,14 @@ import pytest
 
 class Launches:
     """Stands in for a triton kernel: counts launches and records their HAS_ constexpr flags
-    (`calls`) and their blocks and warps (`blocks`: (BLOCK_N, BLOCK_K, num_warps or None))."""
+    (`calls`)."""
 
     def __init__(self, kernel: Any) -> None:
-        self.kernel, self.calls, self.blocks = kernel, [], []
+        self.kernel, self.calls = kernel, []
 
     def __getitem__(self, grid: tuple) -> Any:
         def launch(*args: Any, **kwargs: Any) -> Any:
             self.calls.append({k: v for k, v in kwargs.items() if k.startswith("HAS_")})
-            self.blocks.append((kwargs["BLOCK_N"], kwargs["BLOCK_K"], kwargs.get("num_warps")))
             return self.kernel[grid](*args, **kwargs)
 
         return launch

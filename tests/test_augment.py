@@ -121,13 +121,21 @@ def test_module_wiring_and_determinism() -> None:
 def test_probabilities_and_ranges() -> None:
     n = 40000
     p = sample_params(n, 0.1, 0.2, torch.Generator().manual_seed(0))
-    for flag, rate in [(p.flip, 0.5), (p.jitter, 0.8), (p.grey, 0.2), (p.blur, 0.1),
-                       (p.solarise, 0.2)]:  # fmt: skip
+    for flag, rate in [
+        (p.flip, 0.5),
+        (p.jitter, 0.8),
+        (p.grey, 0.2),
+        (p.blur, 0.1),
+        (p.solarise, 0.2),
+    ]:
         assert abs(flag.float().mean().item() - rate) < 0.01
     ranges = [
-        (p.brightness, 0.6, 1.4), (p.contrast, 0.6, 1.4), (p.saturation, 0.8, 1.2),
-        (p.hue, -0.1, 0.1), (p.sigma, 0.1, 2.0),
-    ]  # fmt: skip
+        (p.brightness, 0.6, 1.4),
+        (p.contrast, 0.6, 1.4),
+        (p.saturation, 0.8, 1.2),
+        (p.hue, -0.1, 0.1),
+        (p.sigma, 0.1, 2.0),
+    ]
     for values, lo, hi in ranges:
         assert values.min() >= lo and values.max() <= hi
         assert abs(values.mean().item() - (lo + hi) / 2) < 0.01 * (hi - lo)
@@ -143,8 +151,9 @@ def test_rejects_non_uint8_crops() -> None:
 def test_settings_set_the_strengths_and_probabilities() -> None:
     from fastproto.config import AugmentConfig
 
-    a = AugmentConfig(flip_p=0.0, jitter_p=1.0, brightness=0.1, hue=0.0, grey_p=1.0,
-                      blur_sigma=(0.3, 0.5))  # fmt: skip
+    a = AugmentConfig(
+        flip_p=0.0, jitter_p=1.0, brightness=0.1, hue=0.0, grey_p=1.0, blur_sigma=(0.3, 0.5)
+    )
     p = sample_params(5000, 1.0, 0.0, torch.Generator().manual_seed(0), a)
     assert not p.flip.any() and p.jitter.all() and p.grey.all()
     assert p.brightness.min() >= 0.9 and p.brightness.max() <= 1.1

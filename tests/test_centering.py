@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from fastproto.kernels import LossResult
 from loss_loops import (
     me_max_loop,
     require_impl,
@@ -299,10 +300,10 @@ def test_two_gloo_ranks_agree_with_one_process_on_the_whole_batch(tmp_path: Path
 def test_probability_state_from_the_patch_loss_equals_the_module_update(
     impl: str, vmf: bool
 ) -> None:
-    """The training step's patch path: current() as the centre, the patch loss's raw means
-    into fold_column_mean. It must leave the state the module call leaves, and centre with
-    the same pre-batch centre."""
-    from fastproto.losses import ibot_patch_loss_with_raw_means
+    """The training step's patch path: centre_for_loss, then the patch loss's raw means into
+    after_loss. It must leave the state the module call leaves, and centre with the same
+    pre-batch centre."""
+    from fastproto.losses import ibot_patch_loss
 
     teacher, protos = _batch(19, 9, torch.float32)
     student, student_protos = _batch(19, 9, torch.float32, seed=1)
@@ -313,20 +314,33 @@ def test_probability_state_from_the_patch_loss_equals_the_module_update(
             torch.softmax(torch.randn(9, generator=torch.Generator().manual_seed(3)), 0), 5
         )
     before = called(teacher, protos, 0.05, vmf, impl)
-    centre = folded.current(teacher.dtype)
+    centre = folded.centre_for_loss(teacher, protos, 0.05, vmf, impl)
     torch.testing.assert_close(centre, before, rtol=0, atol=0)
-    _, _, raw = ibot_patch_loss_with_raw_means(student, teacher, image_index, 2, student_protos,
-                                               protos, centre, 0.1, 0.05, vmf, impl)  # fmt: skip
-    folded.fold_column_mean(raw, teacher.shape[0])
+    assert folded.needs_raw_means
+    result = ibot_patch_loss(
+        student,
+        teacher,
+        image_index,
+        2,
+        student_protos,
+        protos,
+        centre,
+        0.1,
+        0.05,
+        vmf,
+        impl,
+        raw_means=True,
+    )
+    folded.after_loss(result, teacher.shape[0])
     torch.testing.assert_close(folded.center, called.center, rtol=1e-5, atol=1e-6)
     assert float((called.center - before).abs().max()) > 1e-3  # the batch did move the state
 
 
 @pytest.mark.parametrize("impl", ["chunked", "triton"])
 def test_probability_state_from_the_cls_loss_equals_the_module_update(impl: str) -> None:
-    """The training step's CLS path, as the patch path above: current() as the centre, the
-    DINO loss's raw means into fold_column_mean, the same state as the module call."""
-    from fastproto.losses import dino_loss_with_raw_means
+    """The training step's CLS path, as the patch path above: centre_for_loss, the DINO
+    loss's raw means into after_loss, the same state as the module call."""
+    from fastproto.losses import dino_loss
 
     teacher, protos = _batch(2 * 5, 9, torch.float32)  # G = 2 global crops of B = 5 images
     student, student_protos = _batch(4 * 5, 9, torch.float32, seed=1)  # S = 4 crops
@@ -334,10 +348,35 @@ def test_probability_state_from_the_cls_loss_equals_the_module_update(impl: str)
     for c in (called, folded):  # a state away from zero, the same in both
         c.fold_column_mean(torch.softmax(torch.arange(9.0), 0), 5)
     before = called(teacher, protos, 0.05, True, impl)
-    centre = folded.current(teacher.dtype)
-    _, _, raw = dino_loss_with_raw_means(student, teacher, student_protos, protos, centre, 2,
-                                         0.1, 0.05, True, impl)  # fmt: skip
-    folded.fold_column_mean(raw, teacher.shape[0])
+    centre = folded.centre_for_loss(teacher, protos, 0.05, True, impl)
+    result = dino_loss(
+        student, teacher, student_protos, protos, centre, 2, 0.1, 0.05, True, impl, raw_means=True
+    )
+    folded.after_loss(result, teacher.shape[0])
     torch.testing.assert_close(centre, before, rtol=0, atol=0)
     torch.testing.assert_close(folded.center, called.center, rtol=1e-5, atol=1e-6)
     assert float((called.center - before).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["logit", "sinkhorn", "none"])
+def test_centre_for_loss_is_the_module_call_where_no_raw_means_are_needed(kind: str) -> None:
+    """The schemes that make their own statistic: centre_for_loss moves the state as the module
+    call does, and after_loss leaves it."""
+    teacher, protos = _batch(6, 5)
+    called, for_loss = (make_centering(kind, 5, momentum=0.5).double() for _ in range(2))
+    assert not for_loss.needs_raw_means
+    want = called(teacher, protos, 0.1, True, "reference")
+    got = for_loss.centre_for_loss(teacher, protos, 0.1, True, "reference")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    state = {name: value.clone() for name, value in for_loss.state_dict().items()}
+    for_loss.after_loss(LossResult(torch.zeros(()), torch.full((5,), 0.2)), teacher.shape[0])
+    for name, value in for_loss.state_dict().items():
+        assert torch.equal(value, state[name]) and torch.equal(value, called.state_dict()[name])
+
+
+def test_probability_after_loss_needs_the_raw_means() -> None:
+    centring = make_centering("probability", 5)
+    with pytest.raises(ValueError, match="raw_means=True"):
+        centring.after_loss(LossResult(torch.zeros(()), torch.full((5,), 0.2)), 6)
+    with pytest.raises(ValueError, match="num_prototypes=5"):
+        centring.centre_for_loss(*_batch(6, 4), 0.1, True, "reference")

@@ -93,14 +93,16 @@ def _realistic_state(step: int) -> dict:
     """Nested dicts, strings, ints and tensors, like the trainer's record (a fat pickle part)."""
     layers = {f"blocks.{i}.{name}": torch.randn(4, 3) for i in range(6) for name in ("w", "b")}
     return _state(step) | {
-        "student": layers, "teacher": {k: v.clone() for k, v in layers.items()},
+        "student": layers,
+        "teacher": {k: v.clone() for k, v in layers.items()},
         "optimizer": {
             "state": {i: {"step": torch.tensor(3.0), "exp_avg": torch.randn(4)} for i in range(4)},
             "param_groups": [{"lr": 1e-3, "params": [0, 1]}],
         },
         "config": {"optim": {"lr": 2e-3, "batch_size": 8}, "run": {"out": "runs/x"}},
-        "epoch": 1, "batch_in_epoch": 2,
-    }  # fmt: skip
+        "epoch": 1,
+        "batch_in_epoch": 2,
+    }
 
 
 def _flip(data: bytes, bit: int) -> bytes:
@@ -119,8 +121,9 @@ def test_every_single_bit_flip_is_refused(tmp_path: Path) -> None:
     pickle_start = info.header_offset + 30 + len(info.filename) + len(info.extra)
     rng = random.Random(0)
     bits = [rng.randrange(len(data) * 8) for _ in range(150)]
-    bits += [rng.randrange(pickle_start * 8, (pickle_start + info.compress_size) * 8)
-             for _ in range(50)]  # fmt: skip
+    bits += [
+        rng.randrange(pickle_start * 8, (pickle_start + info.compress_size) * 8) for _ in range(50)
+    ]
     bad = tmp_path / "checkpoint-000000006.pt"
     loaded = []
     for bit in bits:

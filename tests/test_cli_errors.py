@@ -101,8 +101,10 @@ def test_eval_and_prototypes_on_a_file_that_is_no_training_checkpoint(
         path.write_text("not a checkpoint\n")
     else:
         atomic_save({"format": 2, "step": 1, "weights": torch.zeros(3)}, path)
-    for argv in (["prototypes", str(path)],
-                 ["eval", "knn", "--checkpoint", str(path), "--data", str(tmp_path)]):  # fmt: skip
+    for argv in (
+        ["prototypes", str(path)],
+        ["eval", "knn", "--checkpoint", str(path), "--data", str(tmp_path)],
+    ):
         err = one_line_error(capsys, argv)
         assert str(path) in err
         assert "delete it" not in err and "weights_only" not in err

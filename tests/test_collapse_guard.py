@@ -21,10 +21,15 @@ from fastproto.train.two_arms import ARMS, Arm, train_arms
 
 GUARD_IMAGES = 8000
 GUARD = [
-    "head.num_prototypes=256", "optim.epochs=4", "run.seed=0", "run.knn_every_epochs=0",
-    "optim.weight_decay=0.04", "optim.weight_decay_end=0.04",
-    "optim.prototype_weight_decay=16.0", "optim.prototype_weight_decay_end=16.0",
-]  # fmt: skip
+    "head.num_prototypes=256",
+    "optim.epochs=4",
+    "run.seed=0",
+    "run.knn_every_epochs=0",
+    "optim.weight_decay=0.04",
+    "optim.weight_decay_end=0.04",
+    "optim.prototype_weight_decay=16.0",
+    "optim.prototype_weight_decay_end=16.0",
+]
 
 
 @pytest.mark.slow

@@ -45,9 +45,15 @@ def test_exif_rotation_gives_the_upright_size(tree: FixtureTree) -> None:
 
 @pytest.mark.parametrize(
     ("size", "cap", "want"),
-    [((100, 40), 20, (50, 20)), ((40, 100), 20, (20, 50)), ((33, 77), 10, (10, 23)),
-     ((30, 30), 30, (30, 30)), ((16, 64), 32, (16, 64)), ((64, 64), 7, (7, 7))],
-)  # fmt: skip
+    [
+        ((100, 40), 20, (50, 20)),
+        ((40, 100), 20, (20, 50)),
+        ((33, 77), 10, (10, 23)),
+        ((30, 30), 30, (30, 30)),
+        ((16, 64), 32, (16, 64)),
+        ((64, 64), 7, (7, 7)),
+    ],
+)
 def test_cap_short_side_sizes(size: tuple[int, int], cap: int, want: tuple[int, int]) -> None:
     image = Image.new("RGB", size, (10, 20, 30))
     assert cap_short_side(image, cap).size == want

@@ -13,10 +13,16 @@ from fastproto.train.progress import epoch_summary
 from fastproto.train.two_arms import ARMS, run_two_arm_demo
 
 TINY = [
-    "model.arch=vit_pico_patch7_28", "head.num_prototypes=32", "head.hidden_dim=32",
-    "head.bottleneck_dim=16", "optim.batch_size=8", "optim.epochs=2", "optim.warmup_epochs=1",
-    "run.knn_every_epochs=0", "method.loss_impl=chunked",
-]  # fmt: skip
+    "model.arch=vit_pico_patch7_28",
+    "head.num_prototypes=32",
+    "head.hidden_dim=32",
+    "head.bottleneck_dim=16",
+    "optim.batch_size=8",
+    "optim.epochs=2",
+    "optim.warmup_epochs=1",
+    "run.knn_every_epochs=0",
+    "method.loss_impl=chunked",
+]
 
 
 def test_two_arms_train_apart_and_report_side_by_side(
@@ -46,10 +52,15 @@ def test_two_arms_train_apart_and_report_side_by_side(
 
 def test_epoch_summary_line_shows_m_over_k_and_usage() -> None:
     record = {
-        "epoch": 4, "unique_prototypes": 92, "num_prototypes": 1024, "largest_duplicate_set": 343,
-        "used_prototypes": 80, "effective_prototypes": 61.4,
-        "nn_distance_quantiles": {"p5": 0.0031}, "knn_top1": {"10": 0.8, "20": 0.803},
-    }  # fmt: skip
+        "epoch": 4,
+        "unique_prototypes": 92,
+        "num_prototypes": 1024,
+        "largest_duplicate_set": 343,
+        "used_prototypes": 80,
+        "effective_prototypes": 61.4,
+        "nn_distance_quantiles": {"p5": 0.0031},
+        "knn_top1": {"10": 0.8, "20": 0.803},
+    }
     line = epoch_summary(record)
     assert line.startswith("epoch 4: M 92/1024 (0.09)")
     assert "largest duplicate set 343" in line and "used 80" in line and "effective 61" in line

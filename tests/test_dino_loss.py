@@ -44,13 +44,16 @@ def test_dino_loss_matches_loop(impl: str, case) -> None:
     require_impl(impl)
     batch, local, k, num_global, vmf, (tau_s, tau_t, centred) = case
     student, teacher, w_s, w_t, center = _inputs(batch, num_global + local, num_global, k, centred)
-    loss, mean_probs = dino_loss(
-        student, teacher, w_s, w_t, center, num_global, tau_s, tau_t, vmf, impl
+    got = dino_loss(
+        student, teacher, w_s, w_t, center, num_global, tau_s, tau_t, vmf, impl, raw_means=True
     )
     want = dino_loss_loop(student, teacher, w_s, w_t, center, num_global, tau_s, tau_t, vmf)
-    torch.testing.assert_close(loss, want, rtol=1e-10, atol=1e-12)
-    probs = torch.softmax(teacher_logits_loop(teacher, w_t, tau_t, vmf) - center, dim=1)
-    torch.testing.assert_close(mean_probs, probs.mean(dim=0), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got.loss, want, rtol=1e-10, atol=1e-12)
+    logits = teacher_logits_loop(teacher, w_t, tau_t, vmf)  # [G*B, K], uncentred
+    probs = torch.softmax(logits - center, dim=1)
+    torch.testing.assert_close(got.mean_probs, probs.mean(dim=0), rtol=1e-10, atol=1e-12)
+    raw = torch.softmax(logits, dim=1).mean(dim=0)
+    torch.testing.assert_close(got.raw_means, raw, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -63,7 +66,9 @@ def test_dino_gradients_match_loop(impl: str, batch: int, local: int, k: int, vm
     student.requires_grad_(True)
     w_s.requires_grad_(True)
     upstream = torch.randn((), dtype=torch.float64)
-    loss, _ = dino_loss(student, teacher, w_s, w_t, center, 2, 0.1, 0.05, vmf, impl)
+    result = dino_loss(student, teacher, w_s, w_t, center, 2, 0.1, 0.05, vmf, impl)
+    assert result.raw_means is None  # not asked for
+    loss = result.loss
     want = dino_loss_loop(student, teacher, w_s, w_t, center, 2, 0.1, 0.05, vmf)
     got_grads = torch.autograd.grad(loss * upstream, (student, w_s))
     want_grads = torch.autograd.grad(want * upstream, (student, w_s))

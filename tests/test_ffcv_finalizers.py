@@ -50,8 +50,12 @@ def test_freed_ffcv_loaders_print_no_ignored_exceptions(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(out)],
-        capture_output=True, text=True, timeout=300, env=env, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "images 26" in done.stdout
     assert "Exception ignored" not in done.stderr, done.stderr

@@ -44,8 +44,11 @@ def test_ffcv_keeps_torch_thread_count(tmp_path: Path) -> None:
     write_fashion_mnist_idx(tmp_path / "fm", "t10k", images[10:], labels[10:])
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path / "fm"), str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "after conversion 3" in done.stdout, done.stdout
     assert "during the epoch [3] after it 3" in done.stdout, done.stdout

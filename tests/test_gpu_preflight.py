@@ -1,4 +1,4 @@
-"""bench/gpu_preflight.py's note on the editable install: which setuptools can build it offline."""
+"""tools/gpu_preflight.py's note on the editable install: which setuptools can build it offline."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 import gpu_preflight  # noqa: E402
 

@@ -55,8 +55,12 @@ def test_gpu_tier_collects_without_scipy_ffcv_or_dali() -> None:
     env["FASTPROTO_TEST_TIER"] = "gpu"
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(TESTS)],
-        capture_output=True, text=True, env=env, cwd=TESTS.parent, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=TESTS.parent,
+        timeout=300,
+    )
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
     assert "imported blocked modules: []" in log

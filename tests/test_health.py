@@ -51,8 +51,9 @@ def test_prediction_health_matches_the_formulas() -> None:
 def test_uniform_predictions_read_log_k_and_peaked_ones_read_zero() -> None:
     k, d = 64, 4
     y = F.normalize(torch.ones(8, d), dim=1)
-    flat = prediction_health(y, y, torch.zeros(k, d), torch.zeros(k, d), torch.zeros(k),
-                             0.1, 0.1, vmf=False)  # fmt: skip
+    flat = prediction_health(
+        y, y, torch.zeros(k, d), torch.zeros(k, d), torch.zeros(k), 0.1, 0.1, vmf=False
+    )
     assert math.isclose(flat["teacher_entropy_per_sample"], math.log(k), rel_tol=1e-9)
     assert flat["teacher_logit_std"] == 0.0
     w = torch.zeros(k, d)
@@ -123,8 +124,9 @@ def test_epoch_end_analyses_the_prototypes_on_the_training_device(
     from fastproto.train.setup import build_state
 
     device = torch.device("cuda")
-    config = load_config("demo", ["head.num_prototypes=4096", "run.knn_every_epochs=0",
-                                  "run.device='cuda'"])  # fmt: skip
+    config = load_config(
+        "demo", ["head.num_prototypes=4096", "run.knn_every_epochs=0", "run.device='cuda'"]
+    )
     state = build_state(config, DistInfo(0, 1, 0, device))
     state.initial_prototypes = state.teacher.cls_head.prototypes().detach().clone()
     seen: list[torch.device] = []

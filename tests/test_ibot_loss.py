@@ -50,13 +50,27 @@ def test_ibot_loss_matches_loop(impl: str, case) -> None:
     images = GLOBAL * batch
     student, teacher, masks, w_s, w_t, center = _tokens(images, k, centred)
     s_masked, t_masked, image_index = _gather(student, teacher, masks)
-    loss, mean_probs = ibot_patch_loss(
-        s_masked, t_masked, image_index, images, w_s, w_t, center, tau_s, tau_t, vmf, impl
+    got = ibot_patch_loss(
+        s_masked,
+        t_masked,
+        image_index,
+        images,
+        w_s,
+        w_t,
+        center,
+        tau_s,
+        tau_t,
+        vmf,
+        impl,
+        raw_means=True,
     )
     want = ibot_loss_loop(student, teacher, masks, w_s, w_t, center, tau_s, tau_t, vmf)
-    torch.testing.assert_close(loss, want, rtol=1e-10, atol=1e-12)
-    probs = torch.softmax(teacher_logits_loop(t_masked, w_t, tau_t, vmf) - center, dim=1)
-    torch.testing.assert_close(mean_probs, probs.mean(dim=0), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got.loss, want, rtol=1e-10, atol=1e-12)
+    logits = teacher_logits_loop(t_masked, w_t, tau_t, vmf)  # [Nm, K], uncentred
+    probs = torch.softmax(logits - center, dim=1)
+    torch.testing.assert_close(got.mean_probs, probs.mean(dim=0), rtol=1e-10, atol=1e-12)
+    raw = torch.softmax(logits, dim=1).mean(dim=0)
+    torch.testing.assert_close(got.raw_means, raw, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -69,9 +83,11 @@ def test_ibot_gradients_match_loop(impl: str, batch: int, k: int, vmf: bool) -> 
     w_s.requires_grad_(True)
     s_masked, t_masked, image_index = _gather(student, teacher, masks)
     upstream = torch.randn((), dtype=torch.float64)
-    loss, _ = ibot_patch_loss(
+    result = ibot_patch_loss(
         s_masked, t_masked, image_index, images, w_s, w_t, center, 0.1, 0.05, vmf, impl
     )
+    assert result.raw_means is None  # not asked for
+    loss = result.loss
     want = ibot_loss_loop(student, teacher, masks, w_s, w_t, center, 0.1, 0.05, vmf)
     got_grads = torch.autograd.grad(loss * upstream, (student, w_s))
     want_grads = torch.autograd.grad(want * upstream, (student, w_s))
@@ -85,13 +101,25 @@ def test_no_masked_token_gives_zero_loss_attached_to_the_graph() -> None:
     w_t = torch.randn(6, DIM)
     empty = torch.zeros(0, DIM, requires_grad=True)
     index = torch.zeros(0, dtype=torch.long)
-    loss, mean_probs = ibot_patch_loss(
-        empty, empty.detach(), index, 4, w_s, w_t, torch.zeros(6), 0.1, 0.04, True, "reference"
+    got = ibot_patch_loss(
+        empty,
+        empty.detach(),
+        index,
+        4,
+        w_s,
+        w_t,
+        torch.zeros(6),
+        0.1,
+        0.04,
+        True,
+        "reference",
+        raw_means=True,
     )
-    assert loss.item() == 0.0 and loss.requires_grad
-    loss.backward()
+    assert got.loss.item() == 0.0 and got.loss.requires_grad
+    got.loss.backward()
     assert w_s.grad is not None and torch.equal(w_s.grad, torch.zeros_like(w_s))
-    assert torch.equal(mean_probs, torch.full((6,), 1 / 6))
+    assert torch.equal(got.mean_probs, torch.full((6,), 1 / 6))
+    assert got.raw_means is not None and torch.equal(got.raw_means, torch.zeros(6))
 
 
 def test_bad_input_raises_value_error() -> None:

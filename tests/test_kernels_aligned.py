@@ -11,7 +11,6 @@ import pytest
 import torch
 from fastproto.kernels import (
     aligned_cross_entropy,
-    aligned_cross_entropy_with_raw_means,
     teacher_statistics,
 )
 from kernel_launches import Launches, count_launches
@@ -20,7 +19,6 @@ from test_kernels import (
     STUDENT_TEMP,
     TEACHER_TEMP,
     Case,
-    ab_blocks,
     assert_close_rel,
     assert_grads_like_reference,
     make_case,
@@ -38,11 +36,22 @@ def run_aligned(c: Case, impl: str, grad_scale: float) -> list[torch.Tensor]:
     """The same six figures as test_kernels.run, through aligned_cross_entropy."""
     ys = c.student.clone().requires_grad_()
     ws = c.student_protos.clone().requires_grad_()
-    loss, mean_probs = aligned_cross_entropy(ys, c.teacher, ws, c.teacher_protos,
-                                             c.weights[:, 0], c.center, STUDENT_TEMP,
-                                             TEACHER_TEMP, c.vmf, impl=impl)  # fmt: skip
-    lse, col = teacher_statistics(c.teacher, c.teacher_protos, c.center, TEACHER_TEMP, c.vmf,
-                                  impl=impl)  # fmt: skip
+    result = aligned_cross_entropy(
+        ys,
+        c.teacher,
+        ws,
+        c.teacher_protos,
+        c.weights[:, 0],
+        c.center,
+        STUDENT_TEMP,
+        TEACHER_TEMP,
+        c.vmf,
+        impl=impl,
+    )
+    loss, mean_probs = result.loss, result.mean_probs
+    lse, col = teacher_statistics(
+        c.teacher, c.teacher_protos, c.center, TEACHER_TEMP, c.vmf, impl=impl
+    )
     gy, gw = torch.autograd.grad(loss * grad_scale, [ys, ws])
     return [loss.detach(), gy, gw, mean_probs, lse, col]
 
@@ -70,8 +79,9 @@ def test_aligned_matches_oracle(impl: str, dtype: torch.dtype, shape: tuple) -> 
 
 
 @pytest.mark.parametrize("programs", [1, 6, 512])
-def test_aligned_sweep_over_row_blocks_and_k_splits(monkeypatch: pytest.MonkeyPatch,
-                                                    programs: int) -> None:  # fmt: skip
+def test_aligned_sweep_over_row_blocks_and_k_splits(
+    monkeypatch: pytest.MonkeyPatch, programs: int
+) -> None:
     """40 rows are 3 row blocks of 16 (the last partial) and K = 97 is 4 blocks of 32 (the last
     with one prototype): TARGET_PROGRAMS = 1 makes one split, 6 two splits (the cross term and
     dY are per-split partials), 512 one K block per split; dW, dB and the column sums are
@@ -87,170 +97,21 @@ def test_aligned_sweep_over_row_blocks_and_k_splits(monkeypatch: pytest.MonkeyPa
     assert tl_mod._splits(40, 97, cfg)[0] == {1: 1, 6: 2, 512: 4}[programs]
 
 
-def test_aligned_sweep_under_block_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    """BLOCK_OVERRIDES (the A/B runs of taller blocks) reach the sweep's launch and leave its
-    results as they were: 40 rows are 2 row blocks of 32 (the second partial), K = 97 is 7
-    blocks of 16 (the last with one prototype)."""
-    import fastproto.kernels.triton_loss as tl_mod
-
-    c = aligned_case(40, 97, 24)
-    default = run_aligned(c.cast(torch.float32), "triton", -0.8)
-    _, sweep = _count_launches(monkeypatch)
-    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", {"_aligned_grad_kernel": {32: (32, 16, 8)}})
-    got = assert_like_reference(c, "triton", torch.float32, -0.8)
-    assert sweep.blocks == [(32, 16, 8)]
-    for x, y in zip(got, default, strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
-
-
-COLUMN_OVERRIDE = {"_aligned_column_kernel": {32: (16, 32, 4)}}
-FLASH_OVERRIDE = {"_row_flash_kernel": {32: (16, 32, 4)}, **COLUMN_OVERRIDE}
-
-
-def _like_the_one_sweep(monkeypatch: pytest.MonkeyPatch, overrides: dict, programs: int,
-                        raw: bool) -> dict[str, Launches]:  # fmt: skip
-    """40 rows x K = 97 x D = 24 in float32, with the default blocks and then with `overrides`
-    as BLOCK_OVERRIDES: the results must agree (and, without raw means, match the oracle as
-    the reference does). -> the second run's launches of each kernel of the aligned rows."""
-    import fastproto.kernels.triton_aligned as al_mod
-    import fastproto.kernels.triton_loss as tl_mod
-
-    monkeypatch.setattr(tl_mod, "TARGET_PROGRAMS", programs)
-    c = aligned_case(40, 97, 24).cast(torch.float32)
-    run_one = _with_raw_means if raw else run_aligned
-    default = run_one(c, "triton", -0.8)
-    launches = {name: count_launches(monkeypatch, tl_mod, name)
-                for name in ("_row_lse_kernel", "_row_flash_kernel")}  # fmt: skip
-    for name in ("_aligned_grad_kernel", "_aligned_column_kernel"):
-        launches[name] = count_launches(monkeypatch, al_mod, name)
-    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", overrides)
-    got = run_one(c, "triton", -0.8)
-    for x, y in zip(got, default, strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-4)
-    if not raw:
-        want = truth(c, -0.8)
-        assert_close_rel(got, want, max_err(run_aligned(c, "reference", -0.8), want),
-                         torch.float32)  # fmt: skip
-    return launches
-
-
-@pytest.mark.parametrize("programs", [1, 512])
-@pytest.mark.parametrize("raw", [False, True], ids=["centred", "raw-means"])
-def test_aligned_column_owned_dw(monkeypatch: pytest.MonkeyPatch, programs: int,
-                                 raw: bool) -> None:  # fmt: skip
-    """BLOCK_OVERRIDES blocks for `_aligned_column_kernel` (the `triton-coldw` A/B) make dW and
-    dB in a second sweep owned by prototype blocks (no atomic adds) and dY in the first alone;
-    the results are the one sweep's. K = 97 is 4 blocks of 32 (the last holding one); 40 rows
-    are 3 blocks of 16: TARGET_PROGRAMS = 1 one row split, 512 three (partials added up). With
-    raw means the sweep takes the uncentred teacher bias and the column sweep the centred."""
-    import fastproto.kernels.triton_loss as tl_mod
-
-    launches = _like_the_one_sweep(monkeypatch, COLUMN_OVERRIDE, programs, raw)
-    assert launches["_aligned_grad_kernel"].calls == [
-        {"HAS_DY": True, "HAS_DW": False, "HAS_RAW": raw}
-    ]
-    assert launches["_aligned_column_kernel"].calls == [{"HAS_COL": False, "HAS_RAW": False}]
-    assert launches["_aligned_column_kernel"].blocks == [(16, 32, 4)]
-    assert launches["_row_flash_kernel"].calls == []
-    cfg = tl_mod._config(24, torch.float32)
-    assert tl_mod._row_splits(40, 97, cfg)[0] == {1: 1, 512: 3}[programs]
-
-
-@pytest.mark.parametrize("programs", [1, 512])
-@pytest.mark.parametrize("raw", [False, True], ids=["centred", "raw-means"])
-def test_aligned_flash_sweeps(monkeypatch: pytest.MonkeyPatch, programs: int, raw: bool) -> None:
-    """The `triton-flash` A/B: the two row sweeps make the log-sum-exps with q @ w_s and p @ w_s
-    (`_row_flash_kernel`), the column sweep dW, dB and the column sums; no `_aligned_grad_kernel`
-    and no atomic adds, and the results are the one sweep's. TARGET_PROGRAMS = 512 splits
-    K = 97 four ways for the row sweeps (partials against their own running max, merged) and the
-    40 rows three ways for the column sweep."""
-    import fastproto.kernels.triton_loss as tl_mod
-
-    launches = _like_the_one_sweep(monkeypatch, FLASH_OVERRIDE, programs, raw)
-    # teacher rows, then student rows
-    assert launches["_row_flash_kernel"].calls == [{"HAS_RAW": raw}, {"HAS_RAW": False}]
-    assert launches["_aligned_column_kernel"].calls == [{"HAS_COL": True, "HAS_RAW": raw}]
-    assert launches["_aligned_grad_kernel"].calls == []
-    # only run_aligned's own teacher_statistics
-    assert launches["_row_lse_kernel"].calls == ([] if raw else [{"HAS_RAW": False}])
-    cfg = tl_mod.flash_config(tl_mod._config(24, torch.float32))
-    assert cfg is not None and tl_mod._splits(40, 97, cfg)[0] == {1: 1, 512: 4}[programs]
-
-
-@pytest.mark.parametrize("programs", [1, 512])
-def test_row_flash_sweep_against_torch(monkeypatch: pytest.MonkeyPatch, programs: int) -> None:
-    """_row_flash's four results against softmax in float64: teacher-style (another matrix to
-    mix, a centre) and student-style (its own prototypes). 40 rows (3 blocks of 16, the last
-    partial) and K = 97 (the last block holding one), in 1 and 4 K splits; logits spread over
-    ~20 so that the running max moves between blocks."""
-    import fastproto.kernels.triton_loss as tl_mod
-
-    monkeypatch.setattr(tl_mod, "TARGET_PROGRAMS", programs)
-    torch.manual_seed(3)
-    y, w, mix = torch.randn(40, 24), torch.randn(97, 24), torch.randn(97, 24)
-    bias, mix_b, center = torch.randn(97), torch.randn(97), torch.randn(97)
-    cfg = {**tl_mod._config(24, torch.float32), "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4}
-    logits = (y.double() @ w.double().T) * 2.0 + bias.double()  # [N, K]
-    for centre, other in ((center, mix), (None, None)):
-        lse, lse0, mixed, mixed_b = tl_mod._row_flash(y, w, bias, centre, other,
-                                                      None if other is None else mix_b, 2.0,
-                                                      cfg)  # fmt: skip
-        shifted = logits if centre is None else logits - centre.double()
-        soft = torch.softmax(shifted, dim=1)
-        m, mb = (w, bias) if other is None else (mix, mix_b)
-        torch.testing.assert_close(lse.double(), torch.logsumexp(shifted, 1), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(mixed.double(), soft @ m.double(), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(mixed_b.double(), soft @ mb.double(), rtol=1e-5, atol=1e-5)
-        if centre is None:
-            assert lse0 is None
-        else:
-            assert lse0 is not None
-            torch.testing.assert_close(lse0.double(), torch.logsumexp(logits, 1), rtol=1e-5,
-                                       atol=1e-5)  # fmt: skip
-
-
-def test_aligned_flash_only_with_both_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Frozen prototypes or a detached student take the one sweep or triton-coldw's two, as
-    without the flash override; the flash sweeps run only when dY and dW are both wanted."""
-    import fastproto.kernels.triton_loss as tl_mod
-
-    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", FLASH_OVERRIDE)
-    flash = count_launches(monkeypatch, tl_mod, "_row_flash_kernel")
-    c = aligned_case(19, 50, 24).cast(torch.float32)
-    for need in ((False, True), (True, False)):
-        assert_grads_like_reference(_grads, c, need)
-    assert flash.calls == []
-
-
-def test_aligned_column_owned_dw_alone_for_a_detached_student(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """With the column override and a detached student, the first sweep makes neither gradient
-    (the loss and column sums only) and the column sweep dW and dB; frozen prototypes take the
-    one sweep for dY alone, with no column sweep."""
-    import fastproto.kernels.triton_aligned as al_mod
-    import fastproto.kernels.triton_loss as tl_mod
-
-    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", COLUMN_OVERRIDE)
-    _, sweep = _count_launches(monkeypatch)
-    column = count_launches(monkeypatch, al_mod, "_aligned_column_kernel")
-    c = aligned_case(19, 50, 24).cast(torch.float32)  # BLOCK_D = 32, the override's
-    assert_grads_like_reference(_grads, c, (False, True))
-    assert sweep.calls == [{"HAS_DY": False, "HAS_DW": False, "HAS_RAW": False}]
-    assert len(column.calls) == 1
-    assert_grads_like_reference(_grads, c, (True, False))
-    assert sweep.calls[1:] == [{"HAS_DY": True, "HAS_DW": False, "HAS_RAW": False}]
-    assert len(column.calls) == 1
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_aligned_half_rows_float32_prototypes(dtype: torch.dtype) -> None:
     """Autocast's operands: the gradients keep their dtypes, errors as the general path's."""
     c = aligned_case(21, 45, 16).cast(torch.float64)
     want = truth(c, 1.0)
-    half = Case(c.student.to(dtype), c.teacher.to(dtype), c.student_protos.float(),
-                c.teacher_protos.float(), c.targets, c.weights.float(), c.center.float(),
-                c.vmf)  # fmt: skip
+    half = Case(
+        c.student.to(dtype),
+        c.teacher.to(dtype),
+        c.student_protos.float(),
+        c.teacher_protos.float(),
+        c.targets,
+        c.weights.float(),
+        c.center.float(),
+        c.vmf,
+    )
     baseline = max_err(run_aligned(c.cast(dtype), "reference", 1.0), want)
     got = run_aligned(half, "triton", 1.0)
     assert got[1].dtype == dtype and got[2].dtype == torch.float32
@@ -260,9 +121,18 @@ def test_aligned_half_rows_float32_prototypes(dtype: torch.dtype) -> None:
 def _grads(c: Case, impl: str, need_y: bool, need_w: bool) -> list[torch.Tensor | None]:
     ys = c.student.clone().requires_grad_(need_y)
     ws = c.student_protos.clone().requires_grad_(need_w)
-    loss, _ = aligned_cross_entropy(ys, c.teacher, ws, c.teacher_protos, c.weights[:, 0],
-                                    c.center, STUDENT_TEMP, TEACHER_TEMP, c.vmf,
-                                    impl=impl)  # fmt: skip
+    loss = aligned_cross_entropy(
+        ys,
+        c.teacher,
+        ws,
+        c.teacher_protos,
+        c.weights[:, 0],
+        c.center,
+        STUDENT_TEMP,
+        TEACHER_TEMP,
+        c.vmf,
+        impl=impl,
+    ).loss
     wanted = [t for t, on in ((ys, need_y), (ws, need_w)) if on]
     grads = iter(torch.autograd.grad(loss * 1.7, wanted))
     return [next(grads) if on else None for on in (need_y, need_w)]
@@ -287,15 +157,25 @@ def _count_launches(monkeypatch: pytest.MonkeyPatch) -> tuple[Launches, Launches
 def test_aligned_passes_two_row_sweeps_and_one_gradient_sweep(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The pass count of bench/results/kernel_passes.md: forward and backward together launch
-    the row log-sum-exp twice and the fused sweep once, with dY and dW; nothing in backward."""
+    """Guards the aligned rows' cost in bench/results/kernel_passes.md, 6 passes: forward and
+    backward together launch the row log-sum-exp twice and the fused sweep once, with dY and dW;
+    the backward launches nothing."""
     lse, sweep = _count_launches(monkeypatch)
     c = aligned_case(9, 40, 16).cast(torch.float32)
     ys = c.student.clone().requires_grad_()
     ws = c.student_protos.clone().requires_grad_()
-    loss, _ = aligned_cross_entropy(ys, c.teacher, ws, c.teacher_protos, c.weights[:, 0],
-                                    c.center, STUDENT_TEMP, TEACHER_TEMP, c.vmf,
-                                    impl="triton")  # fmt: skip
+    loss = aligned_cross_entropy(
+        ys,
+        c.teacher,
+        ws,
+        c.teacher_protos,
+        c.weights[:, 0],
+        c.center,
+        STUDENT_TEMP,
+        TEACHER_TEMP,
+        c.vmf,
+        impl="triton",
+    ).loss
     assert lse.calls == [{"HAS_RAW": False}] * 2
     assert sweep.calls == [{"HAS_DY": True, "HAS_DW": True, "HAS_RAW": False}]
     loss.backward()
@@ -304,16 +184,26 @@ def test_aligned_passes_two_row_sweeps_and_one_gradient_sweep(
 
 
 def test_aligned_without_grad_mode_makes_no_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under no_grad the sweep makes the loss and column sums only, with the same values."""
+    """Guards the no-grad cost, 4 passes (kernels/triton_aligned.py): under no_grad the sweep
+    makes the loss and column sums only, with the same values."""
     c = aligned_case(9, 40, 16).cast(torch.float32)
-    args = (c.student.requires_grad_(), c.teacher, c.student_protos, c.teacher_protos,
-            c.weights[:, 0], c.center, STUDENT_TEMP, TEACHER_TEMP, c.vmf)  # fmt: skip
+    args = (
+        c.student.requires_grad_(),
+        c.teacher,
+        c.student_protos,
+        c.teacher_protos,
+        c.weights[:, 0],
+        c.center,
+        STUDENT_TEMP,
+        TEACHER_TEMP,
+        c.vmf,
+    )
     with_grad = aligned_cross_entropy(*args, impl="triton")
     _, sweep = _count_launches(monkeypatch)
     with torch.no_grad():
         without = aligned_cross_entropy(*args, impl="triton")
     assert sweep.calls == [{"HAS_DY": False, "HAS_DW": False, "HAS_RAW": False}]
-    for x, y in zip(with_grad, without, strict=True):
+    for x, y in ((with_grad.loss, without.loss), (with_grad.mean_probs, without.mean_probs)):
         torch.testing.assert_close(x.detach(), y, rtol=1e-6, atol=1e-6)
 
 
@@ -321,21 +211,30 @@ def test_aligned_unfused_width_takes_the_general_path(monkeypatch: pytest.Monkey
     """Where the fused kernel is not used (BLOCK_D = 1024 when compiled; forced here), the
     general pair-table kernels give the same figures."""
     import fastproto.kernels.triton_loss as tl_mod
+    from fastproto.kernels.triton_aligned import aligned_config
 
     c = aligned_case(23, 45, 24).cast(torch.float32)
     fused = run_aligned(c, "triton", 1.1)
     monkeypatch.setattr(tl_mod, "FUSED_MAX_BLOCK_D", 16)
-    _, sweep = _count_launches(monkeypatch)
+    assert aligned_config(tl_mod._config(24, torch.float32)) is None
     general = run_aligned(c, "triton", 1.1)
-    assert sweep.calls == []
     for x, y in zip(fused, general, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
 
 def test_aligned_rejects_rows_that_do_not_pair() -> None:
     c = aligned_case(6, 8, 16)
-    base = (c.student, c.teacher, c.student_protos, c.teacher_protos, c.weights[:, 0], c.center,
-            STUDENT_TEMP, TEACHER_TEMP, c.vmf)  # fmt: skip
+    base = (
+        c.student,
+        c.teacher,
+        c.student_protos,
+        c.teacher_protos,
+        c.weights[:, 0],
+        c.center,
+        STUDENT_TEMP,
+        TEACHER_TEMP,
+        c.vmf,
+    )
     with pytest.raises(ValueError, match="aligned rows need"):
         aligned_cross_entropy(c.student[:5], *base[1:], impl="chunked")
     with pytest.raises(ValueError, match="aligned rows need"):
@@ -344,15 +243,27 @@ def test_aligned_rejects_rows_that_do_not_pair() -> None:
         aligned_cross_entropy(*base, impl="fast")
 
 
-def _with_raw_means(c: Case, impl: str, grad_scale: float = 1.0) -> list[torch.Tensor]:
+def _raw_means_run(c: Case, impl: str, grad_scale: float = 1.0) -> list[torch.Tensor]:
     """(loss, d loss/d student, d loss/d protos, mean probs, uncentred mean probs)."""
     ys = c.student.clone().requires_grad_()
     ws = c.student_protos.clone().requires_grad_()
-    loss, mean_probs, raw = aligned_cross_entropy_with_raw_means(
-        ys, c.teacher, ws, c.teacher_protos, c.weights[:, 0], c.center, STUDENT_TEMP,
-        TEACHER_TEMP, c.vmf, impl=impl,
-    )  # fmt: skip
-    return [loss.detach(), *torch.autograd.grad(loss * grad_scale, [ys, ws]), mean_probs, raw]
+    result = aligned_cross_entropy(
+        ys,
+        c.teacher,
+        ws,
+        c.teacher_protos,
+        c.weights[:, 0],
+        c.center,
+        STUDENT_TEMP,
+        TEACHER_TEMP,
+        c.vmf,
+        impl=impl,
+        raw_means=True,
+    )
+    loss, raw = result.loss, result.raw_means
+    assert raw is not None
+    grads = torch.autograd.grad(loss * grad_scale, [ys, ws])
+    return [loss.detach(), *grads, result.mean_probs, raw]
 
 
 @pytest.mark.parametrize("impl", ["chunked", "triton"])
@@ -368,10 +279,11 @@ def test_raw_means_are_the_uncentred_teacher_column_means(
     monkeypatch.setattr(tl_mod, "TARGET_PROGRAMS", programs)
     c = aligned_case(40, 97, 24)
     zero = torch.zeros_like(c.center)
-    want = teacher_statistics(c.teacher, c.teacher_protos, zero, TEACHER_TEMP, c.vmf,
-                              impl="reference")[1]  # fmt: skip
+    want = teacher_statistics(
+        c.teacher, c.teacher_protos, zero, TEACHER_TEMP, c.vmf, impl="reference"
+    )[1]
     low = c.cast(torch.float32)
-    got = _with_raw_means(low, impl)
+    got = _raw_means_run(low, impl)
     torch.testing.assert_close(got[4].double(), want, rtol=1e-5, atol=1e-7)
     assert float((got[4] - got[3]).abs().max()) > 1e-3  # the centre does change the means
     plain = run_aligned(low, impl, 1.0)
@@ -385,14 +297,24 @@ def test_raw_means_with_half_rows(dtype: torch.dtype) -> None:
     reference run all in `dtype`, plus the floor."""
     c = aligned_case(21, 45, 16).cast(torch.float64)
     zero = torch.zeros_like(c.center)
-    want = teacher_statistics(c.teacher, c.teacher_protos, zero, TEACHER_TEMP, c.vmf,
-                              impl="reference")[1]  # fmt: skip
+    want = teacher_statistics(
+        c.teacher, c.teacher_protos, zero, TEACHER_TEMP, c.vmf, impl="reference"
+    )[1]
     low = c.cast(dtype)
-    base = teacher_statistics(low.teacher, low.teacher_protos, zero.to(dtype), TEACHER_TEMP,
-                              c.vmf, impl="reference")[1]  # fmt: skip
-    half = Case(low.student, low.teacher, c.student_protos.float(), c.teacher_protos.float(),
-                c.targets, c.weights.float(), c.center.float(), c.vmf)  # fmt: skip
-    got = _with_raw_means(half, "triton")[4]
+    base = teacher_statistics(
+        low.teacher, low.teacher_protos, zero.to(dtype), TEACHER_TEMP, c.vmf, impl="reference"
+    )[1]
+    half = Case(
+        low.student,
+        low.teacher,
+        c.student_protos.float(),
+        c.teacher_protos.float(),
+        c.targets,
+        c.weights.float(),
+        c.center.float(),
+        c.vmf,
+    )
+    got = _raw_means_run(half, "triton")[4]
     err, base_err = (
         float((got.double() - want).abs().max()),
         float((base.double() - want).abs().max()),
@@ -404,7 +326,7 @@ def test_raw_means_ride_in_the_same_launches(monkeypatch: pytest.MonkeyPatch) ->
     """With the raw means the launches stay two row log-sum-exps (the teacher's making both of
     its normalisers from one tile) and one sweep: no pass is added for the statistic."""
     lse, sweep = _count_launches(monkeypatch)
-    _with_raw_means(aligned_case(9, 40, 16).cast(torch.float32), "triton")
+    _raw_means_run(aligned_case(9, 40, 16).cast(torch.float32), "triton")
     assert lse.calls == [{"HAS_RAW": True}, {"HAS_RAW": False}]
     assert sweep.calls == [{"HAS_DY": True, "HAS_DW": True, "HAS_RAW": True}]
 
@@ -421,23 +343,6 @@ def test_gpu_aligned_at_ibot_patch_sizes(dtype: torch.dtype, dim: int) -> None:
     low = c.cast(dtype, "cuda")
     baseline = max_err(run_aligned(low, "reference", scale), want)
     assert_close_rel(run_aligned(low, "triton", scale), want, baseline, dtype)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["triton-tall", "triton-coldw", "triton-flash"])
-def test_gpu_aligned_blocks_of_the_ab_runs(monkeypatch: pytest.MonkeyPatch, variant: str) -> None:
-    """The A/B variants' patch sweeps (`triton-tall`: 64 x 16 blocks; `triton-coldw`: dY from
-    those, dW from 32 x 64 prototype-owned blocks; `triton-flash`: 64 x 64 flash row sweeps and
-    that column sweep), compiled at iBOT's patch rows in bf16, judged as the default blocks
-    are."""
-    import fastproto.kernels.triton_loss as tl_mod
-
-    monkeypatch.setattr(tl_mod, "BLOCK_OVERRIDES", ab_blocks(variant))
-    c = aligned_case(64 * 196, 8192, 256)
-    want = run_aligned(c.cast(torch.float64, "cuda"), "reference", 0.5)
-    low = c.cast(torch.bfloat16, "cuda")
-    baseline = max_err(run_aligned(low, "reference", 0.5), want)
-    assert_close_rel(run_aligned(low, "triton", 0.5), want, baseline, torch.bfloat16)
 
 
 @pytest.mark.gpu

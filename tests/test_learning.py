@@ -28,11 +28,18 @@ def test_a_short_demo_run_learns(tmp_path: Path) -> None:
     from fastproto.data_prep.prepare import prepare_fashion_mnist
 
     data = prepare_fashion_mnist(tmp_path / "data", "ffcv", limit=GUARD_IMAGES)
-    config = load_config("demo", [
-        f"data.path={str(data)!r}", f"run.out={str(tmp_path / 'run')!r}",
-        f"optim.epochs={GUARD_EPOCHS}", "run.progress=false", "run.knn_every_epochs=0",
-        "run.seed=0", "data.workers=1",
-    ])  # fmt: skip
+    config = load_config(
+        "demo",
+        [
+            f"data.path={str(data)!r}",
+            f"run.out={str(tmp_path / 'run')!r}",
+            f"optim.epochs={GUARD_EPOCHS}",
+            "run.progress=false",
+            "run.knn_every_epochs=0",
+            "run.seed=0",
+            "data.workers=1",
+        ],
+    )
     train(config)
     summary = evaluate_run(tmp_path / "run", str(data), torch.device("cpu"))
     init, teacher = summary["knn_top1_at_init"]["20"], summary["knn_top1"]["20"]

@@ -245,9 +245,13 @@ def _paths(request: pytest.FixtureRequest, backend: str) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize(
-    "backend", ["folder", pytest.param("ffcv", marks=pytest.mark.slow),
-                pytest.param("dali", marks=pytest.mark.slow)],
-)  # fmt: skip
+    "backend",
+    [
+        "folder",
+        pytest.param("ffcv", marks=pytest.mark.slow),
+        pytest.param("dali", marks=pytest.mark.slow),
+    ],
+)
 def test_backend_cuts_the_sampled_windows(backend: str, request: pytest.FixtureRequest) -> None:
     paths = _paths(request, backend)
     rows = _tree_order(paths["folder"])
@@ -299,9 +303,13 @@ def fixture_tree(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
 
 
 @pytest.mark.parametrize(
-    "backend,tol", [("folder", 1.0), pytest.param("ffcv", 8.0, marks=pytest.mark.slow),
-                    pytest.param("dali", 8.0, marks=pytest.mark.slow)],
-)  # fmt: skip
+    "backend,tol",
+    [
+        ("folder", 1.0),
+        pytest.param("ffcv", 8.0, marks=pytest.mark.slow),
+        pytest.param("dali", 8.0, marks=pytest.mark.slow),
+    ],
+)
 def test_full_image_round_trip(backend: str, tol: float, fixture_tree, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Scale 1: every crop is the whole image; compare with the fixture's expected pixels."""
     path = fixture_tree.root

@@ -21,8 +21,10 @@ from fastproto.data.batch import Batch
 from fastproto.data.crops import bilinear_suffices, sample_windows
 
 SIZES = [(70, 90), (120, 64), (96, 96), (60, 110), (100, 80), (88, 120)]
-RECIPES = {mode: MultiCropRecipe(global_size=32, local_size=16, num_local=4, resize=mode)
-           for mode in ("antialias", "fast")}  # fmt: skip
+RECIPES = {
+    mode: MultiCropRecipe(global_size=32, local_size=16, num_local=4, resize=mode)
+    for mode in ("antialias", "fast")
+}
 
 
 def _stripes(h: int, w: int, seed: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""bench/source_site.py: the package importable from a link tree on PYTHONPATH, with no install
+"""tools/source_site.py: the package importable from a link tree on PYTHONPATH, with no install
 (the GPU suite's fallback where `pip install -e .` cannot build)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tools"))
 
 import source_site  # noqa: E402
 
@@ -26,8 +26,9 @@ def test_the_link_tree_serves_every_mapped_package_from_the_checkout(tmp_path: P
     )
     # from the repository root, whose own fastproto/ lacks kernels/ and data_prep/
     env = {**os.environ, "PYTHONPATH": str(site), "PYTHONSAFEPATH": "1"}
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env,
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
     files = [Path(line) for line in out.stdout.split()]
     # imported through the tree (not an installed copy), resolving to the checkout's sources
     assert all(f.is_relative_to(site / "fastproto") for f in files), files

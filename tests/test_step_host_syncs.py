@@ -45,18 +45,29 @@ def _gpu_value_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     import fastproto.vmf  # noqa: F401
 
     original = value_checks.check_values
-    users = [m for m in list(sys.modules.values()) if m is not value_checks
-             and getattr(m, "check_values", None) is original]  # fmt: skip
+    users = [
+        m
+        for m in list(sys.modules.values())
+        if m is not value_checks and getattr(m, "check_values", None) is original
+    ]
     for module in users:
         monkeypatch.setattr(module, "check_values", lambda *tensors: False)
     assert len(users) >= 4
 
 
 def _config(*overrides: str) -> TrainConfig:
-    return load_config("demo", [
-        "model.arch=vit_pico_patch4_28", "data.local_size=12", "head.num_prototypes=64",
-        "head.hidden_dim=32", "head.bottleneck_dim=16", f"optim.batch_size={B}", *overrides,
-    ])  # fmt: skip
+    return load_config(
+        "demo",
+        [
+            "model.arch=vit_pico_patch4_28",
+            "data.local_size=12",
+            "head.num_prototypes=64",
+            "head.hidden_dim=32",
+            "head.bottleneck_dim=16",
+            f"optim.batch_size={B}",
+            *overrides,
+        ],
+    )
 
 
 def _uint8_batch(config: TrainConfig, device: torch.device) -> Batch:
@@ -65,8 +76,9 @@ def _uint8_batch(config: TrainConfig, device: torch.device) -> Batch:
     return Batch(
         torch.randint(0, 256, (d.global_crops, B, 3, 28, 28), dtype=torch.uint8),
         torch.randint(0, 256, (d.local_crops, B, 3, 12, 12), dtype=torch.uint8),
-        torch.zeros(B, dtype=torch.long), torch.arange(B),
-    ).to(device)  # fmt: skip
+        torch.zeros(B, dtype=torch.long),
+        torch.arange(B),
+    ).to(device)
 
 
 def _setup(device: torch.device, *overrides: str) -> tuple[TrainState, tuple, object]:  # type: ignore[type-arg]
@@ -96,9 +108,12 @@ def test_a_training_step_reads_the_device_once(
 ) -> None:
     _gpu_value_checks(monkeypatch)
     state, inputs, config = _setup(
-        torch.device("cpu"), f"method.name='{method}'", f"method.centering='{centering}'",
-        f"method.loss_impl='{impl}'", "head.shared=false",
-    )  # fmt: skip
+        torch.device("cpu"),
+        f"method.name='{method}'",
+        f"method.centering='{centering}'",
+        f"method.loss_impl='{impl}'",
+        "head.shared=false",
+    )
     train_step(state, *inputs, step_values(config, 10, 100))  # optimizer state made
     with watching(monkeypatch) as seen:
         terms, _ = train_step(state, *inputs, step_values(config, 11, 100))
@@ -136,8 +151,9 @@ def test_on_a_device_the_inputs_and_the_step_wait_for_nothing(
 def test_a_non_finite_loss_is_refused_before_any_update(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU the value checks do not stop a NaN input; the one read after the clipping does."""
     _gpu_value_checks(monkeypatch)
-    state, (g, loc, masks), config = _setup(torch.device("cpu"), "method.name='ibot'",
-                                            "method.loss_impl='chunked'")  # fmt: skip
+    state, (g, loc, masks), config = _setup(
+        torch.device("cpu"), "method.name='ibot'", "method.loss_impl='chunked'"
+    )
     student = {k: v.clone() for k, v in state.student.state_dict().items()}
     teacher = {k: v.clone() for k, v in state.teacher.state_dict().items()}
     g = g.clone()
@@ -160,8 +176,9 @@ def test_gpu_training_step_synchronises_at_most_once(monkeypatch: pytest.MonkeyP
 
     monkeypatch.delenv("FASTPROTO_DEBUG", raising=False)
     device = torch.device("cuda")
-    state, _, config = _setup(device, "method.name='ibot'", "run.precision='bf16'",
-                              "head.num_prototypes=4096")  # fmt: skip
+    state, _, config = _setup(
+        device, "method.name='ibot'", "run.precision='bf16'", "head.num_prototypes=4096"
+    )
     maker = InputMaker(config, DistInfo(0, 1, 0, device))
     batch = _uint8_batch(config, device)
     train_step(state, *maker(batch, 0), step_values(config, 10, 100))

@@ -24,13 +24,24 @@ G, L, B = 2, 2, 4
 
 
 def _state(centering: str):  # type: ignore[no-untyped-def]
-    config = load_config("demo", [
-        "model.arch=vit_pico_patch4_28", "data.local_size=12", "model.drop_path=0.0",
-        "head.num_prototypes=32",
-        "head.hidden_dim=32", "head.bottleneck_dim=16", f"optim.batch_size={B}",
-        "method.name='ibot'", "head.shared=false", "method.koleo_proto=0.0",
-        f"method.centering={centering!r}", "method.loss_impl='chunked'", "run.device='cpu'",
-    ])  # fmt: skip
+    config = load_config(
+        "demo",
+        [
+            "model.arch=vit_pico_patch4_28",
+            "data.local_size=12",
+            "model.drop_path=0.0",
+            "head.num_prototypes=32",
+            "head.hidden_dim=32",
+            "head.bottleneck_dim=16",
+            f"optim.batch_size={B}",
+            "method.name='ibot'",
+            "head.shared=false",
+            "method.koleo_proto=0.0",
+            f"method.centering={centering!r}",
+            "method.loss_impl='chunked'",
+            "run.device='cpu'",
+        ],
+    )
     return build_state(config, DistInfo(0, 1, 0, torch.device("cpu")))
 
 

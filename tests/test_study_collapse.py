@@ -78,21 +78,29 @@ def test_old_records_without_steps_use_the_epoch() -> None:
     assert reached_end_state(old, 1.0)
 
 
-def record(k: int, lam: float, seed: int, unique: int, p5s: list[float] = FLAT,
-           moved: float = 0.2) -> dict[str, Any]:  # fmt: skip
-    history = [{"step": s, "unique_prototypes": k, "nn_distance_quantiles": {"p5": p}}
-               for s, p in zip(STEPS, p5s, strict=True)]  # fmt: skip
+def record(
+    k: int, lam: float, seed: int, unique: int, p5s: list[float] = FLAT, moved: float = 0.2
+) -> dict[str, Any]:
+    history = [
+        {"step": s, "unique_prototypes": k, "nn_distance_quantiles": {"p5": p}}
+        for s, p in zip(STEPS, p5s, strict=True)
+    ]
     history[-1]["unique_prototypes"] = unique
     history[-1] |= {"used_prototypes": k // 2, "effective_prototypes": k / 3}
     return {
-        "run_id": f"K{k}-l{lam}-s{seed}", "status": "ok",
+        "run_id": f"K{k}-l{lam}-s{seed}",
+        "status": "ok",
         "settings": {"koleo_lambda": lam, "seed": seed},
         "metrics": {
-            "num_prototypes": k, "unique_prototypes": unique, "knn_top1": {"20": 0.7},
-            "linear_top1": 0.75, "prototype_movement": moved,
-            "nn_distance_quantiles": {"p0": 0.01, "p5": 0.1, "p50": 0.3}, "epochs": history,
+            "num_prototypes": k,
+            "unique_prototypes": unique,
+            "knn_top1": {"20": 0.7},
+            "linear_top1": 0.75,
+            "prototype_movement": moved,
+            "nn_distance_quantiles": {"p0": 0.01, "p5": 0.1, "p50": 0.3},
+            "epochs": history,
         },
-    }  # fmt: skip
+    }
 
 
 def verdicts(records: list[dict[str, Any]]) -> tuple[str, str]:

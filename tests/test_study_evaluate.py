@@ -24,12 +24,18 @@ def step_row(step: int, clock: float | None) -> dict[str, Any]:
 
 def epoch_row(step: int, epoch: int, unique: int, **extra: Any) -> dict[str, Any]:
     return {
-        "kind": "epoch", "step": step, "epoch": epoch, "unique_prototypes": unique,
-        "num_prototypes": 64, "largest_duplicate_set": 1 + 64 - unique,
-        "redundancy_histogram": [0, unique], "prototype_movement": 0.1 * (epoch + 1),
+        "kind": "epoch",
+        "step": step,
+        "epoch": epoch,
+        "unique_prototypes": unique,
+        "num_prototypes": 64,
+        "largest_duplicate_set": 1 + 64 - unique,
+        "redundancy_histogram": [0, unique],
+        "prototype_movement": 0.1 * (epoch + 1),
         "nn_distance_quantiles": {"p0": 0.1, "p5": 0.2 - 0.01 * epoch, "p50": 0.4},
-        "nn_distance_below_eps": 0.0, **extra,
-    }  # fmt: skip
+        "nn_distance_below_eps": 0.0,
+        **extra,
+    }
 
 
 def write(path: Path, rows: list[dict[str, Any]]) -> Path:

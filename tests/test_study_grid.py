@@ -35,14 +35,15 @@ def test_expansion_merges_runs_shared_by_groups() -> None:
     # main: 2 K x 2 regularisers; lambda: 3 values at K 64, of which 0 (= none) and 0.1 are in main
     assert len(grid.runs) == 4 + 1
     by_settings = {tuple(sorted(r.settings.items())): r for r in grid.runs}
-    base = by_settings[(("koleo_lambda", 0.0), ("num_prototypes", 64), ("regulariser", "none"),
-                        ("seed", 0))]  # fmt: skip
+    base = by_settings[
+        (("koleo_lambda", 0.0), ("num_prototypes", 64), ("regulariser", "none"), ("seed", 0))
+    ]
     assert base.groups == ("main", "lambda")
-    kp = by_settings[(("koleo_lambda", 0.1), ("num_prototypes", 64), ("regulariser", "koleo-proto"),
-                      ("seed", 0))]  # fmt: skip
+    kp = by_settings[
+        (("koleo_lambda", 0.1), ("num_prototypes", 64), ("regulariser", "koleo-proto"), ("seed", 0))
+    ]
     assert kp.groups == ("main", "lambda")
-    assert set(kp.overrides) == {"head.num_prototypes=64", "method.koleo_proto=0.1",
-                                 "run.seed=0"}  # fmt: skip
+    assert set(kp.overrides) == {"head.num_prototypes=64", "method.koleo_proto=0.1", "run.seed=0"}
     assert "method.koleo_proto=0.0" in base.overrides
     # KoLeo on the data is the base's in both: the pair differs in KoLeo-proto alone
     recipe_koleo_data = load_config("demo").method.koleo_data
@@ -51,9 +52,19 @@ def test_expansion_merges_runs_shared_by_groups() -> None:
 
 
 def test_overrides_resolve_to_the_settings() -> None:
-    grid = parse_grid({"axes": {"num_prototypes": [96], "regulariser": ["koleo-data"],
-                                "koleo_lambda": [0.5], "norm": ["l2"], "centering": ["sinkhorn"],
-                                "batch_size": [48], "seed": [3]}})  # fmt: skip
+    grid = parse_grid(
+        {
+            "axes": {
+                "num_prototypes": [96],
+                "regulariser": ["koleo-data"],
+                "koleo_lambda": [0.5],
+                "norm": ["l2"],
+                "centering": ["sinkhorn"],
+                "batch_size": [48],
+                "seed": [3],
+            }
+        }
+    )
     (spec,) = grid.runs
     config = load_config("demo", list(spec.overrides))
     assert config.head.num_prototypes == 96
@@ -113,15 +124,25 @@ def test_load_grid_file_errors(tmp_path: Path) -> None:
 
 def test_cpu_grid_has_the_planned_runs() -> None:
     grid = load_grid(REPO / "docs" / "results" / "grid_cpu.toml")
-    main = {(k, reg, s) for k, reg, s in itertools.product(
-        (256, 1024, 4096, 16384), ("none", "koleo-data", "koleo-proto"), (0, 1))}  # fmt: skip
-    found = {(r.settings["num_prototypes"], r.settings["regulariser"], r.settings["seed"])
-             for r in grid.runs if "main" in r.groups}  # fmt: skip
+    main = {
+        (k, reg, s)
+        for k, reg, s in itertools.product(
+            (256, 1024, 4096, 16384), ("none", "koleo-data", "koleo-proto"), (0, 1)
+        )
+    }
+    found = {
+        (r.settings["num_prototypes"], r.settings["regulariser"], r.settings["seed"])
+        for r in grid.runs
+        if "main" in r.groups
+    }
     assert found == main
     lambdas = sorted(r.settings["koleo_lambda"] for r in grid.runs if "lambda" in r.groups)
     assert lambdas == [0.0, 0.0, 0.02, 0.02, 0.1, 0.1, 0.5, 0.5]
-    cells = {(r.settings["norm"], r.settings["centering"]) for r in grid.runs
-             if "norm_centering" in r.groups}  # fmt: skip
+    cells = {
+        (r.settings["norm"], r.settings["centering"])
+        for r in grid.runs
+        if "norm_centering" in r.groups
+    }
     assert len(cells) == 12
     assert len(grid.runs) == 24 + 4 + 11
     for spec in grid.runs:  # every run resolves to a valid config

@@ -53,15 +53,23 @@ def record(
     config["method"]["koleo_proto"] = lam
     epochs = []
     for i, m in enumerate(uniques):
-        row: dict[str, Any] = {"step": 1000 * (i + 1), "unique_prototypes": m,
-                               "num_prototypes": 100, "nn_distance_quantiles": {"p5": 0.1},
-                               "used_prototypes": m // 2}  # fmt: skip
+        row: dict[str, Any] = {
+            "step": 1000 * (i + 1),
+            "unique_prototypes": m,
+            "num_prototypes": 100,
+            "nn_distance_quantiles": {"p5": 0.1},
+            "used_prototypes": m // 2,
+        }
         if clock:
             row["prototype_decay_clock"] = 0.5 * (i + 1)
         epochs.append(row)
-    metrics = {"num_prototypes": 100, "unique_prototypes": uniques[-1],
-               "knn_top1": {"20": 0.654}, "nn_distance_quantiles": {"p5": 0.0123},
-               "epochs": epochs}  # fmt: skip
+    metrics = {
+        "num_prototypes": 100,
+        "unique_prototypes": uniques[-1],
+        "knn_top1": {"20": 0.654},
+        "nn_distance_quantiles": {"p5": 0.0123},
+        "epochs": epochs,
+    }
     if clock:
         metrics["prototype_decay_clock"] = 2.25
     return {"run_id": name, "status": "ok", "config": config, "metrics": metrics}
@@ -116,7 +124,10 @@ def test_the_section_lists_every_run_when_the_decay_differs() -> None:
     unknown = record("old", {"head": {}, "method": {}}, 0.0, [100])
     assert ablation_runs([runs[0], unknown]) == []
     assert [r["run_id"] for r, _ in ablation_runs([*runs[:2], unknown])] == [
-        "only-network", "both", "old"]  # fmt: skip
+        "only-network",
+        "both",
+        "old",
+    ]
     # runs that decay the same parameters by different amounts are no ablation of which
     stronger = record("b4", optim(4.0, 4.0, -1.0, -1.0), 0.1, [100])
     same = mechanism_section(runs[1:2] + [stronger])

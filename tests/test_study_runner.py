@@ -75,8 +75,12 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
         assert rec["config"]["head"]["num_prototypes"] == spec.settings["num_prototypes"]
         assert rec["config"]["run"]["out"] == str(tmp_path / spec.run_id)
         # the decay settings the report's decay ablation reads (fastproto.study.mechanism)
-        decay = ("weight_decay", "weight_decay_end", "prototype_weight_decay",
-                 "prototype_weight_decay_end")  # fmt: skip
+        decay = (
+            "weight_decay",
+            "weight_decay_end",
+            "prototype_weight_decay",
+            "prototype_weight_decay_end",
+        )
         assert all(isinstance(rec["config"]["optim"][key], float) for key in decay)
         assert rec["train"] == {"step": 5, "epoch": 1, "last_terms": {"loss": 1.5}}
         assert rec["commit"] and set(rec["timings"]) == {"train_s", "eval_s", "total_s"}
@@ -119,13 +123,21 @@ def test_real_two_run_sweep_with_interruption_and_report(
     from fastproto.train.loop import train
 
     monkeypatch.setenv("FASTPROTO_CACHE", str(tmp_path / "cache"))
-    grid = parse_grid({
-        "recipe": "demo", "demo_images": 256,
-        "overrides": ["run.max_steps=3", "optim.batch_size=32", "data.workers=1",
-                      "run.checkpoint_every=1", "head.hidden_dim=64"],
-        "eval": {"linear_epochs": 5, "fewshot_shots": [1]},
-        "axes": {"num_prototypes": [64], "regulariser": ["none", "koleo-proto"], "seed": [0]},
-    })  # fmt: skip
+    grid = parse_grid(
+        {
+            "recipe": "demo",
+            "demo_images": 256,
+            "overrides": [
+                "run.max_steps=3",
+                "optim.batch_size=32",
+                "data.workers=1",
+                "run.checkpoint_every=1",
+                "head.hidden_dim=64",
+            ],
+            "eval": {"linear_epochs": 5, "fewshot_shots": [1]},
+            "axes": {"num_prototypes": [64], "regulariser": ["none", "koleo-proto"], "seed": [0]},
+        }
+    )
     first, second = (s.run_id for s in grid.runs)
     out = tmp_path / "sweep"
     calls: list[str] = []
@@ -166,8 +178,13 @@ def test_real_two_run_sweep_with_interruption_and_report(
 
 
 def test_shards_split_the_runs_without_overlap(tmp_path: Path) -> None:
-    grid = parse_grid({"recipe": "demo", "overrides": ['data.path="/nonexistent"'],
-                       "axes": {"num_prototypes": [16, 32, 64], "seed": [0]}})  # fmt: skip
+    grid = parse_grid(
+        {
+            "recipe": "demo",
+            "overrides": ['data.path="/nonexistent"'],
+            "axes": {"num_prototypes": [16, 32, 64], "seed": [0]},
+        }
+    )
     first, second = FakeTrainer(), FakeTrainer()
     a = run_sweep(grid, tmp_path, first, fake_evaluate, progress=False, shard=(0, 2))
     b = run_sweep(grid, tmp_path, second, fake_evaluate, progress=False, shard=(1, 2))

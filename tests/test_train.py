@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import TINY_NETWORK
 
 from fastproto.cli import main
 from fastproto.config import from_dict, load_config
@@ -14,13 +15,7 @@ from fastproto.train.checkpoint import latest_checkpoint, list_checkpoints, load
 from fastproto.train.loop import train
 from fastproto.train.metrics import read_metrics
 
-TINY = [
-    "model.arch=vit_pico_patch7_28", "head.num_prototypes=32", "head.hidden_dim=32",
-    "head.bottleneck_dim=16", "optim.batch_size=8", "data.local_crops=2", "data.workers=1",
-    "optim.epochs=3", "run.progress=false", "run.checkpoint_every=1", "run.keep_last=10",
-    "optim.warmup_epochs=1", "method.loss_impl=chunked", "run.knn_every_epochs=0",
-    "method.name='ibot'",
-]  # fmt: skip
+TINY = [*TINY_NETWORK, "run.knn_every_epochs=0", "method.name='ibot'"]
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +41,12 @@ def test_a_few_steps_end_to_end(
     data_dirs: dict[str, Path], tmp_path: Path, backend: str, method: str
 ) -> None:
     config = tiny_config(
-        data_dirs[backend], tmp_path, f"data.backend={backend!r}", f"method.name={method!r}",
+        data_dirs[backend],
+        tmp_path,
+        f"data.backend={backend!r}",
+        f"method.name={method!r}",
         "run.max_steps=2",
-    )  # fmt: skip
+    )
     result = train(config)
     steps = read_metrics(tmp_path / "metrics.jsonl")
     assert result.step == 2 and [r["step"] for r in steps] == [1, 2]
@@ -68,9 +66,14 @@ def test_a_few_steps_end_to_end(
 
 def test_me_max_joins_the_loss_without_centring(data_dirs: dict[str, Path], tmp_path: Path) -> None:
     config = tiny_config(
-        data_dirs["ffcv"], tmp_path, "method.name='dino'", "method.centering='none'",
-        "method.me_max=0.5", "method.koleo_data=0.2", "run.max_steps=2",
-    )  # fmt: skip
+        data_dirs["ffcv"],
+        tmp_path,
+        "method.name='dino'",
+        "method.centering='none'",
+        "method.me_max=0.5",
+        "method.koleo_data=0.2",
+        "run.max_steps=2",
+    )
     train(config)
     for row in read_metrics(tmp_path / "metrics.jsonl"):
         # -H(mean prediction) lies in [-log K, 0]; the total is the weighted sum of the terms

@@ -23,18 +23,34 @@ from fastproto.train.setup import build_state
 from fastproto.train.step import StepValues, train_step
 
 G, L, B = 2, 2, 8
-VALUES = StepValues(lr=1e-3, weight_decay=0.04, prototype_weight_decay=0.04,
-                    prototype_decay_clock=4e-5, teacher_temp=0.05, momentum=0.9,
-                    freeze_last_layer=False)  # fmt: skip
+VALUES = StepValues(
+    lr=1e-3,
+    weight_decay=0.04,
+    prototype_weight_decay=0.04,
+    prototype_decay_clock=4e-5,
+    teacher_temp=0.05,
+    momentum=0.9,
+    freeze_last_layer=False,
+)
 
 
 def _config():  # type: ignore[no-untyped-def]
-    return load_config("demo", [
-        "model.arch=vit_pico_patch4_28", "data.local_size=12", "model.drop_path=0.0",
-        "head.num_prototypes=32", "method.name='ibot'", "method.koleo_data=0.0",
-        "head.hidden_dim=32", "head.bottleneck_dim=16", "optim.batch_size=8",
-        "method.loss_impl=chunked", "run.device=cpu",
-    ])  # fmt: skip
+    return load_config(
+        "demo",
+        [
+            "model.arch=vit_pico_patch4_28",
+            "data.local_size=12",
+            "model.drop_path=0.0",
+            "head.num_prototypes=32",
+            "method.name='ibot'",
+            "method.koleo_data=0.0",
+            "head.hidden_dim=32",
+            "head.bottleneck_dim=16",
+            "optim.batch_size=8",
+            "method.loss_impl=chunked",
+            "run.device=cpu",
+        ],
+    )
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -56,8 +72,13 @@ def _step(rank: int, world: int) -> dict[str, object]:
     state = build_state(_config(), DistInfo(rank, world, 0, torch.device("cpu")))
     g, loc, masks = _inputs()
     torch.manual_seed(1)
-    terms, _ = train_step(state, _rows(g, G, rank, world), _rows(loc, L, rank, world),
-                          MaskedTokens.from_grid(_rows(masks, G, rank, world)), VALUES)  # fmt: skip
+    terms, _ = train_step(
+        state,
+        _rows(g, G, rank, world),
+        _rows(loc, L, rank, world),
+        MaskedTokens.from_grid(_rows(masks, G, rank, world)),
+        VALUES,
+    )
     return {
         "terms": terms,
         "student": {k: v.clone() for k, v in state.student.state_dict().items()},
@@ -71,8 +92,7 @@ def _step(rank: int, world: int) -> dict[str, object]:
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)  # fmt: skip
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         result = _step(rank, world)
         loss = torch.tensor([result["terms"]["loss"]], dtype=torch.float64)  # type: ignore[index]

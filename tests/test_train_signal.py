@@ -18,11 +18,18 @@ from fastproto.train.loop import train
 from fastproto.train.metrics import read_metrics
 
 TINY = [
-    "model.arch=vit_pico_patch7_28", "head.num_prototypes=32", "head.hidden_dim=32",
-    "head.bottleneck_dim=16", "optim.batch_size=8", "data.local_crops=2", "data.workers=1",
-    "optim.epochs=100", "run.progress=false", "run.checkpoint_every=1000",
+    "model.arch=vit_pico_patch7_28",
+    "head.num_prototypes=32",
+    "head.hidden_dim=32",
+    "head.bottleneck_dim=16",
+    "optim.batch_size=8",
+    "data.local_crops=2",
+    "data.workers=1",
+    "optim.epochs=100",
+    "run.progress=false",
+    "run.checkpoint_every=1000",
     "method.loss_impl=chunked",
-]  # fmt: skip
+]
 
 
 @pytest.mark.slow
@@ -33,8 +40,19 @@ def test_sigterm_checkpoints_and_resume_continues(
 
     data = prepare_fashion_mnist(tmp_path / "data", "ffcv", limit=24)
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "fastproto", "train", "--config", "demo", "--data",
-               str(data), "--out", str(out), *TINY]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "fastproto",
+        "train",
+        "--config",
+        "demo",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *TINY,
+    ]
     proc = subprocess.Popen(
         command, env=os.environ | {"PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE, text=True
     )
@@ -54,8 +72,15 @@ def test_sigterm_checkpoints_and_resume_continues(
     # checkpoint_every=1000 never fired: this checkpoint is the one the signal asked for
     assert saved["step"] == len(steps) >= 2
     stopped_at = int(saved["step"])
-    config = load_config("demo", [f"data.path={str(data)!r}", f"run.out={str(out)!r}", *TINY,
-                                  f"run.max_steps={stopped_at + 2}"])  # fmt: skip
+    config = load_config(
+        "demo",
+        [
+            f"data.path={str(data)!r}",
+            f"run.out={str(out)!r}",
+            *TINY,
+            f"run.max_steps={stopped_at + 2}",
+        ],
+    )
     result = train(config)
     assert f"resumed from {newest} at step {stopped_at}" in capsys.readouterr().out
     assert result.step == stopped_at + 2

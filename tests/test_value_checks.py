@@ -26,7 +26,7 @@ def _calls(device: str) -> list:
         lambda: log_normalizer(-t(5), 256),  # kappa <= 0
         lambda: check_loss_inputs(
             t(6, 8), t(3, 8), t(5, 8), t(5, 8), targets, t(6, 2), t(5), 0.1, 0.04
-        ),  # fmt: skip
+        ),
         lambda: koleo_proto(t(8, 4) * float("nan"), group_size=4),
         lambda: _check_patches(t(3, 8), t(3, 8), targets[:3, 0], 2),
     ]

@@ -64,9 +64,12 @@ class AugmentParams:
 
 
 def sample_params(
-    n: int, blur_p: float, solarise_p: float, generator: torch.Generator | None = None,
+    n: int,
+    blur_p: float,
+    solarise_p: float,
+    generator: torch.Generator | None = None,
     settings: AugmentConfig | None = None,
-) -> AugmentParams:  # fmt: skip
+) -> AugmentParams:
     """Draw the parameters of N crops from `generator` (see the module docstring); `settings`
     gives the strengths and the flip/jitter/grey probabilities (default: DINO's)."""
     a = settings or AugmentConfig()
@@ -79,10 +82,17 @@ def sample_params(
 
     b, c, s, h = a.brightness, a.contrast, a.saturation, a.hue
     return AugmentParams(
-        flip=coin(a.flip_p), jitter=coin(a.jitter_p), brightness=u(1 - b, 1 + b),
-        contrast=u(1 - c, 1 + c), saturation=u(1 - s, 1 + s), hue=u(-h, h), grey=coin(a.grey_p),
-        blur=coin(blur_p), sigma=u(*a.blur_sigma), solarise=coin(solarise_p),
-    )  # fmt: skip
+        flip=coin(a.flip_p),
+        jitter=coin(a.jitter_p),
+        brightness=u(1 - b, 1 + b),
+        contrast=u(1 - c, 1 + c),
+        saturation=u(1 - s, 1 + s),
+        hue=u(-h, h),
+        grey=coin(a.grey_p),
+        blur=coin(blur_p),
+        sigma=u(*a.blur_sigma),
+        solarise=coin(solarise_p),
+    )
 
 
 def _where(on: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
@@ -96,10 +106,11 @@ def apply_params(x: torch.Tensor, p: AugmentParams, kernel_fraction: float = 0.1
     p = p.to(x.device, x.dtype)
     x = _where(p.flip, x.flip(-1), x)
     jit = color.hue(
-        color.saturation(color.contrast(color.brightness(x, p.brightness), p.contrast),
-                         p.saturation),
+        color.saturation(
+            color.contrast(color.brightness(x, p.brightness), p.contrast), p.saturation
+        ),
         p.hue,
-    )  # fmt: skip
+    )
     x = _where(p.jitter, jit, x)
     x = _where(p.grey, color.grey(x).expand_as(x), x)
     if any_blur:
@@ -120,8 +131,13 @@ class MultiCropAugment(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1))
 
-    def _crops(self, crops: torch.Tensor, blur_p: float, solarise_p: float,
-               generator: torch.Generator | None) -> torch.Tensor:  # fmt: skip
+    def _crops(
+        self,
+        crops: torch.Tensor,
+        blur_p: float,
+        solarise_p: float,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
         if crops.dtype != torch.uint8 or crops.dim() != 4 or crops.shape[1] != 3:
             raise ValueError(f"expected uint8 crops [B, 3, S, S], got {crops.dtype} {crops.shape}")
         params = sample_params(crops.shape[0], blur_p, solarise_p, generator, self.settings)
@@ -130,9 +146,11 @@ class MultiCropAugment(nn.Module):
         return (x - mean.to(x.device)) / std.to(x.device)
 
     def forward(
-        self, global_crops: torch.Tensor, local_crops: torch.Tensor,
+        self,
+        global_crops: torch.Tensor,
+        local_crops: torch.Tensor,
         generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment [G, B, 3, H, W] and [L, B, 3, h, w] uint8 crops (L may be 0)."""
         blur, solarise = self.settings.blur_p, self.settings.solarise_p
         globals_out = [

@@ -22,9 +22,16 @@ class Loader(ABC):
     """Iterable over this rank's multi-crop batches of one epoch; see `make_loader`."""
 
     def __init__(
-        self, num_images: int, batch_size: int, recipe: MultiCropRecipe, rank: int,
-        world_size: int, seed: int, drop_last: bool, device: torch.device,
-    ) -> None:  # fmt: skip
+        self,
+        num_images: int,
+        batch_size: int,
+        recipe: MultiCropRecipe,
+        rank: int,
+        world_size: int,
+        seed: int,
+        drop_last: bool,
+        device: torch.device,
+    ) -> None:
         check_shard(rank, world_size, batch_size)
         # FFCV counts its samples in a NumPy uint64; under NumPy 1.x, uint64 // int is a
         # float64, which len() refuses, so the count is a Python int from here on

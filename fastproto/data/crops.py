@@ -64,9 +64,17 @@ def crop_uniform(seed: int, epoch: int, index: int, crop: int, draw: int) -> flo
 
 @njit(cache=True)
 def sample_window(
-    seed: int, epoch: int, index: int, crop: int, height: int, width: int,
-    scale_lo: float, scale_hi: float, ratio_lo: float, ratio_hi: float,
-) -> tuple[int, int, int, int]:  # fmt: skip
+    seed: int,
+    epoch: int,
+    index: int,
+    crop: int,
+    height: int,
+    width: int,
+    scale_lo: float,
+    scale_hi: float,
+    ratio_lo: float,
+    ratio_hi: float,
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) of crop `crop` of image `index` (H x W) in `epoch`; see module doc."""
     area = height * width
     log_lo = math.log(ratio_lo)
@@ -100,18 +108,31 @@ def sample_window(
 
 @njit(cache=True)
 def fill_windows(
-    seed: int, epoch: int, index: int, height: int, width: int, params: np.ndarray,
+    seed: int,
+    epoch: int,
+    index: int,
+    height: int,
+    width: int,
+    params: np.ndarray,
     out: np.ndarray,
-) -> None:  # fmt: skip
+) -> None:
     """Write the windows of all crops of one image into `out` int32 [C, 4].
 
     `params` float64 [C, 4] holds per crop (scale_lo, scale_hi, ratio_lo, ratio_hi).
     """
     for c in range(params.shape[0]):
         top, left, h, w = sample_window(
-            seed, epoch, index, c, height, width,
-            params[c, 0], params[c, 1], params[c, 2], params[c, 3],
-        )  # fmt: skip
+            seed,
+            epoch,
+            index,
+            c,
+            height,
+            width,
+            params[c, 0],
+            params[c, 1],
+            params[c, 2],
+            params[c, 3],
+        )
         out[c, 0] = top
         out[c, 1] = left
         out[c, 2] = h
@@ -136,9 +157,13 @@ def crop_params(recipe: MultiCropRecipe) -> np.ndarray:
 
 
 def sample_windows(
-    recipe: MultiCropRecipe, seed: int, epoch: int, indices: np.ndarray,
-    heights: np.ndarray, widths: np.ndarray,
-) -> np.ndarray:  # fmt: skip
+    recipe: MultiCropRecipe,
+    seed: int,
+    epoch: int,
+    indices: np.ndarray,
+    heights: np.ndarray,
+    widths: np.ndarray,
+) -> np.ndarray:
     """int32 [B, G + L, 4] crop windows for images `indices` of sizes `heights` x `widths`."""
     if seed < 0 or epoch < 0:
         raise ValueError(f"seed={seed} and epoch={epoch} must be >= 0")

@@ -29,8 +29,9 @@ from fastproto.data.recipe import MultiCropRecipe
 from fastproto.data.shards import ShardReader, index_shards
 
 
-def build_pipeline(recipe: MultiCropRecipe, batch_size: int, workers: int,
-                   device: torch.device) -> Any:  # fmt: skip
+def build_pipeline(
+    recipe: MultiCropRecipe, batch_size: int, workers: int, device: torch.device
+) -> Any:
     """A DALI pipeline: inputs `jpegs`, `anchor{c}`, `shape{c}`; outputs one HWC batch per crop."""
     import nvidia.dali as dali
     from nvidia.dali import fn
@@ -40,10 +41,13 @@ def build_pipeline(recipe: MultiCropRecipe, batch_size: int, workers: int,
 
     gpu = device.type == "cuda"
     pipe = dali.Pipeline(
-        batch_size=batch_size, num_threads=max(1, workers),
+        batch_size=batch_size,
+        num_threads=max(1, workers),
         device_id=(device.index or 0) if gpu else None,
-        exec_async=False, exec_pipelined=False, prefetch_queue_depth=1,
-    )  # fmt: skip
+        exec_async=False,
+        exec_pipelined=False,
+        prefetch_queue_depth=1,
+    )
     with pipe:
         jpegs = fn.external_source(name="jpegs", dtype=types.UINT8)
         images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
@@ -51,11 +55,24 @@ def build_pipeline(recipe: MultiCropRecipe, batch_size: int, workers: int,
         for c in range(recipe.num_crops):
             anchor = fn.external_source(name=f"anchor{c}", dtype=types.FLOAT)
             shape = fn.external_source(name=f"shape{c}", dtype=types.FLOAT)
-            crop = fn.slice(images, anchor, shape, axis_names="HW",
-                            normalized_anchor=False, normalized_shape=False)  # fmt: skip
+            crop = fn.slice(
+                images,
+                anchor,
+                shape,
+                axis_names="HW",
+                normalized_anchor=False,
+                normalized_shape=False,
+            )
             size = recipe.crop_size(c)
-            outputs.append(fn.resize(crop, resize_x=size, resize_y=size,
-                                     interp_type=types.INTERP_LINEAR, antialias=True))  # fmt: skip
+            outputs.append(
+                fn.resize(
+                    crop,
+                    resize_x=size,
+                    resize_y=size,
+                    interp_type=types.INTERP_LINEAR,
+                    antialias=True,
+                )
+            )
         pipe.set_outputs(*outputs)
     pipe.build()
     return pipe
@@ -79,9 +96,18 @@ class DALILoader(Loader):
     """Multi-crop batches from webdataset shards through a DALI pipeline."""
 
     def __init__(
-        self, path: Path, split: str, batch_size: int, recipe: MultiCropRecipe, rank: int,
-        world_size: int, seed: int, workers: int, drop_last: bool, device: torch.device,
-    ) -> None:  # fmt: skip
+        self,
+        path: Path,
+        split: str,
+        batch_size: int,
+        recipe: MultiCropRecipe,
+        rank: int,
+        world_size: int,
+        seed: int,
+        workers: int,
+        drop_last: bool,
+        device: torch.device,
+    ) -> None:
         if recipe.resize != "antialias":
             raise ValueError(
                 f"resize={recipe.resize!r} is not available for the dali backend (DALI sets "

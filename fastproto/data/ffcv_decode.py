@@ -90,8 +90,9 @@ class MultiCropDecode(Operation):
                 width = np.uint32(field["width"])
                 if field["mode"] == jpg:
                     scratch = scratch_all[dst_ix]
-                    imdecode_c(image_data, scratch, height, width, height, width, 0, 0, 1, 1,
-                               False, False)  # fmt: skip
+                    imdecode_c(
+                        image_data, scratch, height, width, height, width, 0, 0, 1, 1, False, False
+                    )
                     image = scratch.reshape(-1)[: 3 * height * width].reshape(height, width, 3)
                 else:
                     image = image_data.reshape(height, width, 3)

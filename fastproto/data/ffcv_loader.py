@@ -50,9 +50,18 @@ class FFCVLoader(Loader):
     """Multi-crop batches from a .beton file through FFCV with `MultiCropDecode`."""
 
     def __init__(
-        self, path: Path, split: str, batch_size: int, recipe: MultiCropRecipe, rank: int,
-        world_size: int, seed: int, workers: int, drop_last: bool, device: torch.device,
-    ) -> None:  # fmt: skip
+        self,
+        path: Path,
+        split: str,
+        batch_size: int,
+        recipe: MultiCropRecipe,
+        rank: int,
+        world_size: int,
+        seed: int,
+        workers: int,
+        drop_last: bool,
+        device: torch.device,
+    ) -> None:
         from fastproto.data.ffcv_threads import import_ffcv
 
         import_ffcv()
@@ -79,9 +88,15 @@ class FFCVLoader(Loader):
             drop_last=drop_last,
         )
         super().__init__(
-            self.ffcv.reader.num_samples, batch_size, recipe, rank, world_size, seed, drop_last,
+            self.ffcv.reader.num_samples,
+            batch_size,
+            recipe,
+            rank,
+            world_size,
+            seed,
+            drop_last,
             device,
-        )  # fmt: skip
+        )
         self.fixed_order = _FixedOrder()
         self.ffcv.traversal_order = self.fixed_order
         torch.set_num_threads(threads)

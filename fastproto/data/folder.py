@@ -59,8 +59,9 @@ def cut_crops(
         if recipe.resize == "fast" and bilinear_suffices(h, w, size):
             # Cropped first so that edge samples clamp to the window, as OpenCV's do.
             window = image.crop(box)
-            out = window.transform((size, size), Image.Transform.EXTENT, (0, 0, w, h),
-                                   Image.Resampling.BILINEAR)  # fmt: skip
+            out = window.transform(
+                (size, size), Image.Transform.EXTENT, (0, 0, w, h), Image.Resampling.BILINEAR
+            )
         else:
             out = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
         crops.append(torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1))
@@ -122,9 +123,18 @@ class FolderLoader(Loader):
     """Multi-crop batches from an image folder through a torch DataLoader."""
 
     def __init__(
-        self, path: Path, split: str, batch_size: int, recipe: MultiCropRecipe, rank: int,
-        world_size: int, seed: int, workers: int, drop_last: bool, device: torch.device,
-    ) -> None:  # fmt: skip
+        self,
+        path: Path,
+        split: str,
+        batch_size: int,
+        recipe: MultiCropRecipe,
+        rank: int,
+        world_size: int,
+        seed: int,
+        workers: int,
+        drop_last: bool,
+        device: torch.device,
+    ) -> None:
         self.dataset = MultiCropFolder(find_image_folder(path, split), recipe, seed)
         super().__init__(
             len(self.dataset), batch_size, recipe, rank, world_size, seed, drop_last, device

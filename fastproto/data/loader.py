@@ -65,9 +65,16 @@ def make_loader(
     if not root.exists():
         raise ValueError(f"{root} does not exist; run `data_prep` first or fix the path")
     common: dict[str, Any] = dict(
-        split=split, batch_size=batch_size, recipe=recipe, rank=rank, world_size=world_size,
-        seed=seed, workers=workers, drop_last=drop_last, device=dev,
-    )  # fmt: skip
+        split=split,
+        batch_size=batch_size,
+        recipe=recipe,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        workers=workers,
+        drop_last=drop_last,
+        device=dev,
+    )
     if backend == "folder":
         from fastproto.data.folder import FolderLoader
 

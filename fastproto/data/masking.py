@@ -23,8 +23,9 @@ import torch
 _ATTEMPTS = 10
 
 
-def _add_block(mask: list[list[bool]], remaining: float, min_block: int, log_aspect: float,
-               rng: random.Random) -> int:  # fmt: skip
+def _add_block(
+    mask: list[list[bool]], remaining: float, min_block: int, log_aspect: float, rng: random.Random
+) -> int:
     """Try up to 10 blocks; mask the first that adds 1..remaining patches. Returns new count."""
     gh, gw = len(mask), len(mask[0])
     for _ in range(_ATTEMPTS):
@@ -45,8 +46,9 @@ def _add_block(mask: list[list[bool]], remaining: float, min_block: int, log_asp
     return 0
 
 
-def _one_mask(grid: tuple[int, int], target: float, min_block: int, log_aspect: float,
-              rng: random.Random) -> list[list[bool]]:  # fmt: skip
+def _one_mask(
+    grid: tuple[int, int], target: float, min_block: int, log_aspect: float, rng: random.Random
+) -> list[list[bool]]:
     mask = [[False] * grid[1] for _ in range(grid[0])]
     count = 0
     while count < target:

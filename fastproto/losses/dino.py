@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastproto.kernels import prototype_cross_entropy, prototype_cross_entropy_with_raw_means
+from fastproto.kernels import LossResult, prototype_cross_entropy
 
 
 def _check_crops(num_crops: int, num_global: int, batch_size: int) -> None:
@@ -67,37 +67,28 @@ def dino_loss(
     teacher_temp: float,
     vmf: bool,
     impl: str = "auto",
-) -> tuple[Tensor, Tensor]:
-    """DINO loss -> (loss scalar, teacher_mean_probs [K]) for student [S*B, D], teacher [G*B, D].
-
-    teacher_mean_probs is the mean of the centred teacher softmax over the G*B teacher rows.
-    """
+    *,
+    raw_means: bool = False,
+) -> LossResult:
+    """DINO loss for student [S*B, D] and teacher [G*B, D] -> LossResult: the loss, mean_probs
+    [K], the mean of the centred teacher softmax over the G*B teacher rows, and with
+    raw_means=True raw_means [K], the same mean of the uncentred softmax (probability
+    centring's statistic, on triton made by the loss's own sweeps)."""
     targets, weights = _pairing(student, teacher, num_global)
     return prototype_cross_entropy(
-        student, teacher, student_protos, teacher_protos, targets, weights, center,
-        student_temp, teacher_temp, vmf, impl,
-    )  # fmt: skip
-
-
-def dino_loss_with_raw_means(
-    student: Tensor,
-    teacher: Tensor,
-    student_protos: Tensor,
-    teacher_protos: Tensor,
-    center: Tensor,
-    num_global: int,
-    student_temp: float,
-    teacher_temp: float,
-    vmf: bool,
-    impl: str = "auto",
-) -> tuple[Tensor, Tensor, Tensor]:
-    """dino_loss and the batch mean of the uncentred teacher softmax [K] over the G*B teacher
-    rows, probability centring's statistic (on triton made by the loss's own sweeps)."""
-    targets, weights = _pairing(student, teacher, num_global)
-    return prototype_cross_entropy_with_raw_means(
-        student, teacher, student_protos, teacher_protos, targets, weights, center,
-        student_temp, teacher_temp, vmf, impl,
-    )  # fmt: skip
+        student,
+        teacher,
+        student_protos,
+        teacher_protos,
+        targets,
+        weights,
+        center,
+        student_temp,
+        teacher_temp,
+        vmf,
+        impl,
+        raw_means=raw_means,
+    )
 
 
 def _pairing(student: Tensor, teacher: Tensor, num_global: int) -> tuple[Tensor, Tensor]:

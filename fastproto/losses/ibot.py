@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastproto.kernels import aligned_cross_entropy, aligned_cross_entropy_with_raw_means
+from fastproto.kernels import LossResult, aligned_cross_entropy
 from fastproto.value_checks import check_values
 
 
@@ -60,64 +60,57 @@ def ibot_patch_loss(
     teacher_temp: float,
     vmf: bool,
     impl: str = "auto",
-) -> tuple[Tensor, Tensor]:
-    """iBOT patch loss -> (loss scalar, teacher_mean_probs [K] over the Nm masked tokens).
+    *,
+    raw_means: bool = False,
+) -> LossResult:
+    """iBOT patch loss -> LossResult: the loss, mean_probs [K], the mean of the centred teacher
+    softmax over the Nm masked tokens, and with raw_means=True raw_means [K], the same mean of
+    the uncentred softmax (probability centring's statistic, on triton made by the loss's own
+    sweeps).
 
     With no masked token at all (Nm = 0) the loss is 0, still attached to the student and its
-    prototypes so every parameter takes part in backward, and teacher_mean_probs is uniform 1/K,
-    which leaves probability centring unchanged up to a constant.
+    prototypes so every parameter takes part in backward, mean_probs is uniform 1/K, which
+    leaves probability centring unchanged up to a constant, and raw_means is zeros, which
+    ProbabilityCentering.after_loss leaves out (it folds in no rows).
     """
-    args = (student_patches, teacher_patches, image_index, num_images, student_protos,
-            teacher_protos, center, student_temp, teacher_temp, vmf, impl)  # fmt: skip
-    loss, mean_probs, _ = _patch_loss(*args, raw_means=False)
-    return loss, mean_probs
-
-
-def ibot_patch_loss_with_raw_means(
-    student_patches: Tensor,
-    teacher_patches: Tensor,
-    image_index: Tensor,
-    num_images: int,
-    student_protos: Tensor,
-    teacher_protos: Tensor,
-    center: Tensor,
-    student_temp: float,
-    teacher_temp: float,
-    vmf: bool,
-    impl: str = "auto",
-) -> tuple[Tensor, Tensor, Tensor]:
-    """ibot_patch_loss and the batch mean of the uncentred teacher softmax [K] over the Nm
-    masked tokens, probability centring's statistic (on triton made by the loss's own sweeps);
-    zeros for Nm = 0, which ProbabilityCentering.fold_column_mean then leaves out."""
-    args = (student_patches, teacher_patches, image_index, num_images, student_protos,
-            teacher_protos, center, student_temp, teacher_temp, vmf, impl)  # fmt: skip
-    loss, mean_probs, raw = _patch_loss(*args, raw_means=True)
-    assert raw is not None
-    return loss, mean_probs, raw
-
-
-def _patch_loss(student_patches: Tensor, teacher_patches: Tensor, image_index: Tensor,
-                num_images: int, student_protos: Tensor, teacher_protos: Tensor, center: Tensor,
-                student_temp: float, teacher_temp: float, vmf: bool, impl: str,
-                raw_means: bool) -> tuple[Tensor, Tensor, Tensor | None]:  # fmt: skip
     _check_patches(student_patches, teacher_patches, image_index, num_images)
-    k = teacher_protos.shape[0]
     if student_patches.shape[0] == 0:
-        loss = (student_patches.sum() + student_protos.sum()) * 0.0
-        raw = teacher_protos.new_zeros(k).detach() if raw_means else None
-        return loss, teacher_protos.new_full((k,), 1.0 / k).detach(), raw
+        return _no_masked_token(student_patches, student_protos, teacher_protos, raw_means)
+    per_token = _token_weights(image_index, num_images, student_patches.dtype)  # [Nm]
+    return aligned_cross_entropy(
+        student_patches,
+        teacher_patches,
+        student_protos,
+        teacher_protos,
+        per_token,
+        center,
+        student_temp,
+        teacher_temp,
+        vmf,
+        impl,
+        raw_means=raw_means,
+    )
+
+
+def _no_masked_token(
+    student_patches: Tensor, student_protos: Tensor, teacher_protos: Tensor, raw_means: bool
+) -> LossResult:
+    """The result for Nm = 0: see ibot_patch_loss."""
+    k = teacher_protos.shape[0]
+    loss = (student_patches.sum() + student_protos.sum()) * 0.0
+    mean_probs = teacher_protos.new_full((k,), 1.0 / k).detach()
+    raw = teacher_protos.new_zeros(k).detach() if raw_means else None
+    return LossResult(loss, mean_probs, raw)
+
+
+def _token_weights(image_index: Tensor, num_images: int, dtype: torch.dtype) -> Tensor:
+    """1 / (n_j * num_images) for each masked token of image j [Nm], in at least float32:
+    bf16 patch embeddings (autocast) would round each 1/count."""
     # masked tokens per image [num_images]; bincount would size its output from max(index), a
     # device-to-host sync every step on a GPU
     ones = torch.ones_like(image_index)
     counts = torch.zeros(num_images, dtype=ones.dtype, device=ones.device).index_add_(
         0, image_index, ones
     )
-    # weights in at least float32: bf16 patch embeddings (autocast) would round each 1/count
-    weight_dtype = torch.promote_types(student_patches.dtype, torch.float32)
-    per_token = 1.0 / (counts[image_index].to(weight_dtype) * num_images)  # [Nm]
-    args = (student_patches, teacher_patches, student_protos, teacher_protos, per_token, center,
-            student_temp, teacher_temp, vmf, impl)  # fmt: skip
-    if raw_means:
-        return aligned_cross_entropy_with_raw_means(*args)
-    loss, mean_probs = aligned_cross_entropy(*args)
-    return loss, mean_probs, None
+    weight_dtype = torch.promote_types(dtype, torch.float32)
+    return 1.0 / (counts[image_index].to(weight_dtype) * num_images)

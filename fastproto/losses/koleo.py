@@ -121,8 +121,9 @@ def _group_batches(order: torch.Tensor, num: int, group_size: int) -> Iterator[t
 
 class _KoLeoProto(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, weights: torch.Tensor, order: torch.Tensor, group_size: int,
-                eps: float) -> torch.Tensor:  # fmt: skip
+    def forward(
+        ctx: Any, weights: torch.Tensor, order: torch.Tensor, group_size: int, eps: float
+    ) -> torch.Tensor:
         total = weights.new_zeros(())
         neighbours = []
         for index in _group_batches(order, weights.shape[0], group_size):

@@ -26,16 +26,22 @@ FIGURE = "decay_clock.png"
 
 def lambda_group(record: dict[str, Any]) -> str:
     """The colour group of a run: KoLeo-proto off or on."""
-    return "KoLeo-proto lambda = 0" if hist.koleo_proto_lambda(record) == 0.0 else (
-        "KoLeo-proto lambda > 0")  # fmt: skip
+    return (
+        "KoLeo-proto lambda = 0"
+        if hist.koleo_proto_lambda(record) == 0.0
+        else ("KoLeo-proto lambda > 0")
+    )
 
 
 def clock_curves(record: dict[str, Any], k: int) -> tuple[Curve, Curve] | None:
     """(M / K, nn p5) against the clock over the epoch rows that have all three; None if none."""
-    points = [(c, r, p) for row in hist.history(record)
-              if (c := hist.number(row.get(CLOCK))) is not None
-              and (r := hist.ratio(row, k)) is not None
-              and (p := hist.quantile(row, "p5")) is not None]  # fmt: skip
+    points = [
+        (c, r, p)
+        for row in hist.history(record)
+        if (c := hist.number(row.get(CLOCK))) is not None
+        and (r := hist.ratio(row, k)) is not None
+        and (p := hist.quantile(row, "p5")) is not None
+    ]
     if not points:
         return None
     group = lambda_group(record)
@@ -58,10 +64,19 @@ def clock_section(records: list[dict[str, Any]], figures: Path) -> list[str]:
     lines += [f"{len(curves)} of {len(ok)} finished runs record the clock.", ""]
     if not curves:
         return lines
-    ratio = Panel("M / K", [c[0] for c in curves], level=COLLAPSED_RATIO,
-                  level_label=f"M / K = {COLLAPSED_RATIO:g}")  # fmt: skip
-    p5 = Panel(f"nn distance p5 (0 drawn at {P5_FLOOR:g})", [c[1] for c in curves], log_y=True,
-               level=DUPLICATE_EPS, level_label=f"eps = {DUPLICATE_EPS:g}")  # fmt: skip
+    ratio = Panel(
+        "M / K",
+        [c[0] for c in curves],
+        level=COLLAPSED_RATIO,
+        level_label=f"M / K = {COLLAPSED_RATIO:g}",
+    )
+    p5 = Panel(
+        f"nn distance p5 (0 drawn at {P5_FLOOR:g})",
+        [c[1] for c in curves],
+        log_y=True,
+        level=DUPLICATE_EPS,
+        level_label=f"eps = {DUPLICATE_EPS:g}",
+    )
     xlabel = "prototype decay clock (sum of lr x prototype weight decay)"
     panel_lines([ratio, p5], figures / FIGURE, xlabel, "prototypes against the decay clock")
     return lines + [f"![M / K and nn p5 against the decay clock](figures/{FIGURE})", ""]

@@ -44,8 +44,11 @@ PREVENT_RATIO = 0.95
 def p5_change(rows: hist.History) -> float | None:
     """max |p5_i - p5_last| / p5_last over the rows in the last END_WINDOW of the steps;
     None when fewer than two rows there have a p5 (the window cannot show a trend)."""
-    pairs = [(s, p) for s, row in zip(hist.row_steps(rows), rows, strict=True)
-             if (p := hist.quantile(row, "p5")) is not None]  # fmt: skip
+    pairs = [
+        (s, p)
+        for s, row in zip(hist.row_steps(rows), rows, strict=True)
+        if (p := hist.quantile(row, "p5")) is not None
+    ]
     if not pairs:
         return None
     start = (1.0 - END_WINDOW) * pairs[-1][0]
@@ -75,17 +78,22 @@ def _run(record: dict[str, Any]) -> dict[str, Any] | None:
     rows, ratio = hist.history(record), metrics["unique_prototypes"] / k
     quantiles = metrics.get("nn_distance_quantiles") or {}
     return {
-        "run_id": record["run_id"], "K": k, "lam": hist.koleo_proto_lambda(record),
-        "seed": record.get("settings", {}).get("seed", 0), "ratio": ratio,
-        "M": metrics["unique_prototypes"], "knn": metrics["knn_top1"]["20"],
+        "run_id": record["run_id"],
+        "K": k,
+        "lam": hist.koleo_proto_lambda(record),
+        "seed": record.get("settings", {}).get("seed", 0),
+        "ratio": ratio,
+        "M": metrics["unique_prototypes"],
+        "knn": metrics["knn_top1"]["20"],
         "linear": metrics.get("linear_top1"),
         "movement": hist.number(metrics.get("prototype_movement")),
         **{q: hist.number(quantiles.get(q)) for q in ("p0", "p5", "p50")},
         "m_epochs": [e.get("unique_prototypes") for e in rows],
-        "p5_change": p5_change(rows), "informative": reached_end_state(rows, ratio),
+        "p5_change": p5_change(rows),
+        "informative": reached_end_state(rows, ratio),
         "used": hist.last(rows, "used_prototypes"),
         "effective": hist.last(rows, "effective_prototypes"),
-    }  # fmt: skip
+    }
 
 
 def _mean(values: list[float]) -> float:
@@ -171,10 +179,14 @@ def rules_text() -> str:
     """The rules of the module docstring with the thresholds written in."""
     text = (__doc__ or "").split("fixed before any run:", 1)[1].split("Beside them", 1)[0]
     values = {
-        "END_FROM_PCT": 100 * (1.0 - END_WINDOW), "END_WINDOW_PCT": 100 * END_WINDOW,
-        "END_CHANGE_PCT": 100 * END_CHANGE, "COLLAPSED_RATIO": COLLAPSED_RATIO,
-        "PREVENT_RATIO": PREVENT_RATIO, "SEEN_RATIO": SEEN_RATIO, "KEPT_RATIO": KEPT_RATIO,
-    }  # fmt: skip
+        "END_FROM_PCT": 100 * (1.0 - END_WINDOW),
+        "END_WINDOW_PCT": 100 * END_WINDOW,
+        "END_CHANGE_PCT": 100 * END_CHANGE,
+        "COLLAPSED_RATIO": COLLAPSED_RATIO,
+        "PREVENT_RATIO": PREVENT_RATIO,
+        "SEEN_RATIO": SEEN_RATIO,
+        "KEPT_RATIO": KEPT_RATIO,
+    }
     for name, value in values.items():
         text = text.replace(name, f"{value:g}")
     return text.strip()

@@ -79,9 +79,10 @@ def add_study_commands(sub: argparse._SubParsersAction) -> None:
     )
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     sweep.add_argument(
-        "--shard", default="0/1",
+        "--shard",
+        default="0/1",
         help="i/n: run only every n-th run starting at i, so n processes share one sweep",
-    )  # fmt: skip
+    )
     sweep.set_defaults(func=sweep_command)
     report = sub.add_parser("report", help="markdown report with plots from a sweep directory")
     report.add_argument("dir", help="sweep directory (holding results/*.json) or a folder of JSONs")

@@ -63,10 +63,17 @@ def _prototype_metrics(teacher: Any, eps: float) -> tuple[dict[str, Any], Any]:
 
 # per epoch row of metrics.jsonl, what a record keeps (not the redundancy histogram: K numbers)
 HISTORY_KEYS = (
-    "step", "epoch", "unique_prototypes", "num_prototypes", "largest_duplicate_set",
-    "prototype_movement", "nn_distance_quantiles", "nn_distance_below_eps", "used_prototypes",
+    "step",
+    "epoch",
+    "unique_prototypes",
+    "num_prototypes",
+    "largest_duplicate_set",
+    "prototype_movement",
+    "nn_distance_quantiles",
+    "nn_distance_below_eps",
+    "used_prototypes",
     "effective_prototypes",
-)  # fmt: skip
+)
 CLOCK = "prototype_decay_clock"
 
 
@@ -104,8 +111,12 @@ def health_history(run_dir: Path, final_step: int | None = None) -> dict[str, An
         history.append(kept)
     last = history[-1] if history else {}
     out = {"epochs": history, CLOCK: clock_at(table, final_step)}
-    for key in ("prototype_movement", "nn_distance_quantiles", "used_prototypes",
-                "effective_prototypes"):  # fmt: skip
+    for key in (
+        "prototype_movement",
+        "nn_distance_quantiles",
+        "used_prototypes",
+        "effective_prototypes",
+    ):
         out[key] = last.get(key)
     return out
 

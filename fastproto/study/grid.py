@@ -240,8 +240,12 @@ def parse_grid(tree: dict[str, Any], where: str = "grid") -> Grid:
     demo_images = tree.get("demo_images", 8000)
     if isinstance(demo_images, bool) or not isinstance(demo_images, int) or demo_images < 1:
         raise ValueError(f"demo_images in {where} must be an integer >= 1, got {demo_images!r}")
-    grid = Grid(recipe, _check_overrides(tree.get("overrides", []), where), demo_images,
-                _parse_eval(tree.get("eval", {}), where))  # fmt: skip
+    grid = Grid(
+        recipe,
+        _check_overrides(tree.get("overrides", []), where),
+        demo_images,
+        _parse_eval(tree.get("eval", {}), where),
+    )
     recipe_text = recipe_path(recipe).read_text()
     merged: dict[str, RunSpec] = {}
     for name, (axes, extra) in _groups(tree, where).items():

@@ -44,9 +44,14 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def line_plot(
-    series: Series, path: Path, xlabel: str, ylabel: str, title: str,
-    log_x: bool = False, diagonal: bool = False,
-) -> Path:  # fmt: skip
+    series: Series,
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    log_x: bool = False,
+    diagonal: bool = False,
+) -> Path:
     """One line with error bars per series; `diagonal` adds y = x (M = K)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))

@@ -103,14 +103,20 @@ def to_row(file: str, record: dict[str, Any]) -> Row:
     regulariser, lam = _regulariser(record.get("settings", {}), method)
     linear = metrics.get("linear_top1")
     return Row(
-        file=file, run_id=str(record["run_id"]), K=int(config["head"]["num_prototypes"]),
-        regulariser=regulariser, lam=lam, norm=str(config["head"]["norm"]),
+        file=file,
+        run_id=str(record["run_id"]),
+        K=int(config["head"]["num_prototypes"]),
+        regulariser=regulariser,
+        lam=lam,
+        norm=str(config["head"]["norm"]),
         centering=str(record.get("settings", {}).get("centering", method["centering"])),
-        batch=int(config["optim"]["batch_size"]), seed=int(config["run"]["seed"]),
-        unique=float(metrics["unique_prototypes"]), knn=_knn(metrics),
+        batch=int(config["optim"]["batch_size"]),
+        seed=int(config["run"]["seed"]),
+        unique=float(metrics["unique_prototypes"]),
+        knn=_knn(metrics),
         linear=None if linear is None else float(linear),
         share={int(r): float(s) for r, s in metrics.get("data_share_by_redundancy", {}).items()},
-    )  # fmt: skip
+    )
 
 
 def cell(rows: list[Row], value: Callable[[Row], float | None]) -> Cell:

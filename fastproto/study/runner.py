@@ -76,8 +76,9 @@ def read_record(path: Path) -> dict[str, Any] | None:
 
 
 def _git(root: Path, *args: str, check: bool = False) -> str:
-    done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=check,
-                          timeout=10)  # fmt: skip
+    done = subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, check=check, timeout=10
+    )
     return done.stdout.strip()
 
 
@@ -128,9 +129,13 @@ def _device(config: TrainConfig) -> torch.device:
 
 
 def _train_and_evaluate(
-    grid: Grid, spec: RunSpec, run_dir: Path, record: dict[str, Any],
-    train_fn: TrainFn, evaluate_fn: EvaluateFn,
-) -> bool:  # fmt: skip
+    grid: Grid,
+    spec: RunSpec,
+    run_dir: Path,
+    record: dict[str, Any],
+    train_fn: TrainFn,
+    evaluate_fn: EvaluateFn,
+) -> bool:
     """Fill `record` in place; -> False when the trainer stopped on a signal."""
     from fastproto.train.checkpoint import latest_checkpoint
 
@@ -141,8 +146,11 @@ def _train_and_evaluate(
     start = time.perf_counter()
     result = train_fn(config)
     record["timings"]["train_s"] = time.perf_counter() - start
-    record["train"] = {"step": int(result.step), "epoch": int(result.epoch),
-                       "last_terms": dict(result.last_terms)}  # fmt: skip
+    record["train"] = {
+        "step": int(result.step),
+        "epoch": int(result.epoch),
+        "last_terms": dict(result.last_terms),
+    }
     if result.stopped_by_signal:
         return False
     start = time.perf_counter()
@@ -152,24 +160,37 @@ def _train_and_evaluate(
 
 
 def run_one(
-    grid: Grid, spec: RunSpec, out: Path, commit: str,
-    train_fn: TrainFn = _default_train, evaluate_fn: EvaluateFn = _default_evaluate,
-) -> dict[str, Any]:  # fmt: skip
+    grid: Grid,
+    spec: RunSpec,
+    out: Path,
+    commit: str,
+    train_fn: TrainFn = _default_train,
+    evaluate_fn: EvaluateFn = _default_evaluate,
+) -> dict[str, Any]:
     """Train and evaluate one run, recording it; exceptions become a 'failed' record."""
     path = out / "results" / f"{spec.run_id}.json"
     record: dict[str, Any] = {
-        "run_id": spec.run_id, "groups": list(spec.groups), "settings": spec.settings,
-        "overrides": grid.overrides + list(spec.overrides), "recipe": grid.recipe,
-        "commit": commit, "status": "running", "started": _now(), "timings": {},
-    }  # fmt: skip
+        "run_id": spec.run_id,
+        "groups": list(spec.groups),
+        "settings": spec.settings,
+        "overrides": grid.overrides + list(spec.overrides),
+        "recipe": grid.recipe,
+        "commit": commit,
+        "status": "running",
+        "started": _now(),
+        "timings": {},
+    }
     write_json_atomic(record, path)
     start = time.perf_counter()
     try:
         finished = _train_and_evaluate(grid, spec, out / spec.run_id, record, train_fn, evaluate_fn)
         record["status"] = "ok" if finished else "interrupted"
     except Exception as err:  # a failed run is recorded; the sweep goes on
-        record |= {"status": "failed", "error": f"{type(err).__name__}: {err}",
-                   "traceback": traceback.format_exc()}  # fmt: skip
+        record |= {
+            "status": "failed",
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(),
+        }
     except BaseException:  # KeyboardInterrupt, SystemExit: record, then stop the sweep
         record["status"] = "interrupted"
         raise
@@ -181,10 +202,13 @@ def run_one(
 
 
 def run_sweep(
-    grid: Grid, out: Path, train_fn: TrainFn = _default_train,
-    evaluate_fn: EvaluateFn = _default_evaluate, progress: bool = True,
+    grid: Grid,
+    out: Path,
+    train_fn: TrainFn = _default_train,
+    evaluate_fn: EvaluateFn = _default_evaluate,
+    progress: bool = True,
     shard: tuple[int, int] = (0, 1),
-) -> SweepSummary:  # fmt: skip
+) -> SweepSummary:
     """Run every pending run of `grid` under `out`; skips runs already recorded as ok.
 
     `shard` (i, n): only the runs at grid positions p with p % n == i, so that n processes can
@@ -203,8 +227,13 @@ def run_sweep(
         else:
             pending.append(spec)
     commit = git_commit()
-    bar = tqdm(total=len(pending), unit="run", disable=not progress, dynamic_ncols=True,
-               desc=f"sweep ({len(summary.skipped)} done before)")  # fmt: skip
+    bar = tqdm(
+        total=len(pending),
+        unit="run",
+        disable=not progress,
+        dynamic_ncols=True,
+        desc=f"sweep ({len(summary.skipped)} done before)",
+    )
     try:
         for spec in pending:
             bar.set_postfix_str(spec.run_id)

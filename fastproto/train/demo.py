@@ -120,10 +120,14 @@ def run_demo(
     (result.run_dir / "demo_results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary)
     png = plot_run_curves(
-        result.run_dir, result.run_dir / "curves.png", config.head.num_prototypes,
-        {f"{text} ({100 * summary[key]['20']:.1f}%)": 100 * summary[key]["20"]
-         for key, text in KNN_ROWS[:2]},
-    )  # fmt: skip
+        result.run_dir,
+        result.run_dir / "curves.png",
+        config.head.num_prototypes,
+        {
+            f"{text} ({100 * summary[key]['20']:.1f}%)": 100 * summary[key]["20"]
+            for key, text in KNN_ROWS[:2]
+        },
+    )
     print(f"loss, entropies and kNN over the run: {png}")
     return summary
 

@@ -42,13 +42,25 @@ class EvalImages:
 
         size = config.data.global_size
         recipe = MultiCropRecipe(
-            num_global=1, global_size=size, global_scale=(1.0, 1.0), num_local=0,
-            local_size=size, local_scale=(1.0, 1.0), ratio=(1.0, 1.0),
-        )  # fmt: skip
+            num_global=1,
+            global_size=size,
+            global_scale=(1.0, 1.0),
+            num_local=0,
+            local_size=size,
+            local_scale=(1.0, 1.0),
+            ratio=(1.0, 1.0),
+        )
         self.loader = make_loader(
-            path, config.data.backend, batch, recipe, split=split, seed=0,
-            workers=resolve_workers(config.data.workers), device=device, drop_last=False,
-        )  # fmt: skip
+            path,
+            config.data.backend,
+            batch,
+            recipe,
+            split=split,
+            seed=0,
+            workers=resolve_workers(config.data.workers),
+            device=device,
+            drop_last=False,
+        )
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 

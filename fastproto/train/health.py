@@ -42,10 +42,15 @@ def _entropy_and_spread(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 @torch.no_grad()
 def prediction_health(
-    student_y: torch.Tensor, teacher_y: torch.Tensor, student_protos: torch.Tensor,
-    teacher_protos: torch.Tensor, center: torch.Tensor, student_temp: float,
-    teacher_temp: float, vmf: bool,
-) -> dict[str, torch.Tensor]:  # fmt: skip
+    student_y: torch.Tensor,
+    teacher_y: torch.Tensor,
+    student_protos: torch.Tensor,
+    teacher_protos: torch.Tensor,
+    center: torch.Tensor,
+    student_temp: float,
+    teacher_temp: float,
+    vmf: bool,
+) -> dict[str, torch.Tensor]:
     """Per-sample entropies and logit spreads of the first HEALTH_ROWS rows of each side, as
     0-d float64 tensors on the device: the step reads them to the host with its loss terms, in
     one copy.
@@ -61,9 +66,11 @@ def prediction_health(
     h_t, std_t = _entropy_and_spread(b)
     values = (h_t, h_s, std_t, std_s)
     names = (
-        "teacher_entropy_per_sample", "student_entropy_per_sample",
-        "teacher_logit_std", "student_logit_std",
-    )  # fmt: skip
+        "teacher_entropy_per_sample",
+        "student_entropy_per_sample",
+        "teacher_logit_std",
+        "student_logit_std",
+    )
     return dict(zip(names, values, strict=True))
 
 

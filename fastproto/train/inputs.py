@@ -21,10 +21,14 @@ from fastproto.train.distributed import DistInfo
 def crop_recipe(config: TrainConfig) -> MultiCropRecipe:
     d = config.data
     return MultiCropRecipe(
-        num_global=d.global_crops, global_size=d.global_size, global_scale=d.global_scale,
-        num_local=d.local_crops, local_size=d.local_size, local_scale=d.local_scale,
+        num_global=d.global_crops,
+        global_size=d.global_size,
+        global_scale=d.global_scale,
+        num_local=d.local_crops,
+        local_size=d.local_size,
+        local_scale=d.local_scale,
         resize=d.resize,
-    )  # fmt: skip
+    )
 
 
 def per_rank_batch(config: TrainConfig, world_size: int) -> int:
@@ -45,10 +49,17 @@ def make_train_loader(config: TrainConfig, dist: DistInfo, split: str = "train")
         raise ValueError("data.path is empty: pass --data PATH (or run the demo without --data)")
     batch = per_rank_batch(config, dist.world_size)
     loader = make_loader(
-        config.data.path, config.data.backend, batch,
-        crop_recipe(config), split=split, rank=dist.rank, world_size=dist.world_size,
-        seed=config.run.seed, workers=resolve_workers(config.data.workers), device=dist.device,
-    )  # fmt: skip
+        config.data.path,
+        config.data.backend,
+        batch,
+        crop_recipe(config),
+        split=split,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        seed=config.run.seed,
+        workers=resolve_workers(config.data.workers),
+        device=dist.device,
+    )
     if len(loader) == 0:  # drop_last: a split smaller than one batch would train nothing
         raise ValueError(
             f"the {split} split of {config.data.path} has {loader.num_images} images, fewer than "

@@ -68,10 +68,13 @@ def save(
     """Checkpoint the position (epoch, next batch) and everything needed to continue from it."""
     if is_main:
         record = state_dict(state) | {
-            "epoch": epoch, "batch_in_epoch": batch, "steps_per_epoch": steps_per_epoch,
-            "rng": ckpt.rng_state(), "signature": network_signature(state.config),
+            "epoch": epoch,
+            "batch_in_epoch": batch,
+            "steps_per_epoch": steps_per_epoch,
+            "rng": ckpt.rng_state(),
+            "signature": network_signature(state.config),
             "config": to_dict(state.config),
-        }  # fmt: skip
+        }
         try:
             ckpt.save_checkpoint(run_dir, record, state.config.run.keep_last)
         except OSError as err:  # disk full, directory gone read-only
@@ -88,12 +91,20 @@ def prepare_run_dir(config: TrainConfig, is_main: bool) -> Path:
 
 
 def log_step(
-    log: MetricsLog, state: TrainState, terms: dict[str, float], values: object,
+    log: MetricsLog,
+    state: TrainState,
+    terms: dict[str, float],
+    values: object,
     images_per_s: float,
-) -> dict[str, float]:  # fmt: skip
-    record = dict(terms) | vars(values) | {
-        "images_per_s": images_per_s, "memory_mb": memory_mb(state.device),
-    }  # fmt: skip
+) -> dict[str, float]:
+    record = (
+        dict(terms)
+        | vars(values)
+        | {
+            "images_per_s": images_per_s,
+            "memory_mb": memory_mb(state.device),
+        }
+    )
     log.write("step", state.step, record)
     if state.watch is not None:
         state.watch.update(record)
@@ -101,9 +112,17 @@ def log_step(
 
 
 def run_epoch(
-    state: TrainState, loader: Loader, inputs: InputMaker, epoch: int, start: int,
-    log: MetricsLog, progress: Progress, stop: StopFlag, run_dir: Path, is_main: bool,
-) -> tuple[bool, tuple[int, int]]:  # fmt: skip
+    state: TrainState,
+    loader: Loader,
+    inputs: InputMaker,
+    epoch: int,
+    start: int,
+    log: MetricsLog,
+    progress: Progress,
+    stop: StopFlag,
+    run_dir: Path,
+    is_main: bool,
+) -> tuple[bool, tuple[int, int]]:
     """Train from batch `start` of `epoch` -> (stop now?, next position (epoch, batch))."""
     cfg = state.config
     steps_per_epoch = len(loader)
@@ -178,9 +197,13 @@ def train(
 
 
 def epoch_end(
-    state: TrainState, log: MetricsLog, progress: Progress, epoch: int, teacher_temp: float,
+    state: TrainState,
+    log: MetricsLog,
+    progress: Progress,
+    epoch: int,
+    teacher_temp: float,
     is_main: bool,
-) -> None:  # fmt: skip
+) -> None:
     """Per-epoch record: unique prototypes M at eps 0.025, the redundancy histogram, movement
     and nearest-neighbour distances, used and effective prototypes on a fixed training sample,
     and kNN accuracy (train vs val split, teacher CLS) every run.knn_every_epochs epochs if
@@ -211,10 +234,11 @@ def prototype_record(state: TrainState, teacher_temp: float) -> dict[str, object
     redundancy = torch.as_tensor(report.redundancy).long().cpu()
     histogram = torch.bincount(redundancy).tolist() if redundancy.numel() else []
     record: dict[str, object] = {
-        "unique_prototypes": int(report.num_unique), "num_prototypes": int(weights.shape[0]),
+        "unique_prototypes": int(report.num_unique),
+        "num_prototypes": int(weights.shape[0]),
         "largest_duplicate_set": report.largest_duplicate_set,
         "redundancy_histogram": histogram,
-    }  # fmt: skip
+    }
     if state.initial_prototypes is not None:
         record |= prototype_health(weights, state.initial_prototypes)
     if state.config.data.path:

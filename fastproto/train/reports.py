@@ -43,8 +43,13 @@ def evaluate_checkpoint(
     else:
         shots = evaluation.few_shot(*train, *val)
         result = {f"{n}_shot": v for n, v in shots.items()}
-    return {"eval": kind, "checkpoint": str(checkpoint), "step": saved["step"], "data": data,
-            "result": result}  # fmt: skip
+    return {
+        "eval": kind,
+        "checkpoint": str(checkpoint),
+        "step": saved["step"],
+        "data": data,
+        "result": result,
+    }
 
 
 def describe_result(kind: str, result: dict[str, Any]) -> str:
@@ -100,8 +105,11 @@ def plot_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
         written.append(_save(fig, out_dir / f"unique_vs_eps_{name}.png"))
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.hist(head["redundancy"], bins=50, log=True)
-        ax.set(xlabel="redundancy factor r_m", ylabel="unique prototypes",
-               title=f"{name} head, eps={report['eps']}")  # fmt: skip
+        ax.set(
+            xlabel="redundancy factor r_m",
+            ylabel="unique prototypes",
+            title=f"{name} head, eps={report['eps']}",
+        )
         written.append(_save(fig, out_dir / f"redundancy_{name}.png"))
     return written
 

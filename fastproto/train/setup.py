@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from fastproto.centering import Centering, make_centering
 from fastproto.config import TrainConfig
 from fastproto.models import SSLNetwork, build_network, head_prototypes
 from fastproto.prototype_em import OnlineVMFMixture
@@ -45,11 +46,16 @@ def network_signature(config: TrainConfig) -> dict[str, object]:
 def build_student(config: TrainConfig, drop_path: float | None = None) -> SSLNetwork:
     h = config.head
     return build_network(
-        config.model.arch, h.num_prototypes, h.norm, h.shared,
+        config.model.arch,
+        h.num_prototypes,
+        h.norm,
+        h.shared,
         drop_path=config.model.drop_path if drop_path is None else drop_path,
-        mask_token=config.method.name == "ibot", hidden_dim=h.hidden_dim,
-        bottleneck_dim=h.bottleneck_dim, num_layers=h.num_layers,
-    )  # fmt: skip
+        mask_token=config.method.name == "ibot",
+        hidden_dim=h.hidden_dim,
+        bottleneck_dim=h.bottleneck_dim,
+        num_layers=h.num_layers,
+    )
 
 
 def param_groups(model: nn.Module, prototypes: str = "network") -> list[dict[str, object]]:
@@ -112,8 +118,6 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def build_state(config: TrainConfig, dist: DistInfo) -> TrainState:
     """A fresh run's state on this process's device (resume loads into it afterwards)."""
-    from fastproto.centering import make_centering
-
     student = build_student(config).to(dist.device)
     teacher = copy.deepcopy(student)
     for block in teacher.modules():  # the teacher never drops paths
@@ -133,16 +137,23 @@ def build_state(config: TrainConfig, dist: DistInfo) -> TrainState:
     m = config.method
     k = config.head.num_prototypes
 
-    def centering() -> nn.Module:
+    def centering() -> Centering:
         module = make_centering(m.centering, k, m.center_momentum, m.sinkhorn_iterations)
         return module.to(dist.device)
 
     return TrainState(
-        config=config, student=student, student_ddp=student_ddp, teacher=teacher,
-        optimizer=optimizer, scaler=scaler, cls_centering=centering(),
-        patch_centering=centering(), amp_dtype=dtype, device=dist.device,
+        config=config,
+        student=student,
+        student_ddp=student_ddp,
+        teacher=teacher,
+        optimizer=optimizer,
+        scaler=scaler,
+        cls_centering=centering(),
+        patch_centering=centering(),
+        amp_dtype=dtype,
+        device=dist.device,
         prototype_em=prototype_em,
-    )  # fmt: skip
+    )
 
 
 def state_dict(state: TrainState) -> dict[str, object]:

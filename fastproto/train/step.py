@@ -32,19 +32,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fastproto.centering import ProbabilityCentering, me_max_penalty
+from fastproto.centering import Centering, me_max_penalty
 from fastproto.config import TrainConfig
 from fastproto.ema import ema_update_
 from fastproto.errors import NonFiniteError
 from fastproto.kernels.dispatch import resolve_impl
-from fastproto.losses import (
-    dino_loss,
-    dino_loss_with_raw_means,
-    ibot_patch_loss,
-    ibot_patch_loss_with_raw_means,
-    koleo_data,
-    koleo_proto,
-)
+from fastproto.losses import dino_loss, ibot_patch_loss, koleo_data, koleo_proto
 from fastproto.masked_tokens import MaskedTokens
 from fastproto.models import SSLNetwork, head_is_vmf, head_last_layer, head_prototypes
 from fastproto.prototype_em import OnlineVMFMixture
@@ -75,8 +68,8 @@ class TrainState:
     teacher: SSLNetwork
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
-    cls_centering: nn.Module
-    patch_centering: nn.Module
+    cls_centering: Centering
+    patch_centering: Centering
     amp_dtype: torch.dtype | None
     device: torch.device
     step: int = 0
@@ -102,20 +95,6 @@ def _autocast(state: TrainState) -> contextlib.AbstractContextManager[object]:
     return torch.autocast(state.device.type, dtype=state.amp_dtype)
 
 
-Centre = tuple[torch.Tensor, ProbabilityCentering | None]
-
-
-def _centre(state: TrainState, centring: nn.Module, teacher: torch.Tensor, w_t: torch.Tensor,
-            teacher_temp: float, vmf: bool) -> Centre:  # fmt: skip
-    """The centre [K] a loss uses, and the centring that folds the loss's raw means in after
-    it: probability centring, whose batch statistic the loss makes in its own passes (the
-    centre is then the one from before this batch). Else None: the module call has moved its
-    state already."""
-    if isinstance(centring, ProbabilityCentering):
-        return centring.current(teacher.dtype), centring
-    return centring(teacher, w_t, teacher_temp, vmf, state.config.method.loss_impl), None
-
-
 def _cls_loss(
     state: TrainState, student_y: torch.Tensor, teacher_y: torch.Tensor, teacher_temp: float
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -124,17 +103,26 @@ def _cls_loss(
     head, teacher_head = state.student.cls_head, state.teacher.cls_head
     w_s, w_t = head_prototypes(head).float(), head_prototypes(teacher_head).float().detach()
     vmf = head_is_vmf(head)
-    center, fold = _centre(state, state.cls_centering, teacher_y, w_t, teacher_temp, vmf)
+    centring = state.cls_centering
+    center = centring.centre_for_loss(teacher_y, w_t, teacher_temp, vmf, m.loss_impl)  # [K]
     health = prediction_health(
         student_y.float(), teacher_y.float(), w_s, w_t, center, m.student_temp, teacher_temp, vmf
     )
-    args = (student_y, teacher_y, w_s, w_t, center, state.config.data.global_crops,
-            m.student_temp, teacher_temp, vmf, m.loss_impl)  # fmt: skip
-    if fold is None:
-        return *dino_loss(*args), health
-    loss, mean_probs, raw = dino_loss_with_raw_means(*args)
-    fold.fold_column_mean(raw, teacher_y.shape[0])
-    return loss, mean_probs, health
+    result = dino_loss(
+        student_y,
+        teacher_y,
+        w_s,
+        w_t,
+        center,
+        state.config.data.global_crops,
+        m.student_temp,
+        teacher_temp,
+        vmf,
+        m.loss_impl,
+        raw_means=centring.needs_raw_means,
+    )
+    centring.after_loss(result, teacher_y.shape[0])
+    return result.loss, result.mean_probs, health
 
 
 def _patch_loss(
@@ -148,14 +136,24 @@ def _patch_loss(
     head, teacher_head = state.student.patch_head, state.teacher.patch_head
     w_s, w_t = head_prototypes(head).float(), head_prototypes(teacher_head).float().detach()
     vmf = head_is_vmf(head)
-    center, fold = _centre(state, state.patch_centering, teacher_p, w_t, teacher_temp, vmf)
-    args = (student_p, teacher_p, masks.image_index, masks.num_images, w_s, w_t, center,
-            m.student_temp, teacher_temp, vmf, m.loss_impl)  # fmt: skip
-    if fold is None:
-        return ibot_patch_loss(*args)[0]
-    loss, _, raw = ibot_patch_loss_with_raw_means(*args)
-    fold.fold_column_mean(raw, teacher_p.shape[0])
-    return loss
+    centring = state.patch_centering
+    center = centring.centre_for_loss(teacher_p, w_t, teacher_temp, vmf, m.loss_impl)  # [K]
+    result = ibot_patch_loss(
+        student_p,
+        teacher_p,
+        masks.image_index,
+        masks.num_images,
+        w_s,
+        w_t,
+        center,
+        m.student_temp,
+        teacher_temp,
+        vmf,
+        m.loss_impl,
+        raw_means=centring.needs_raw_means,
+    )
+    centring.after_loss(result, teacher_p.shape[0])
+    return result.loss
 
 
 def compute_losses(
@@ -254,8 +252,9 @@ def backward_and_clip(state: TrainState, total: torch.Tensor, values: StepValues
 def read_on_host(values: dict[str, torch.Tensor]) -> dict[str, float]:
     """The step's numbers [0-d tensors] as floats, in one device-to-host copy: the one host
     sync of a step (a float() each would wait on the device each)."""
-    flat = torch.stack([t.detach().double().reshape(()).to(values["loss"].device)
-                        for t in values.values()])  # fmt: skip
+    flat = torch.stack(
+        [t.detach().double().reshape(()).to(values["loss"].device) for t in values.values()]
+    )
     return dict(zip(values, flat.tolist(), strict=True))
 
 

@@ -46,10 +46,22 @@ class Arm:
 def arm_command(recipe: str, data: str, arm: Arm, overrides: list[str]) -> list[str]:
     """The `fastproto train` command line of one arm."""
     return [
-        sys.executable, "-m", "fastproto", "train", "--config", recipe, "--data", data,
-        "--out", str(arm.run_dir), "--koleo-proto", repr(arm.koleo_proto),
-        "run.progress=false", "data.workers=1", *overrides,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "fastproto",
+        "train",
+        "--config",
+        recipe,
+        "--data",
+        data,
+        "--out",
+        str(arm.run_dir),
+        "--koleo-proto",
+        repr(arm.koleo_proto),
+        "run.progress=false",
+        "data.workers=1",
+        *overrides,
+    ]
 
 
 def _one_thread_env() -> dict[str, str]:
@@ -83,9 +95,11 @@ def train_arms(arms: list[Arm], recipe: str, data: str, total: int, overrides: l
         arm.run_dir.mkdir(parents=True, exist_ok=True)
         log = (arm.run_dir / "train.log").open("ab")
         arm.process = subprocess.Popen(
-            arm_command(recipe, data, arm, overrides), stdout=log, stderr=subprocess.STDOUT,
+            arm_command(recipe, data, arm, overrides),
+            stdout=log,
+            stderr=subprocess.STDOUT,
             env=_one_thread_env(),
-        )  # fmt: skip
+        )
         arm.bar = tqdm(total=total, desc=f"{arm.name:<12}", unit="step", position=position)
     try:
         while any(arm.process.poll() is None for arm in arms if arm.process):
@@ -116,9 +130,12 @@ def stop_arms_on_sigterm(arms: list[Arm]) -> None:
 
 
 def run_two_arm_demo(
-    out: Path, seed: int = 0, overrides: list[str] | None = None, recipe: str = "demo",
+    out: Path,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    recipe: str = "demo",
     images: int | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Train both arms of `recipe` into out/<arm>, evaluate, print, save
     out/demo_results.json and out/demo.png; -> the summary (or {"exit": code} if an arm
     stopped early)."""

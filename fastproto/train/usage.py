@@ -25,9 +25,13 @@ TILE_ELEMENTS = 2**22  # float64 logit tile [rows, K]: 32 MiB, whatever K is
 
 @torch.no_grad()
 def assignment_usage(
-    teacher_y: torch.Tensor, protos: torch.Tensor, center: torch.Tensor, teacher_temp: float,
-    vmf: bool, chunk: int | None = None,
-) -> dict[str, float]:  # fmt: skip
+    teacher_y: torch.Tensor,
+    protos: torch.Tensor,
+    center: torch.Tensor,
+    teacher_temp: float,
+    vmf: bool,
+    chunk: int | None = None,
+) -> dict[str, float]:
     """teacher_y [N, D] (head outputs), protos [K, D], center [K] -> used and effective
     prototypes; logits are made `chunk` rows at a time ([chunk, K], never [N, K]; by default
     as many rows as keep a tile at TILE_ELEMENTS)."""
@@ -65,9 +69,12 @@ def sample_head_outputs(
 
 
 def prototype_usage(
-    network: SSLNetwork, centring: torch.nn.Module, config: TrainConfig, teacher_temp: float,
+    network: SSLNetwork,
+    centring: torch.nn.Module,
+    config: TrainConfig,
+    teacher_temp: float,
     device: torch.device,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """Used and effective prototypes of `network`'s CLS head (the teacher) on the sample."""
     head = network.cls_head
     protos = head_prototypes(head).detach().float()

@@ -1,12 +1,11 @@
 """Every Triton kernel configuration the dispatcher can choose, compiled ahead of time, no GPU.
 
 For each embedding width class (BLOCK_D = 16 ... 1024), each input dtype (float32, float16,
-bfloat16) and each kernel variant the launchers in kernels/triton_loss.py start, the kernel is
-compiled with `kernels.triton_loss.compiled_config` for sm_80 (A100) and sm_90 (H100, H200)
-through triton.compile(ASTSource(...), target=GPUTarget(...)); ptxas (shipped in triton's
-nvidia backend) reports registers, spills and stack. The configurations that only the A/B
-variants of bench/prototype_loss.py launch (their BLOCK_OVERRIDES or WIDE in place) are
-compiled too, marked with the variant's name. A configuration fails the check when
+bfloat16) and each form of a kernel (its HAS_ flags) that the launchers in kernels/triton_loss.py
+and kernels/triton_aligned.py start, the kernel is compiled with the sizes the launchers derive
+from `kernels.triton_loss.compiled_config` for sm_80 (A100) and sm_90 (H100, H200) through
+triton.compile(ASTSource(...), target=GPUTarget(...)); ptxas (shipped in triton's nvidia
+backend) reports registers, spills and stack. A configuration fails the check when
 
     shared memory > the per-block maximum (sm_90: 227 KiB of the SM's 228; sm_80: 163 of 164),
     spill stores or loads > SPILL_LIMIT bytes per thread,
@@ -21,8 +20,8 @@ Pointers are taken as 16-byte aligned and N, K, D, k_per_split and n_per_split a
 16, as at training sizes. Results are cached by a key of the triton version, the kernel source
 and the configuration, so unchanged kernels are not compiled again:
 
-    python bench/kernel_compile.py                  # table; exit 1 if a configuration fails
-    python bench/kernel_compile.py --write          # also bench/results/kernel_compile_table.*
+    python tools/kernel_compile.py                  # table; exit 1 if a configuration fails
+    python tools/kernel_compile.py --write          # also bench/results/kernel_compile_table.*
 
 Run with TRITON_INTERPRET unset (interpreted kernels cannot be compiled). Without --cache the
 committed bench/results/kernel_compile_table.json is the cache; new figures are added to it,
@@ -54,33 +53,27 @@ os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # run ptxas even where triton's own c
 if "TRITON_CACHE_DIR" not in os.environ:  # a scratch cache, so ~/.triton is left alone
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="kernel-compile-")
     atexit.register(shutil.rmtree, os.environ["TRITON_CACHE_DIR"], ignore_errors=True)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))  # harness.py
 
 import torch  # noqa: E402
 import triton  # noqa: E402
 from fastproto.kernels import triton_kernels  # noqa: E402
-from fastproto.kernels.triton_aligned import _flash_configs, aligned_config  # noqa: E402
+from fastproto.kernels.triton_aligned import aligned_config  # noqa: E402
 from fastproto.kernels.triton_loss import (  # noqa: E402
     MAX_DIM,
     backward_config,
-    column_dw_config,
     compiled_config,
-    flash_config,
     fuses_backward,
     mix_config,
-    override_blocks,
 )
 from harness import RESULTS_DIR, git_commit  # noqa: E402
 from mma_layouts import mma_figures  # noqa: E402
-from prototype_loss import VARIANTS as AB_VARIANTS  # noqa: E402
-from prototype_loss import variant  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 ARCHS = {80: 163 * 1024, 90: 227 * 1024}  # compute capability -> shared memory per block
-# Bytes per thread. Measured (triton 3.8): the configurations in use spill at most 24 B (the
-# float32 _teacher_mix at BLOCK_D = 128 on sm_90); the float32 sizes that
-# were replaced spilled 388-804 B, the fused backward at the forward's sizes 216-696 B. 128
-# leaves room for compiler drift and catches the heavy cases.
+# Bytes per thread: a few dozen bytes of spill are noise, hundreds are a configuration whose
+# blocks are too large; 128 leaves room for compiler drift and catches the heavy cases.
 SPILL_LIMIT = 128
 MAX_REGISTERS = 255
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -92,9 +85,7 @@ SOURCE = Path(triton_kernels.__file__)
 ARGS = {
     "_row_lse_kernel": "Y:IN W:IN BIAS CENTER OUT_MAX OUT_SUM OUT_MAX0 OUT_SUM0 N:i32 K:i32 D:i32 "
     "inv_temp:fp32 k_per_split:i32",
-    "_row_flash_kernel": "Y:IN W:IN BIAS CENTER M:IN MB OUT_MAX OUT_SUM OUT_MAX0 OUT_SUM0 OUT_V "
-    "OUT_U N:i32 K:i32 D:i32 inv_temp:fp32 k_per_split:i32",
-    "_column_mix_kernel": "Y:IN W:IN BIAS SHIFT OUT_1 OUT_W N:i32 K:i32 D:i32 inv_temp:fp32 "
+    "_column_mix_kernel": "Y:IN W:IN BIAS SHIFT OUT N:i32 K:i32 D:i32 inv_temp:fp32 "
     "n_per_split:i32",
     "_teacher_mix_kernel": "Y:IN W:IN BIAS SHIFT M:IN MB R:IN RV OUT OUT_B QZ COL QC CENTER LSE0 "
     "COL_P0 N:i32 K:i32 D:i32 inv_temp:fp32 k_per_split:i32",
@@ -102,8 +93,6 @@ ARGS = {
     "k_per_split:i32",
     "_aligned_grad_kernel": "YS:IN WS:IN BS LSE_S YT:IN WT:IN BT LSE_T ROW_W DY DW DB COL_Q "
     "CROSS CENTER LSE0 COL_P0 N:i32 K:i32 D:i32 inv_ts:fp32 inv_tt:fp32 k_per_split:i32",
-    "_aligned_column_kernel": "YS:IN WS:IN BS LSE_S YT:IN WT:IN BT LSE_T ROW_W OUT_W OUT_B COL_Q "
-    "CENTER LSE0 COL_P0 N:i32 K:i32 D:i32 inv_ts:fp32 inv_tt:fp32 n_per_split:i32",
 }
 # (kernel, extra constexprs) as launched: the row log-sum-exp with and without its uncentred
 # twin; _column_mix (centring's column sums); the forward's _teacher_mix with V and q^T Z, V
@@ -113,14 +102,10 @@ ARGS = {
 # first of two launches) and dW/dB alone (embeddings detached); the aligned-rows sweep
 # (kernels/triton_aligned.py) with the same three and with neither (no grad mode: the loss
 # alone), each with and without the uncentred column sums (HAS_RAW, probability centring's
-# statistic); launched only where an A/B variant's BLOCK_OVERRIDES ask for them: the dW sweeps
-# owned by prototype blocks (_column_mix HAS_DW; _aligned_column, with the column sums and the
-# uncentred ones under triton-flash) and the flash row sweeps (a student row's own mix, a
-# teacher row's with and without the uncentred log-sum-exp)
-VARIANTS = [
+# statistic)
+LAUNCHES: list[tuple[str, dict[str, bool]]] = [
     *(("_row_lse_kernel", {"HAS_RAW": raw}) for raw in (False, True)),
-    ("_column_mix_kernel", {"HAS_DW": False}),
-    ("_column_mix_kernel", {"HAS_DW": True}),
+    ("_column_mix_kernel", {}),
     *(
         ("_teacher_mix_kernel", {"HAS_V": v, "HAS_M": m, "HAS_RAW": raw})
         for v, m, raw in (
@@ -140,14 +125,6 @@ VARIANTS = [
         for dy, dw in ((True, True), (True, False), (False, True), (False, False))
         for raw in (False, True)
     ),
-    *(
-        ("_aligned_column_kernel", {"HAS_COL": col, "HAS_RAW": raw})
-        for col, raw in ((False, False), (True, False), (True, True))
-    ),
-    *(
-        ("_row_flash_kernel", {"HAS_RAW": raw, "SELF_MIX": own})
-        for raw, own in ((False, True), (False, False), (True, False))
-    ),
 ]
 
 
@@ -159,78 +136,65 @@ class Job:
     constexprs: tuple[tuple[str, object], ...]
     num_warps: int
     num_stages: int
-    ab: str = ""  # the A/B variant of bench/prototype_loss.py that launches it; "": the default
 
     def key(self, source_hash: str) -> str:
-        text = json.dumps([FIGURES, triton.__version__, source_hash, ARGS[self.kernel],
-                           self.arch, self.kernel, self.dtype, self.constexprs, self.num_warps,
-                           self.num_stages])  # fmt: skip
+        text = json.dumps(
+            [
+                FIGURES,
+                triton.__version__,
+                source_hash,
+                ARGS[self.kernel],
+                self.arch,
+                self.kernel,
+                self.dtype,
+                self.constexprs,
+                self.num_warps,
+                self.num_stages,
+            ]
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
     def label(self) -> str:
         c = dict(self.constexprs)
         flags = "".join(
-            f" {k}"
-            for k in ("HAS_V", "HAS_M", "HAS_DY", "HAS_DW", "HAS_COL", "HAS_RAW", "SELF_MIX")
-            if c.get(k)
+            f" {k}" for k in ("HAS_V", "HAS_M", "HAS_DY", "HAS_DW", "HAS_RAW") if c.get(k)
         )
-        return f"{self.kernel}{flags}" + (f" [{self.ab}]" if self.ab else "")
+        return f"{self.kernel}{flags}"
 
 
-def _launch_config(kernel: str, extra: dict[str, bool], block_d: int,
-                   dtype: torch.dtype) -> dict[str, object] | None:  # fmt: skip
+def _launch_config(
+    kernel: str, extra: dict[str, bool], block_d: int, dtype: torch.dtype
+) -> dict[str, object] | None:
     """The configuration the launchers give `kernel` at this width and dtype; None where that
-    variant is never launched (the fused backward where fuses_backward says two launches, the
+    form is never launched (the fused backward where fuses_backward says two launches, the
     aligned sweep where aligned_config sends the rows to the general kernels)."""
     cfg = compiled_config(block_d, dtype)
     if kernel == "_aligned_grad_kernel":
         return aligned_config(cfg)
-    if kernel == "_column_mix_kernel" and extra["HAS_DW"]:  # only where an A/B run asks
-        return column_dw_config(cfg)
-    if kernel == "_row_flash_kernel" and extra["SELF_MIX"] and column_dw_config(cfg) is not None:
-        return flash_config(cfg)  # the CLS loss's student rows (_flash_student)
-    if kernel in ("_aligned_column_kernel", "_row_flash_kernel"):  # likewise, aligned rows only
-        if aligned_config(cfg) is None:
-            return None
-        if kernel == "_aligned_column_kernel" and not extra["HAS_COL"]:  # triton-coldw's form
-            return column_dw_config(mix_config(cfg), kernel)
-        return _flash_configs(cfg)[0 if kernel == "_row_flash_kernel" else 1]
     if kernel == "_teacher_mix_kernel":  # both sums in one launch only where fuses_backward
         cfg = mix_config(cfg)
         return None if extra["HAS_V"] and extra["HAS_M"] and not fuses_backward(cfg) else cfg
     if kernel != "_student_grad_kernel":
         return dict(cfg)
-    cfg = override_blocks(kernel, backward_config(cfg))
+    cfg = backward_config(cfg)
     fused = extra["HAS_DY"] and extra["HAS_DW"]
     return None if fused and not fuses_backward(cfg) else cfg
 
 
 def jobs() -> list[Job]:
-    """Every (arch, kernel variant, dtype, config) the dispatcher can reach, then those that
-    only the A/B variants of bench/prototype_loss.py launch, each once."""
-    out: dict[tuple, Job] = {}
-    for ab in ["", *AB_VARIANTS]:
-        with variant(ab):
-            for job in _jobs(ab):
-                out.setdefault((job.arch, job.kernel, job.dtype, job.constexprs, job.num_warps,
-                                job.num_stages), job)  # fmt: skip
-    return list(out.values())
-
-
-def _jobs(ab: str) -> list[Job]:
-    """The jobs with the launch sizes in place now, tagged with the A/B variant `ab`."""
+    """Every (arch, kernel form, dtype, config) the dispatcher can reach."""
     out = []
     block_ds = [16 << i for i in range((MAX_DIM // 16).bit_length())]  # 16 ... MAX_DIM
     for arch in ARCHS:
         for dtype, short in DTYPES.items():
             for block_d in block_ds:
-                for kernel, extra in VARIANTS:
+                for kernel, extra in LAUNCHES:
                     cfg = _launch_config(kernel, extra, block_d, dtype)
                     if cfg is None:
                         continue
                     warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
                     consts = tuple(sorted({**cfg, **extra}.items()))
-                    out.append(Job(arch, kernel, short, consts, warps, stages, ab))
+                    out.append(Job(arch, kernel, short, consts, warps, stages))
     return out
 
 
@@ -257,17 +221,24 @@ def compile_one(job: Job) -> dict[str, object]:
         raise RuntimeError(f"ARGS[{job.kernel!r}] lacks the arguments {untyped}")
     signature = {name: types.get(name, "constexpr") for name in fn.arg_names}
     # 16-byte aligned pointers and ints divisible by 16, as triton specialises them at launch
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-             if types.get(name, "fp32") != "fp32"}  # fmt: skip
+    attrs = {
+        (i,): [["tt.divisibility", 16]]
+        for i, name in enumerate(fn.arg_names)
+        if types.get(name, "fp32") != "fp32"
+    }
     src = ASTSource(fn, signature, constexprs=dict(job.constexprs), attrs=attrs)
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        compiled = triton.compile(src, target=GPUTarget("cuda", job.arch, 32),
-                                  options={"num_warps": job.num_warps,
-                                           "num_stages": job.num_stages})  # fmt: skip
+        compiled = triton.compile(
+            src,
+            target=GPUTarget("cuda", job.arch, 32),
+            options={"num_warps": job.num_warps, "num_stages": job.num_stages},
+        )
     text = log.getvalue()
-    figures: dict[str, object] = {"shared": int(compiled.metadata.shared),
-                                  **mma_figures(compiled.asm["ttgir"])}  # fmt: skip
+    figures: dict[str, object] = {
+        "shared": int(compiled.metadata.shared),
+        **mma_figures(compiled.asm["ttgir"]),
+    }
     for name, pattern in PTXAS.items():
         found = pattern.search(text)
         if found is None:
@@ -302,15 +273,18 @@ def run(cache_path: Path, workers: int, prune: bool) -> tuple[list[tuple[Job, di
     results = [(j, cached[j.key(source_hash)]) for j in jobs()]
     keep = {j.key(source_hash): fig for j, fig in results} if prune else cached
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    cache_path.write_text(json.dumps({"triton": triton.__version__, "entries": keep},
-                                     indent=1, sort_keys=True) + "\n")  # fmt: skip
+    cache_path.write_text(
+        json.dumps({"triton": triton.__version__, "entries": keep}, indent=1, sort_keys=True) + "\n"
+    )
     return results, len(todo)
 
 
 def table(results: list[tuple[Job, dict]]) -> list[str]:
-    lines = ["| arch | kernel | dtype | BLOCK_N x K | BLOCK_D | warps | stages | registers | "
-             "spill st/ld B | stack B | shared KiB | limit KiB | mma | redundant x | ok |",
-             "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|---|"]  # fmt: skip
+    lines = [
+        "| arch | kernel | dtype | BLOCK_N x K | BLOCK_D | warps | stages | registers | "
+        "spill st/ld B | stack B | shared KiB | limit KiB | mma | redundant x | ok |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|---|",
+    ]
     for job, fig in results:
         c = dict(job.constexprs)
         bad = problems(job, fig)
@@ -334,7 +308,7 @@ def write_markdown(lines: list[str], path: Path, cache: Path) -> None:
         "",
         f"{dt.date.today().isoformat()}, triton {triton.__version__}, torch {torch.__version__}, "
         f"commit {git_commit()}; compiled on a CPU machine (no GPU) by "
-        f"`python bench/kernel_compile.py {command}`{checked}.",
+        f"`python tools/kernel_compile.py {command}`{checked}.",
         f"Limits: shared memory per block (sm_90 {ARCHS[90] // 1024} KiB, sm_80 "
         f"{ARCHS[80] // 1024} KiB), spill stores and loads <= {SPILL_LIMIT} B per thread, "
         f"registers <= {MAX_REGISTERS}.",
@@ -345,14 +319,21 @@ def write_markdown(lines: list[str], path: Path, cache: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--cache", type=Path, default=TABLE.with_suffix(".json"),
-                    help="JSON of compiled figures, read and rewritten (default: the committed "
-                         "bench/results/kernel_compile_table.json)")  # fmt: skip
-    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                    help="compiler processes")  # fmt: skip
-    ap.add_argument("--write", action="store_true",
-                    help="write the markdown table beside the cache, which keeps only the "
-                         "current figures")  # fmt: skip
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=TABLE.with_suffix(".json"),
+        help="JSON of compiled figures, read and rewritten (default: the committed "
+        "bench/results/kernel_compile_table.json)",
+    )
+    ap.add_argument(
+        "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compiler processes"
+    )
+    ap.add_argument(
+        "--write",
+        action="store_true",
+        help="write the markdown table beside the cache, which keeps only the current figures",
+    )
     args = ap.parse_args(argv)
     results, compiled = run(args.cache, args.jobs, prune=args.write)
     lines = table(results)

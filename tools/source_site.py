@@ -11,7 +11,7 @@ as it does for `python3 -m` and `python3 -c` run from the repository root (the t
 children). PYTHONSAFEPATH=1 (Python >= 3.11) leaves the current folder off sys.path, and unlike
 -P the children inherit it; the bench scripts put their own folder on sys.path themselves.
 
-    python3 bench/source_site.py DIR && PYTHONPATH=DIR PYTHONSAFEPATH=1 python3 -m pytest tests
+    python3 tools/source_site.py DIR && PYTHONPATH=DIR PYTHONSAFEPATH=1 python3 -m pytest tests
 """
 
 from __future__ import annotations

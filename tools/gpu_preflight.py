@@ -5,9 +5,9 @@ preinstalled torch, triton and timm; the machine is offline, so nothing is insta
 registry). Checked: Python >= 3.11, torch with a visible CUDA device, triton, timm, numpy and
 pytest. Noted, not required: whether `pip install --no-build-isolation --no-deps -e .` can build
 offline (setuptools >= 70.1, or >= 68 with the `wheel` package); where it cannot,
-bench/gpu_suite.sh and `make test-gpu` run from bench/source_site.py's link tree instead.
+bench/gpu_suite.sh and `make test-gpu` run from tools/source_site.py's link tree instead.
 
-    python3 bench/gpu_preflight.py
+    python3 tools/gpu_preflight.py
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from pathlib import Path
 
 MIN_PYTHON = (3, 11)
 MIN_SETUPTOOLS = (68,)
 WHEEL_BUILTIN_SETUPTOOLS = (70, 1)  # from here on setuptools builds wheels without `wheel`
+BENCH = Path(__file__).resolve().parent.parent / "bench"  # harness.py: the device slug
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -45,17 +47,20 @@ def problems() -> list[str]:
         print(f"{name} {getattr(module, '__version__', '?')}")
     note = editable_install_note()
     if note is not None:
-        print(f"note: {note}; the GPU suite and make test-gpu use bench/source_site.py instead")
+        print(f"note: {note}; the GPU suite and make test-gpu use tools/source_site.py instead")
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         if not torch.cuda.is_available():
             found.append("torch sees no CUDA device: run this on the GPU machine")
         else:
+            sys.path.insert(0, str(BENCH))
             from harness import device_slug
 
             props = torch.cuda.get_device_properties(0)
-            print(f"GPU {props.name}, sm_{props.major}{props.minor}, "
-                  f"{props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}")  # fmt: skip
+            print(
+                f"GPU {props.name}, sm_{props.major}{props.minor}, "
+                f"{props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
+            )
             print(f"device slug: {device_slug(torch.device('cuda'))}")  # names the result CSVs
     return found
 
