@@ -149,6 +149,15 @@ def test_the_table_shows_moved_the_p5_change_and_the_used_prototypes() -> None:
     assert "| 0.321 | 50.0 % | NO |" in row and "| 128 | 85.3 |" in row
 
 
+def test_the_knn_table_compares_the_baseline_with_koleo_proto_0_1_only() -> None:
+    runs = [record(1024, 0.0, 0, 300), record(1024, 0.1, 0, 1024)]
+    other = record(1024, 0.5, 0, 1024)
+    other["metrics"]["knn_top1"] = {"20": 0.5}  # a weight of the lambda table, not this one
+    lines = collapse_section([*runs, other])
+    row = next(line for line in lines if line.startswith("| 1024 |"))
+    assert row.split("|")[3].strip() == "70.00 (range 0.00, n 1)"
+
+
 def test_records_without_history_or_usage_still_report() -> None:
     old = record(256, 0.0, 0, 256)
     old["metrics"]["epochs"] = [{"epoch": 0, "unique_prototypes": 256}]

@@ -35,6 +35,7 @@ from fastproto.study import history as hist
 
 END_WINDOW = 0.2  # the end state is judged over this last fraction of the run's steps
 END_CHANGE = 0.1  # largest relative change of nn p5 over that window, against its last value
+KNN_LAMBDA = 0.1  # the KoLeo-proto weight of the per-K kNN table; other weights: the lambda table
 COLLAPSED_RATIO = 0.9  # final M / K at or below this: collapsed, an end state in itself
 SEEN_RATIO = 0.9
 KEPT_RATIO = 0.99
@@ -155,10 +156,12 @@ def _table(runs: list[dict[str, Any]]) -> list[str]:
 def _knn_lines(baseline: list[dict[str, Any]], regularised: list[dict[str, Any]]) -> list[str]:
     lines = [
         "",
-        "| K | kNN baseline | kNN KoLeo-proto | NN median baseline | NN median KoLeo-proto |",
+        f"| K | kNN baseline | kNN KoLeo-proto {KNN_LAMBDA:g} | NN median baseline "
+        f"| NN median KoLeo-proto {KNN_LAMBDA:g} |",
         "|---:|---:|---:|---:|---:|",
     ]
-    base_k, reg_k = _by_k(baseline), _by_k(regularised)
+    base_k = _by_k(baseline)
+    reg_k = _by_k([r for r in regularised if r["lam"] == KNN_LAMBDA])
     for k in sorted(set(base_k) & set(reg_k)):
 
         def text(rs: list[dict[str, Any]], key: str, scale: float) -> str:
