@@ -268,11 +268,13 @@ def test_report_with_the_decay_clock_usage_and_a_decay_ablation(tmp_path: Path) 
     kept = with_history(
         ("kept", 64, "koleo-proto", 0.1, "vmf", "probability", 32, 0, 64, 0.62), 0.0, None
     )
-    for rec in (both, kept):
+    em = with_history(("em", 64, "none", 0.0, "vmf", "probability", 32, 1, 64, 0.61), 0.0, None)
+    em["config"]["head"]["prototypes"] = "em"  # takes no decay: not on the clock's axis
+    for rec in (both, kept, em):
         (results / f"{rec['run_id']}.json").write_text(json.dumps(rec))
     text = build_report(tmp_path).read_text()
     # the clock figure: drawn from the two runs that record the clock, linked in the report
-    assert "2 of 4 finished runs record the clock." in text
+    assert "2 of 4 finished runs with decayed prototypes record the clock (1 with EM" in text
     assert "![M / K and nn p5 against the decay clock](figures/decay_clock.png)" in text
     png = (tmp_path / "figures" / "decay_clock.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -290,7 +292,7 @@ def test_report_with_the_decay_clock_usage_and_a_decay_ablation(tmp_path: Path) 
 def test_report_on_old_records_has_no_clock_figure(tmp_path: Path) -> None:
     write_fixture(tmp_path, RUNS[:4])
     text = build_report(tmp_path).read_text()
-    assert "0 of 4 finished runs record the clock." in text
+    assert "0 of 4 finished runs with decayed prototypes record the clock (0 with EM" in text
     assert "decay_clock.png" not in text
     assert not (tmp_path / "figures" / "decay_clock.png").exists()
     assert "(network -, prototypes -): no ablation." in text

@@ -6,7 +6,8 @@ the prototype matrix: how far decoupled weight decay has shrunk the prototypes t
 and decay schedules on one axis: if the shrinkage drives the collapse, their curves fall
 together there where against the step they would not. Lines are coloured by KoLeo-proto
 lambda (0 or > 0); runs whose records hold no clock (written before it was logged) are left
-out and counted.
+out and counted, and so are runs whose prototypes are fitted by EM (head.prototypes = "em"):
+they take no decay, so the clock says nothing about them.
 """
 
 from __future__ import annotations
@@ -51,9 +52,15 @@ def clock_curves(record: dict[str, Any], k: int) -> tuple[Curve, Curve] | None:
     return (group, clocks, ratios), (group, clocks, p5s)
 
 
+def _fitted_by_em(record: dict[str, Any]) -> bool:
+    return record.get("config", {}).get("head", {}).get("prototypes") == "em"
+
+
 def clock_section(records: list[dict[str, Any]], figures: Path) -> list[str]:
     """Markdown lines and the figure figures/FIGURE (when at least one run has a clock)."""
     ok = [(r, k) for r in records if (k := hist.prototype_count(r)) is not None]
+    em = [r for r, _ in ok if _fitted_by_em(r)]
+    ok = [(r, k) for r, k in ok if not _fitted_by_em(r)]
     curves = [c for c in (clock_curves(r, k) for r, k in ok) if c is not None]
     lines = [
         "## Prototypes against the decay clock",
@@ -61,7 +68,11 @@ def clock_section(records: list[dict[str, Any]], figures: Path) -> list[str]:
         (__doc__ or "").split("\n\n", 1)[1].strip(),
         "",
     ]
-    lines += [f"{len(curves)} of {len(ok)} finished runs record the clock.", ""]
+    lines += [
+        f"{len(curves)} of {len(ok)} finished runs with decayed prototypes record the clock "
+        f"({len(em)} with EM prototypes left out).",
+        "",
+    ]
     if not curves:
         return lines
     ratio = Panel(
