@@ -285,6 +285,9 @@ def test_report_with_the_decay_clock_usage_and_a_decay_ablation(tmp_path: Path) 
     # the decay ablation: M / K first at or below 0.9 at step 400 (epoch 3), clock 0.16 there
     assert "| both | 64 | 0.8 | 0.8 (network's) | 0 | 0.250 | 400 | 0.160 | 0.200 |" in text
     assert "| kept | 64 | 0.8 | 0 | 0.1 | 1.000 | - | - | 0.200 |" in text
+    # EM prototypes take no decay: their clock reads 0 whatever the record logged
+    em_row = "| em | 64 | 0.8 | none (EM: kappa fitted, dead keep) | 0 | 1.000 | - | - | 0.000 |"
+    assert em_row in text
     # rules come before the results they decide
     assert text.index("- informative:") < text.index("**Q1") < text.index("| run |")
 

@@ -116,6 +116,15 @@ def _final_clock(record: dict[str, Any]) -> float | None:
     return found if found is not None else hist.last(hist.history(record), "prototype_decay_clock")
 
 
+def _clock_at(record: dict[str, Any], row: dict[str, Any] | None) -> float | None:
+    """The clock at an epoch row; 0 for EM prototypes, as in _final_clock."""
+    if row is None:
+        return None
+    if record.get("config", {}).get("head", {}).get("prototypes") == "em":
+        return 0.0
+    return hist.number(row.get("prototype_decay_clock"))
+
+
 def _where(row: dict[str, Any] | None) -> str:
     """The step of an epoch row (its epoch in records from before steps were kept)."""
     if row is None:
@@ -139,7 +148,7 @@ def mechanism_row(record: dict[str, Any], k: int) -> dict[str, str]:
         f"{hist.koleo_proto_lambda(record):g}",
         f"{metrics['unique_prototypes'] / k:.3f}",
         _where(first),
-        hist.text(None if first is None else hist.number(first.get("prototype_decay_clock"))),
+        hist.text(_clock_at(record, first)),
         hist.text(_final_clock(record)),
         hist.text(hist.number(quantiles.get("p5"))),
         hist.text(hist.last(rows, "used_prototypes"), 0),
