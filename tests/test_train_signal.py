@@ -11,25 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_run import TINY_NETWORK
 
 from fastproto.config import load_config
 from fastproto.train.checkpoint import latest_checkpoint, load_checkpoint
 from fastproto.train.loop import train
 from fastproto.train.metrics import read_metrics
 
-TINY = [
-    "model.arch=vit_pico_patch7_28",
-    "head.num_prototypes=32",
-    "head.hidden_dim=32",
-    "head.bottleneck_dim=16",
-    "optim.batch_size=8",
-    "data.local_crops=2",
-    "data.workers=1",
-    "optim.epochs=100",
-    "run.progress=false",
-    "run.checkpoint_every=1000",
-    "method.loss_impl=chunked",
-]
+# the tiny network, with an epoch budget the signal cuts short and no periodic checkpoint
+TINY = [*TINY_NETWORK, "optim.epochs=100", "run.checkpoint_every=1000"]
 
 
 @pytest.mark.slow
