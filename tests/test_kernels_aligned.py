@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fastproto.kernels import (
+    LossResult,
     aligned_cross_entropy,
     teacher_statistics,
 )
@@ -32,8 +33,10 @@ def aligned_case(n: int, k: int, d: int, vmf: bool = True, centred: bool = True)
     return make_case(n, n, k, d, 1, vmf=vmf, centred=centred, identity=True)
 
 
-def run_aligned(c: Case, impl: str, grad_scale: float) -> list[torch.Tensor]:
-    """The same six figures as test_kernels.run, through aligned_cross_entropy."""
+def aligned_loss(
+    c: Case, impl: str, raw_means: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, LossResult]:
+    """(student rows, student prototypes, both requiring grad, and the aligned loss on them)."""
     ys = c.student.clone().requires_grad_()
     ws = c.student_protos.clone().requires_grad_()
     result = aligned_cross_entropy(
@@ -47,7 +50,14 @@ def run_aligned(c: Case, impl: str, grad_scale: float) -> list[torch.Tensor]:
         TEACHER_TEMP,
         c.vmf,
         impl=impl,
+        raw_means=raw_means,
     )
+    return ys, ws, result
+
+
+def run_aligned(c: Case, impl: str, grad_scale: float) -> list[torch.Tensor]:
+    """The same six figures as test_kernels.run, through aligned_cross_entropy."""
+    ys, ws, result = aligned_loss(c, impl)
     loss, mean_probs = result.loss, result.mean_probs
     lse, col = teacher_statistics(
         c.teacher, c.teacher_protos, c.center, TEACHER_TEMP, c.vmf, impl=impl
@@ -245,21 +255,7 @@ def test_aligned_rejects_rows_that_do_not_pair() -> None:
 
 def _raw_means_run(c: Case, impl: str, grad_scale: float = 1.0) -> list[torch.Tensor]:
     """(loss, d loss/d student, d loss/d protos, mean probs, uncentred mean probs)."""
-    ys = c.student.clone().requires_grad_()
-    ws = c.student_protos.clone().requires_grad_()
-    result = aligned_cross_entropy(
-        ys,
-        c.teacher,
-        ws,
-        c.teacher_protos,
-        c.weights[:, 0],
-        c.center,
-        STUDENT_TEMP,
-        TEACHER_TEMP,
-        c.vmf,
-        impl=impl,
-        raw_means=True,
-    )
+    ys, ws, result = aligned_loss(c, impl, raw_means=True)
     loss, raw = result.loss, result.raw_means
     assert raw is not None
     grads = torch.autograd.grad(loss * grad_scale, [ys, ws])
