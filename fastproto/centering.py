@@ -45,7 +45,7 @@ minimising it maximises the entropy of the mean student prediction.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -334,6 +334,24 @@ def make_centering(
     return NoCentering(num_prototypes)
 
 
+class _GlobalSum(torch.autograd.Function):
+    """Sum of a tensor over ranks, differentiable: the gradient of a sum over ranks with
+    respect to one rank's term is the sum of every rank's upstream gradient. Runs both
+    collectives on the calling thread (torch.distributed.nn's version is deprecated)."""
+
+    @staticmethod
+    def forward(ctx: Any, local: torch.Tensor) -> torch.Tensor:
+        total = local.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
+
+
 def me_max_penalty(
     student: Tensor, student_protos: Tensor, student_temp: float, vmf: bool
 ) -> Tensor:
@@ -359,9 +377,7 @@ def me_max_penalty(
     log_mean = torch.logsumexp(log_probs, dim=0) - math.log(student.shape[0])  # [K]
     if not _distributed():
         return (log_mean.exp() * log_mean).sum()
-    from torch.distributed.nn.functional import all_reduce
-
     rows = log_mean.new_tensor(float(student.shape[0]))
     dist.all_reduce(rows)  # global row count; no gradient needed
-    mean = all_reduce(log_mean.exp() * student.shape[0]) / rows  # [K], global mean prediction
+    mean = _GlobalSum.apply(log_mean.exp() * student.shape[0]) / rows  # [K], global mean
     return (mean * _safe_log(mean)).sum()
