@@ -90,7 +90,8 @@ class HeadConfig:
     # mixture fitted by online EM to the teacher's CLS embeddings, no gradient, no decay;
     # fastproto.prototype_em), with its forgetting factor, its policy for dead components and
     # its E-step: the teacher's uncentred softmax (the mixture's own fit) or the centred one
-    # (the loss's target, which the centring steers towards the rarely used components)
+    # (the loss's targets, which the centring steers towards the rarely used components); the
+    # CLS loss forms either in its own passes (kernels.Responsibilities)
     prototypes: str = "gradient"
     em_forgetting: float = 0.99
     em_dead_policy: str = "keep"

@@ -14,9 +14,9 @@ optional centre (the same logits as `kernels.reference.teacher_logits(y, W, cent
             = kappa_k <mu_k, y_n> + log C_p(kappa_k) - center[k]                     [N, K]
     r[n, k] = softmax_k(b[n, k])                                                       [N, K]
 
-computed in chunks of rows, so no tensor larger than [chunk, K] is formed, and reduced at once
-to the batch's sufficient statistics: mass_batch = sum_n r[n, :] [K] (the column sums of the
-teacher softmax) and sum_batch = r^T Y [K, D].
+computed over K in blocks, so no tensor larger than [N, block] is formed, and reduced at once to
+the batch's sufficient statistics: mass_batch = sum_n r[n, :] [K] (the column sums of the
+teacher softmax) and sum_batch = r^T Y [K, D] (kernels.Responsibilities).
 
 M-step with exponential forgetting (alpha = `forgetting` in (0, 1]):
 
@@ -50,11 +50,14 @@ softmax, so statistics that the fused loss accumulates can be fed in unchanged. 
 weights m_k / sum_j m_j are reported by `log_mixing_weights` for collapse analysis only.
 
 Feeding it from the fused loss. `update_from_statistics(mass_batch, sum_batch, rows)` is the
-M-step alone. Pass 2 of the fused loss (kernels/chunked.py, `_teacher_pass`) already forms the
-teacher probability tiles q [Nt, block] and their column sums: mass_batch = Nt *
-teacher_mean_probs. The resultant it needs is q^T Y_t over the *teacher* embeddings, one more
-[block, D] product per block next to the loss's q^T Z (Z holds the paired *student* rows, which
-is not this statistic). Every rank passes its own sums; they are all-reduced (summed, not
+M-step alone; the trainer feeds it the statistics the CLS loss returns when called with
+`estep=` (LossResult.responsibilities). The chunked loss forms them in its own two passes over
+K: the uncentred softmax comes from the same logit tiles before the centre is subtracted, its
+column sums are the mass (and probability centring's raw means), and the resultant r^T Y_t over
+the *teacher* embeddings is one more [block, Nt] x [Nt, D] product per block next to the loss's
+q^T Z (Z holds the paired *student* rows, which is not this statistic). The triton kernels have
+no such product yet, so there the statistics take a teacher-only chunked sweep (`update` runs
+the same sweep on its own). Every rank passes its own sums; they are all-reduced (summed, not
 averaged) before folding in, so N processes reach the one-process state on the whole batch.
 Each teacher row counts once (the statistics are unweighted), so mass_batch adds up to `rows`,
 which is checked: it catches column means passed for column sums.
@@ -99,8 +102,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastproto.centering import _distributed
-from fastproto.kernels.chunked import CUDA_TILE_ELEMENTS, TILE_ELEMENTS
-from fastproto.kernels.reference import prototype_bias
+from fastproto.kernels.chunked import teacher_responsibilities_chunked
 from fastproto.value_checks import check_values
 
 DEAD_POLICIES = ("keep", "reseed")
@@ -281,39 +283,25 @@ class OnlineVMFMixture(nn.Module):
         return self.mass < self.min_mass
 
     def responsibility_statistics(
-        self, y: Tensor, center: Tensor | None = None, chunk_rows: int | None = None
+        self, y: Tensor, center: Tensor | None = None, block: int | None = None
     ) -> tuple[Tensor, Tensor]:
         """E-step on this rank's rows: (sum_n r[n, :] [K], r^T Y [K, D]) in the state's dtype.
 
         y [N, D] unit rows; center [K] is subtracted from the logits as the teacher's centre is.
-        Streams `chunk_rows` rows at a time (default: a [chunk, K] tile of the loss's budget).
+        The loss's teacher-only sweep (kernels.teacher_responsibilities): [N, block] tiles over
+        K, `block` prototypes at a time (default: the loss's tile budget).
         """
         self._check_embeddings(y, center)
-        n, dtype = y.shape[0], self.mass.dtype
-        if chunk_rows is None:
-            budget = CUDA_TILE_ELEMENTS if y.device.type == "cuda" else TILE_ELEMENTS
-            chunk_rows = max(1, budget // self.num_prototypes)
-        chunk = _check_int("chunk_rows", chunk_rows, 1)
-        with torch.no_grad():
-            protos = self.prototypes()  # [K, D]
-            bias = prototype_bias(protos, self.tau, True).to(dtype)  # [K], log C_p(kappa_k)
-            if center is not None:
-                bias = bias - center.detach().to(dtype)
-            mass = torch.zeros_like(self.mass)  # [K]
-            sums = torch.zeros_like(self.resultant)  # [K, D]
-            for start in range(0, n, chunk):
-                rows = y[start : start + chunk].detach().to(dtype)  # [c, D]
-                logits = torch.addmm(bias, rows, protos.T, alpha=1.0 / self.tau)  # [c, K]
-                resp = torch.softmax(logits, dim=1)  # [c, K]
-                mass += resp.sum(dim=0)
-                sums.addmm_(resp.T, rows)
-        return mass, sums
+        dtype = self.mass.dtype
+        shift = torch.zeros_like(self.mass) if center is None else center.detach().to(dtype)
+        stats = teacher_responsibilities_chunked(
+            y.detach().to(dtype), self.prototypes(), shift, self.tau, True, block
+        )
+        return stats.mass.to(dtype), stats.resultant.to(dtype)
 
-    def update(
-        self, y: Tensor, center: Tensor | None = None, chunk_rows: int | None = None
-    ) -> None:
+    def update(self, y: Tensor, center: Tensor | None = None, block: int | None = None) -> None:
         """One online EM step on this rank's embeddings y [N, D] (all ranks must call it)."""
-        mass, sums = self.responsibility_statistics(y, center, chunk_rows)
+        mass, sums = self.responsibility_statistics(y, center, block)
         self.update_from_statistics(mass, sums, y.shape[0], seeds=y)
 
     def update_from_statistics(

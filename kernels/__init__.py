@@ -6,12 +6,19 @@ Each loss returns a LossResult (kernels/result.py).
 """
 
 from fastproto.kernels.aligned import aligned_cross_entropy
-from fastproto.kernels.dispatch import prototype_cross_entropy, teacher_statistics
-from fastproto.kernels.result import LossResult
+from fastproto.kernels.dispatch import (
+    prototype_cross_entropy,
+    teacher_responsibilities,
+    teacher_statistics,
+)
+from fastproto.kernels.result import ESTEPS, LossResult, Responsibilities
 
 __all__ = [
+    "ESTEPS",
     "LossResult",
+    "Responsibilities",
     "aligned_cross_entropy",
     "prototype_cross_entropy",
+    "teacher_responsibilities",
     "teacher_statistics",
 ]

@@ -12,6 +12,7 @@ It holds [Ns, K] and [Nt, K] tensors; run it in float64 to get the truth.
 from __future__ import annotations
 
 import torch
+from fastproto.kernels.result import Responsibilities
 
 from fastproto.vmf import log_normalizer
 
@@ -57,6 +58,20 @@ def teacher_statistics_reference(
         row_lse = torch.logsumexp(logits, dim=1)
         column_mean = torch.exp(logits - row_lse[:, None]).mean(dim=0)
     return row_lse, column_mean
+
+
+def teacher_responsibilities_reference(
+    teacher: torch.Tensor,
+    teacher_protos: torch.Tensor,
+    center: torch.Tensor,
+    teacher_temp: float,
+    vmf: bool,
+) -> Responsibilities:
+    """E-step statistics: r = softmax of the teacher logits minus `center` [Nt, K]; mass = the
+    column sums of r [K], resultant = r^T Y_t [K, D]."""
+    with torch.no_grad():
+        r = torch.softmax(teacher_logits(teacher, teacher_protos, center, teacher_temp, vmf), 1)
+        return Responsibilities(r.sum(dim=0), r.T @ teacher.to(r.dtype))
 
 
 def prototype_cross_entropy_reference(

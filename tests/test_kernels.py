@@ -134,7 +134,8 @@ def run(c: Case, impl: str, grad_scale: float, block: int | None = None) -> list
             c.teacher, c.teacher_protos, c.center, TEACHER_TEMP, c.vmf, impl=impl
         )
     else:
-        loss, mean_probs = prototype_cross_entropy_chunked(*args, block=block)
+        result = prototype_cross_entropy_chunked(*args, block=block)
+        loss, mean_probs = result.loss, result.mean_probs
         lse, col = teacher_statistics_chunked(
             c.teacher, c.teacher_protos, c.center, TEACHER_TEMP, c.vmf, block=block
         )

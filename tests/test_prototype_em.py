@@ -312,19 +312,19 @@ def test_statistics_are_column_sums_and_r_t_y_of_the_teacher_softmax() -> None:
     torch.testing.assert_close(sums, resp.T @ data, rtol=0, atol=1e-12)
 
 
-def test_chunk_size_does_not_change_the_statistics_or_the_update() -> None:
-    data, center, _ = _small_problem(rows=30)  # 30 rows: chunks of 7 leave a partial one
+def test_block_size_does_not_change_the_statistics_or_the_update() -> None:
+    data, center, _ = _small_problem(rows=30)
     results = {}
-    for chunk in (1, 7, 30, None):
+    for block in (1, 2, 5, None):  # blocks of 2 leave a partial one at K = 5
         torch.manual_seed(2)
         model = mixture(5, 8, forgetting=0.7, init_kappa=10.0)
-        stats = model.responsibility_statistics(data, center, chunk_rows=chunk)
-        model.update(data, center=center, chunk_rows=chunk)
-        results[chunk] = (stats, state(model))
-    (mass, sums), whole = results[30]
+        stats = model.responsibility_statistics(data, center, block=block)
+        model.update(data, center=center, block=block)
+        results[block] = (stats, state(model))
+    (mass, sums), whole = results[5]
     assert float(mass.sum()) == pytest.approx(30.0, abs=1e-12)
-    for chunk in (1, 7, None):
-        (m, s), st = results[chunk]
+    for block in (1, 2, None):
+        (m, s), st = results[block]
         torch.testing.assert_close(m, mass, rtol=0, atol=1e-12)
         torch.testing.assert_close(s, sums, rtol=0, atol=1e-12)
         assert_same_state(st, whole, atol=1e-12)

@@ -3,19 +3,22 @@ gradient, keeps them out of the optimizer, and resumes them exactly."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 import torch
+from fastproto.kernels import teacher_responsibilities
 from test_train import data_dirs, tiny_config  # noqa: F401  (data_dirs is a fixture)
+from tiny_run import step_state
 
 from fastproto.config import load_config
 from fastproto.models import head_prototypes
-from fastproto.prototype_em import OnlineVMFMixture
 from fastproto.train import step as step_mod
 from fastproto.train.checkpoint import latest_checkpoint, load_checkpoint
 from fastproto.train.loop import train
 from fastproto.train.setup import build_prototype_em, build_student
+from fastproto.train.step import compute_losses
 
 EM = ["head.prototypes='em'", "method.koleo_proto=0.0"]
 
@@ -48,30 +51,36 @@ def test_em_prototypes_come_from_the_mixture_and_resume_exactly(
     assert tuple(w_student.shape) not in sizes
 
 
-def test_em_options_reach_the_mixture_and_the_e_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    """head.em_concentration='fixed' builds a mixture that holds kappa; head.em_estep='centred'
-    hands the CLS centre [K] to the E-step, 'uncentred' hands none."""
-    config = load_config("demo", [*EM, "head.em_concentration='fixed'", "head.num_prototypes=32"])
-    em = build_prototype_em(config, build_student(config), torch.device("cpu"))
-    assert em is not None and not em.fit_concentration
-    seen: list[torch.Tensor | None] = []
-    record = lambda self, y, center=None: seen.append(center)  # noqa: E731
-    monkeypatch.setattr(OnlineVMFMixture, "update", record)
-    centre = torch.linspace(-1.0, 1.0, 32)
-
-    class Centring:
-        def centre_now(self, teacher_temp: float) -> torch.Tensor:
-            return centre
-
-    for estep in ("centred", "uncentred"):
-        state = type("State", (), {})()
-        state.config = load_config("demo", [*EM, f"head.em_estep='{estep}'"])
-        state.prototype_em, state.cls_centering = em, Centring()
-        state.student = state.teacher = build_student(config)
-        step_mod.refit_prototypes(
-            state, torch.nn.functional.normalize(torch.randn(4, 64), dim=1), 0.04
-        )
-    assert seen[0] is not None and torch.equal(seen[0], centre) and seen[1] is None
+@pytest.mark.parametrize("estep", ["uncentred", "centred"])
+def test_the_cls_loss_hands_the_e_step_of_its_teacher_rows_to_the_mixture(estep: str) -> None:
+    """head.em_estep picks the softmax the CLS loss forms the statistics under: uncentred, or
+    the loss's centred targets (the pre-batch centre of probability centring)."""
+    torch.manual_seed(0)
+    state = step_state(*EM, f"head.em_estep='{estep}'")
+    assert state.prototype_em is not None and not state.prototype_em.fit_concentration
+    probs = torch.softmax(torch.randn(32), 0)
+    state.cls_centering.fold_column_mean(probs, 8)  # a centre away from uniform
+    centring = copy.deepcopy(state.cls_centering)
+    g, loc = torch.randn(8, 3, 28, 28), torch.randn(8, 3, 12, 12)
+    losses = compute_losses(state, g, loc, None, teacher_temp=0.04)
+    w_t = head_prototypes(state.teacher.cls_head).float().detach()  # [K, D]
+    y = losses.teacher_y.float()  # [G*B, D]
+    centre = centring.centre_for_loss(y, w_t, 0.04, True, "chunked")  # [K]
+    assert float(centre.abs().max()) > 0.1
+    shift = centre if estep == "centred" else torch.zeros_like(centre)
+    want = teacher_responsibilities(y, w_t, shift, 0.04, True, impl="reference")
+    got = losses.responsibilities
+    assert got is not None
+    torch.testing.assert_close(got.mass, want.mass, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.resultant, want.resultant, rtol=1e-5, atol=1e-6)
+    # the mixture folds exactly these statistics in
+    em = state.prototype_em
+    expected = copy.deepcopy(em)
+    expected.kappa.fill_(1.0 / 0.04)
+    expected.update_from_statistics(got.mass, got.resultant, y.shape[0], seeds=y)
+    step_mod.refit_prototypes(state, losses, 0.04)
+    torch.testing.assert_close(em.direction, expected.direction, rtol=0, atol=0)
+    torch.testing.assert_close(em.mass, expected.mass, rtol=0, atol=0)
 
 
 def test_fixed_concentration_writes_unit_rows_at_this_steps_temperature() -> None:
@@ -85,7 +94,10 @@ def test_fixed_concentration_writes_unit_rows_at_this_steps_temperature() -> Non
     state.prototype_em = build_prototype_em(config, student, torch.device("cpu"))
     y = torch.nn.functional.normalize(torch.randn(16, 64), dim=1)  # [N, D] unit rows
     for teacher_temp in (0.04, 0.07):
-        step_mod.refit_prototypes(state, y, teacher_temp)
+        w = state.prototype_em.prototypes(teacher_temp)
+        stats = teacher_responsibilities(y, w, torch.zeros(32), teacher_temp, True)
+        losses = step_mod.StepLosses(torch.zeros(()), {}, torch.zeros(32), y, stats)
+        step_mod.refit_prototypes(state, losses, teacher_temp)
         assert torch.allclose(state.prototype_em.kappa, torch.tensor(1.0 / teacher_temp))
         for network in (state.student, state.teacher):
             norms = head_prototypes(network.cls_head).norm(dim=1)  # [K]

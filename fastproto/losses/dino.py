@@ -69,11 +69,13 @@ def dino_loss(
     impl: str = "auto",
     *,
     raw_means: bool = False,
+    estep: str | None = None,
 ) -> LossResult:
     """DINO loss for student [S*B, D] and teacher [G*B, D] -> LossResult: the loss, mean_probs
-    [K], the mean of the centred teacher softmax over the G*B teacher rows, and with
+    [K], the mean of the centred teacher softmax over the G*B teacher rows, with
     raw_means=True raw_means [K], the same mean of the uncentred softmax (probability
-    centring's statistic, on triton made by the loss's own sweeps)."""
+    centring's statistic), and with estep the E-step statistics of the G*B teacher rows (the
+    prototypes' online EM); see prototype_cross_entropy."""
     targets, weights = _pairing(student, teacher, num_global)
     return prototype_cross_entropy(
         student,
@@ -88,6 +90,7 @@ def dino_loss(
         vmf,
         impl,
         raw_means=raw_means,
+        estep=estep,
     )
 
 

@@ -36,6 +36,7 @@ from fastproto.centering import Centering, me_max_penalty
 from fastproto.config import TrainConfig
 from fastproto.ema import ema_update_
 from fastproto.errors import NonFiniteError
+from fastproto.kernels import LossResult, Responsibilities
 from fastproto.kernels.dispatch import resolve_impl
 from fastproto.losses import dino_loss, ibot_patch_loss, koleo_data, koleo_proto
 from fastproto.masked_tokens import MaskedTokens
@@ -78,6 +79,25 @@ class TrainState:
     prototype_em: OnlineVMFMixture | None = None  # head.prototypes = "em": the CLS prototypes
 
 
+@dataclass(frozen=True)
+class StepLosses:
+    """What the forward and the loss terms of one step hand on.
+
+    total             the loss to back-propagate, 0-d.
+    shown             loss terms and health numbers as 0-d tensors, not read on the host yet.
+    mean_probs        [K], the batch-mean teacher distribution of the CLS loss.
+    teacher_y         [G*B, D], the teacher's CLS embeddings, detached.
+    responsibilities  the E-step statistics of teacher_y that the CLS loss formed, for
+                      head.prototypes = "em" (else None).
+    """
+
+    total: torch.Tensor
+    shown: dict[str, torch.Tensor]
+    mean_probs: torch.Tensor
+    teacher_y: torch.Tensor
+    responsibilities: Responsibilities | None
+
+
 def loss_operand_dtype(state: TrainState) -> torch.dtype:
     """The dtype head outputs [N, D] enter the prototype loss in: autocast's (bf16 or fp16) where
     the fused Triton kernels compute it, so that their dots run on tensor cores with float32
@@ -97,8 +117,9 @@ def _autocast(state: TrainState) -> contextlib.AbstractContextManager[object]:
 
 def _cls_loss(
     state: TrainState, student_y: torch.Tensor, teacher_y: torch.Tensor, teacher_temp: float
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """-> (DINO loss, batch-mean teacher distribution [K], the health numbers as 0-d tensors)."""
+) -> tuple[LossResult, dict[str, torch.Tensor]]:
+    """-> (the DINO loss's result, with the E-step statistics when the prototypes are fitted by
+    EM (head.em_estep says which softmax), and the health numbers as 0-d tensors)."""
     m = state.config.method
     head, teacher_head = state.student.cls_head, state.teacher.cls_head
     w_s, w_t = head_prototypes(head).float(), head_prototypes(teacher_head).float().detach()
@@ -120,9 +141,10 @@ def _cls_loss(
         vmf,
         m.loss_impl,
         raw_means=centring.needs_raw_means,
+        estep=state.config.head.em_estep if state.prototype_em is not None else None,
     )
     centring.after_loss(result, teacher_y.shape[0])
-    return result.loss, result.mean_probs, health
+    return result, health
 
 
 def _patch_loss(
@@ -162,17 +184,16 @@ def compute_losses(
     local_crops: torch.Tensor | None,
     masks: MaskedTokens | None,
     teacher_temp: float,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """-> (total loss, loss terms and health numbers as 0-d tensors, not read yet, batch-mean
-    teacher distribution [K], the teacher's CLS embeddings [G*B, D], detached)."""
+) -> StepLosses:
+    """Both networks' forward and every loss term of one step -> StepLosses."""
     m = state.config.method
     with torch.no_grad(), _autocast(state):
         t_out = state.teacher(global_crops, None, masks, mask_input=False)
     with _autocast(state):
         s_out = state.student_ddp(global_crops, local_crops, masks, mask_input=True)
     dt = loss_operand_dtype(state)
-    cls, mean_probs, health = _cls_loss(state, s_out.cls_y.to(dt), t_out.cls_y.to(dt), teacher_temp)
-    total, parts = cls, {"dino": cls}
+    result, health = _cls_loss(state, s_out.cls_y.to(dt), t_out.cls_y.to(dt), teacher_temp)
+    total, parts = result.loss, {"dino": result.loss}
     # also with no masked token on this rank: the loss is then a zero attached to the patch
     # head, so under DDP every parameter still gets its (zero) gradient and all-reduces match
     if masks is not None and s_out.patch_y is not None:
@@ -201,7 +222,8 @@ def compute_losses(
         parts["me_max"] = reg_m
     parts["loss"] = total
     shown = {name: t.detach() for name, t in parts.items()} | health
-    return total, shown, mean_probs, t_out.cls_y.detach()
+    teacher_y = t_out.cls_y.detach()
+    return StepLosses(total, shown, result.mean_probs, teacher_y, result.responsibilities)
 
 
 def _me_max(state: TrainState, student_y: torch.Tensor) -> torch.Tensor:
@@ -304,34 +326,35 @@ def train_step(
     The host reads the step's numbers once, after the backward and the clipping and before
     anything is updated, so the device is never waited for mid-step and a non-finite loss or
     gradient is still refused before it reaches the weights."""
-    total, parts, mean_probs, teacher_y = compute_losses(
-        state, global_crops, local_crops, masks, values.teacher_temp
+    losses = compute_losses(state, global_crops, local_crops, masks, values.teacher_temp)
+    grad_norm = backward_and_clip(state, losses.total, values)
+    mean_probs = losses.mean_probs
+    terms = read_on_host(
+        losses.shown | {"grad_norm": grad_norm, "teacher_entropy": entropy(mean_probs)}
     )
-    grad_norm = backward_and_clip(state, total, values)
-    terms = read_on_host(parts | {"grad_norm": grad_norm, "teacher_entropy": entropy(mean_probs)})
     refuse_non_finite(state, terms)
     apply_update(state, values)
-    refit_prototypes(state, teacher_y, values.teacher_temp)
+    refit_prototypes(state, losses, values.teacher_temp)
     state.step += 1
     return terms, mean_probs
 
 
 @torch.no_grad()
-def refit_prototypes(state: TrainState, teacher_y: torch.Tensor, teacher_temp: float) -> None:
-    """head.prototypes = "em": fold this step's teacher CLS embeddings teacher_y [G*B, D] into
-    the vMF mixture and write its W into the CLS head of the student and of the teacher, so both
-    use it at the next step. The E-step (head.em_estep) is the teacher's softmax under the
-    current W, uncentred (the mixture's own fit) or minus the CLS centre [K] (the loss's target,
-    rebalanced towards rarely used components)."""
+def refit_prototypes(state: TrainState, losses: StepLosses, teacher_temp: float) -> None:
+    """head.prototypes = "em": fold this step's E-step statistics of the teacher CLS embeddings
+    (formed by the CLS loss, under the W it used: the uncentred teacher softmax, or the loss's
+    centred targets with head.em_estep = "centred") into the vMF mixture, and write its W into
+    the CLS head of the student and of the teacher, so both use it at the next step."""
     em = state.prototype_em
     if em is None:
         return
+    stats = losses.responsibilities
+    if stats is None:
+        raise ValueError("head.prototypes='em' needs the CLS loss's E-step statistics (estep=)")
     if not em.fit_concentration:  # head.em_concentration = "fixed": unit-norm rows, kappa 1 / tau_t
         em.kappa.fill_(1.0 / teacher_temp)
-    center = None
-    if state.config.head.em_estep == "centred":
-        center = state.cls_centering.centre_now(teacher_temp).to(teacher_y.device)  # [K]
-    em.update(teacher_y.float(), center)
+    y = losses.teacher_y.float()  # [G*B, D], the rows a dead component may be re-seeded from
+    em.update_from_statistics(stats.mass, stats.resultant, y.shape[0], seeds=y)
     weight = em.prototypes(teacher_temp)  # [K, D], ||w_k|| / tau_t = kappa_k
     for network in (state.student, state.teacher):
         head_prototypes(network.cls_head).copy_(weight)  # the vMF head's W parameter
