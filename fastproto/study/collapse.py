@@ -70,7 +70,7 @@ def reached_end_state(rows: hist.History, final_ratio: float) -> bool:
     return change is not None and change < END_CHANGE
 
 
-def _run(record: dict[str, Any]) -> dict[str, Any] | None:
+def run_summary(record: dict[str, Any]) -> dict[str, Any] | None:
     """The fields the questions need from one ok record; None when they are missing."""
     k = hist.prototype_count(record)
     if k is None:
@@ -197,7 +197,7 @@ def rules_text() -> str:
 
 def collapse_section(records: list[dict[str, Any]]) -> list[str]:
     """Markdown lines: the rules, the two verdicts and the per-run table."""
-    runs = [r for r in (_run(rec) for rec in records) if r is not None]
+    runs = [r for r in (run_summary(rec) for rec in records) if r is not None]
     if not runs:
         return ["## Partial collapse", "", "No finished run records its prototypes.", ""]
     baseline = [r for r in runs if r["lam"] == 0.0]

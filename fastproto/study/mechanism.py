@@ -22,6 +22,7 @@ from typing import Any
 from fastproto.config import FOLLOW_NETWORK
 from fastproto.study import history as hist
 from fastproto.study.collapse import COLLAPSED_RATIO
+from fastproto.study.em_arm import em_choices
 
 COLUMNS = (
     "run",
@@ -87,7 +88,7 @@ def decay_settings(config: dict[str, Any]) -> Decay:
     network = _pair(optim, "weight_decay", "weight_decay_end")
     head = config.get("head", {})
     if head.get("prototypes") == "em":
-        return Decay(network, (0.0, 0.0), em=em_settings(head))
+        return Decay(network, (0.0, 0.0), em=em_settings(config))
     own = _pair(optim, "prototype_weight_decay", "prototype_weight_decay_end")
     if own is None:  # the old switch, on unless set off
         if config.get("head", {}).get("prototype_weight_decay", True) is False:
@@ -98,13 +99,15 @@ def decay_settings(config: dict[str, Any]) -> Decay:
     return Decay(network, own)
 
 
-def em_settings(head: dict[str, Any]) -> str:
-    """An EM run's choices as table text: the concentration, the dead-component policy and, when
-    centred, the E-step (defaults where a record predates a key)."""
+def em_settings(config: dict[str, Any]) -> str:
+    """An EM run's choices as table text: the concentration, the dead-component policy, then
+    any other departure from the defaults (defaults where a record predates a key)."""
+    head = config.get("head", {})
     text = (
         f"kappa {head.get('em_concentration', 'fitted')}, dead {head.get('em_dead_policy', 'keep')}"
     )
-    return text + (", centred E-step" if head.get("em_estep") == "centred" else "")
+    others = [c for c in em_choices({"config": config}) if not c.startswith(("kappa", "dead"))]
+    return ", ".join([text, *others])
 
 
 def _final_clock(record: dict[str, Any]) -> float | None:

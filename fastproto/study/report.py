@@ -29,6 +29,7 @@ from typing import Any
 from fastproto.study import claims as hyp
 from fastproto.study.clock import clock_section
 from fastproto.study.collapse import collapse_section
+from fastproto.study.em_arm import em_arm_section
 from fastproto.study.grid import settings_overrides
 from fastproto.study.mechanism import mechanism_section
 from fastproto.study.plots import Series, line_plot
@@ -295,7 +296,7 @@ def build_report(folder: Path, out: Path | None = None) -> Path:
     plain = [rec for _, rec in records]
     recipe_runs = [rec for rec in plain if not is_ablation(rec, common)]
     lines += collapse_section(recipe_runs) + clock_section(plain, figures)
-    lines += mechanism_section(plain)
+    lines += mechanism_section(plain) + em_arm_section(recipe_runs, plain, figures)
     lines += _claims_section(found) + scaling + _lambda_table(ok) + _share(ok, figures)
     lines += norm_cent + batch + _appendix(records, rows)
     out.parent.mkdir(parents=True, exist_ok=True)
