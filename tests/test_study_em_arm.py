@@ -36,11 +36,12 @@ def record(
     em: dict[str, Any] | None = None,
     p5s: list[float] = FLAT,
     centering: str = "probability",
+    epochs: int = 40,
 ) -> dict[str, Any]:
     head: dict[str, Any] = {"num_prototypes": k}
     if em is not None:
         head |= {"prototypes": "em", "em_concentration": "fixed", **em}
-    epochs = [
+    rows = [
         {
             "step": s,
             "unique_prototypes": unique,
@@ -53,14 +54,18 @@ def record(
         "run_id": name,
         "status": "ok",
         "settings": {"seed": seed},
-        "config": {"head": head, "method": {"koleo_proto": lam, "centering": centering}},
+        "config": {
+            "head": head,
+            "method": {"koleo_proto": lam, "centering": centering},
+            "optim": {"epochs": epochs},
+        },
         "metrics": {
             "num_prototypes": k,
             "unique_prototypes": unique,
             "knn_top1": {"20": knn},
             "linear_top1": knn,
             "nn_distance_quantiles": {"p5": p5s[-1]},
-            "epochs": epochs,
+            "epochs": rows,
         },
     }
 
@@ -132,3 +137,28 @@ def test_section_writes_the_rules_with_their_numbers_and_draws_the_figure(tmp_pa
     assert "| f | 100 | 0 | forgetting 0.9 |" in text
     assert (tmp_path / "em_arm.png").stat().st_size > 0
     assert "No finished run" in em_arm_section(base, base, tmp_path)[2]
+
+
+def test_a_longer_em_run_is_an_arm_of_its_own_that_q3_counts_and_q4_does_not() -> None:
+    drifting = record("em", 100, 99, 0.70, em={}, p5s=FALLING)  # the recipe's length
+    longer = record("long", 100, 98, 0.80, em={}, epochs=80)  # settled
+    arms = arms_with([drifting, longer])
+    assert [r["run_id"] for r in arms["EM, 80 epochs"]] == ["long"]
+    assert [r["run_id"] for r in arms[ARMS[2]]] == ["em"]
+    assert question_three(arms, [100]) == "PREVENTS"  # decided by the settled longer run
+    assert question_three(arms_with([drifting]), [100]) == "NOT DECIDED"
+    # 10 points better, but only the longer run: no comparison of equal lengths beyond 0
+    assert question_four(arms) == "NO DIFFERENCE BEYOND THE SEED SPREAD"
+
+
+def test_the_decay_ablation_compares_runs_of_one_length() -> None:
+    from fastproto.study.mechanism import ablation_runs
+
+    gradient = record("g", 100, 10, 0.7)
+    gradient["config"]["optim"] |= {"weight_decay": 0.8, "weight_decay_end": 0.8}
+    em = record("em", 100, 99, 0.7, em={})
+    em["config"]["optim"] |= {"weight_decay": 0.8, "weight_decay_end": 0.8}
+    longer = record("long", 100, 98, 0.7, em={}, epochs=80)
+    longer["config"]["optim"] |= {"weight_decay": 0.8, "weight_decay_end": 0.8}
+    picked = [r["run_id"] for r, _ in ablation_runs([gradient, em, longer])]
+    assert sorted(picked) == ["em", "g"]

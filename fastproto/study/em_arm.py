@@ -13,8 +13,10 @@ The rules, fixed before the runs, reuse the collapse questions' (fastproto.study
 - Q3, decoupled EM prevents the collapse: only where the gradient arm collapsed (Q1's K
   values). PREVENTS when at every such K the informative EM runs keep mean M / K >=
   PREVENT_RATIO; DOES NOT PREVENT when at one of them they do not; NOT DECIDED when some such
-  K has no informative EM run.
-- Q4, EM's representation against the gradient arm, per K with runs in both: the difference of
+  K has no informative EM run. EM runs longer than the recipe's count here (they were added
+  where the recipe-length runs had not reached their end state).
+- Q4, EM's representation against the gradient arm, per K with runs of the recipe's length in
+  both: the difference of
   the mean kNN (k = 20) counts only beyond the seed spread, the larger of the two arms' kNN
   ranges (at least SPREAD_FLOOR points, since one seed shows no spread): BETTER or WORSE at
   every such K, else NO DIFFERENCE BEYOND THE SEED SPREAD.
@@ -22,6 +24,7 @@ The rules, fixed before the runs, reuse the collapse questions' (fastproto.study
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +67,36 @@ def fitted_by_em(record: dict[str, Any]) -> bool:
     return record.get("config", {}).get("head", {}).get("prototypes") == "em"
 
 
+def epochs(record: dict[str, Any]) -> Any:
+    """The run's length in epochs (its resolved config's optim.epochs; None when absent)."""
+    return record.get("config", {}).get("optim", {}).get("epochs")
+
+
 def arm_runs(
     recipe_runs: list[dict[str, Any]], all_records: list[dict[str, Any]]
 ) -> dict[str, list[dict[str, Any]]]:
-    """{arm: run summaries}: the gradient arms from the recipe's runs, EM from every record."""
+    """{arm: run summaries}: the gradient arms from the recipe's runs, EM from every record.
+    EM runs of another length than the recipe's runs form arms of their own ("EM, N epochs")."""
     summaries = [s for s in (run_summary(r) for r in recipe_runs) if s is not None]
-    em = [r for r in all_records if fitted_by_em(r) and not em_choices(r)]
-    return {
+    lengths = Counter(epochs(r) for r in recipe_runs)
+    recipe_length = lengths.most_common(1)[0][0] if lengths else None
+    arms: dict[str, list[dict[str, Any]]] = {
         ARMS[0]: [s for s in summaries if s["lam"] == 0.0],
         ARMS[1]: [s for s in summaries if s["lam"] == KNN_LAMBDA],
-        ARMS[2]: [s for s in (run_summary(r) for r in em) if s is not None],
+        ARMS[2]: [],
     }
+    for record in (r for r in all_records if fitted_by_em(r) and not em_choices(r)):
+        summary = run_summary(record)
+        if summary is not None:
+            length = epochs(record)
+            arm = ARMS[2] if length == recipe_length else f"{ARMS[2]}, {length} epochs"
+            arms.setdefault(arm, []).append(summary)
+    return arms
+
+
+def em_arm_runs(arms: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Every EM run of the arms, whatever its length."""
+    return [r for arm, runs in arms.items() if arm.startswith(ARMS[2]) for r in runs]
 
 
 def _mean(values: list[float]) -> float:
@@ -84,7 +106,7 @@ def _mean(values: list[float]) -> float:
 def question_three(arms: dict[str, list[dict[str, Any]]], collapsed: list[int]) -> str:
     if not collapsed:
         return "NOTHING TO PREVENT"
-    em = arms[ARMS[2]]
+    em = em_arm_runs(arms)
     kept = []
     for k in collapsed:
         runs = [r for r in em if r["K"] == k and r["informative"]]
@@ -189,7 +211,7 @@ def _figure(
     """M / K over the steps, one panel per K, one line per run coloured by arm."""
     by_id = {r.get("run_id"): r for r in records}
     panels = []
-    for k in sorted({r["K"] for r in arms[ARMS[2]]}):
+    for k in sorted({r["K"] for r in em_arm_runs(arms)}):
         curves = []
         for arm, runs in arms.items():
             for run in (r for r in runs if r["K"] == k and r["run_id"] in by_id):
@@ -234,7 +256,7 @@ def em_arm_section(
     """Markdown lines: the rules, Q3 and Q4, the per-K arm table, the choices and the figure."""
     arms = arm_runs(recipe_runs, all_records)
     lines = ["## The EM arm: prototypes fitted by online EM, no regulariser", ""]
-    if not arms[ARMS[2]]:
+    if not em_arm_runs(arms):
         return lines + ["No finished run fits its prototypes by EM with the default choices.", ""]
     _, collapsed = question_one(arms[ARMS[0]])
     lines += [

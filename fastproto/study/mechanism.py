@@ -16,13 +16,14 @@ parameters decay at all (the network, the prototype matrix), ordered by the two 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from fastproto.config import FOLLOW_NETWORK
 from fastproto.study import history as hist
 from fastproto.study.collapse import COLLAPSED_RATIO
-from fastproto.study.em_arm import em_choices
+from fastproto.study.em_arm import em_choices, epochs
 
 COLUMNS = (
     "run",
@@ -169,8 +170,12 @@ def _order(record: dict[str, Any]) -> tuple[float, ...]:
 
 def ablation_runs(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
     """(record, K) of the finished runs at every K whose runs differ in which parameters decay,
-    ordered by the two schedules, KoLeo-proto lambda and run id."""
+    ordered by the two schedules, KoLeo-proto lambda and run id. Only runs of the most common
+    length (optim.epochs) take part: the ablation compares schedules of one length."""
     found = [(r, k) for r in records if (k := hist.prototype_count(r)) is not None]
+    lengths = Counter(epochs(r) for r, _ in found)
+    if lengths:
+        found = [(r, k) for r, k in found if epochs(r) == lengths.most_common(1)[0][0]]
     patterns: dict[int, set[tuple[bool | None, bool | None]]] = {}
     for record, k in found:
         pattern = decay_settings(record.get("config", {})).decayed()
