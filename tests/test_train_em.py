@@ -4,6 +4,7 @@ gradient, keeps them out of the optimizer, and resumes them exactly."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,11 @@ def test_em_prototypes_come_from_the_mixture_and_resume_exactly(
     # no AdamW state for W: it is not a parameter the optimizer steps
     sizes = {tuple(s["exp_avg"].shape) for s in a["optimizer"]["state"].values()}
     assert tuple(w_student.shape) not in sizes
+    # the epoch rows count the mixture's live components (mass >= min_mass, 1 by default)
+    rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    epoch = next(r for r in rows if r.get("kind") == "epoch")
+    at_epoch = load_checkpoint(whole / f"checkpoint-{epoch['step']:09d}.pt")["prototype_em"]
+    assert epoch["em_live_components"] == int((at_epoch["mass"] >= 1.0).sum())
 
 
 @pytest.mark.parametrize("estep", ["uncentred", "centred"])

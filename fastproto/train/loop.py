@@ -227,7 +227,8 @@ def epoch_end(
 
 def prototype_record(state: TrainState, teacher_temp: float) -> dict[str, object]:
     """The teacher's prototypes now: M and its redundancy histogram, movement and
-    nearest-neighbour distances, used and effective prototypes."""
+    nearest-neighbour distances, used and effective prototypes and, with EM prototypes, the
+    mixture's live components (mass >= min_mass: those its M-step still refits)."""
     # on the training device: at K = 262144 the greedy partition takes minutes on a CPU
     weights = head_prototypes(state.teacher.cls_head).detach().float()
     report = unique_prototypes(weights, eps=0.025)
@@ -241,6 +242,8 @@ def prototype_record(state: TrainState, teacher_temp: float) -> dict[str, object
     }
     if state.initial_prototypes is not None:
         record |= prototype_health(weights, state.initial_prototypes)
+    if state.prototype_em is not None:
+        record["em_live_components"] = int((~state.prototype_em.dead()).sum())
     if state.config.data.path:
         record |= prototype_usage(
             state.teacher, state.cls_centering, state.config, teacher_temp, state.device
