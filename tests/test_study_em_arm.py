@@ -122,7 +122,7 @@ def test_q4_with_one_seed_needs_a_point_and_says_where_verdicts_differ() -> None
     base = [record("g", 100, 10, 0.700), record("g2", 200, 10, 0.700)]
     em = [record("e", 100, 99, 0.709, em={}), record("e2", 200, 199, 0.72, em={})]
     assert question_four(arms_with(em, base)) == (
-        "MIXED: better at K = [200]; no difference beyond the seed spread at K = [100]"
+        "MIXED: better at K = 200; no difference beyond the seed spread at K = 100"
     )
 
 
@@ -162,3 +162,15 @@ def test_the_decay_ablation_compares_runs_of_one_length() -> None:
     longer["config"]["optim"] |= {"weight_decay": 0.8, "weight_decay_end": 0.8}
     picked = [r["run_id"] for r, _ in ablation_runs([gradient, em, longer])]
     assert sorted(picked) == ["em", "g"]
+
+
+def test_a_longer_gradient_run_is_the_longer_em_runs_comparison() -> None:
+    base = [record("g", 100, 10, 0.70)]
+    longer_base = [record("gl", 100, 10, 0.70, epochs=80)]
+    em = [record("e", 100, 99, 0.70, em={}), record("el", 100, 99, 0.80, em={}, epochs=80)]
+    arms = arm_runs(base, [*base, *longer_base, *em])
+    assert [r["run_id"] for r in arms["gradient, 80 epochs"]] == ["gl"]
+    assert [r["run_id"] for r in arms[ARMS[0]]] == ["g"]  # lengths are not pooled
+    assert question_four(arms) == (
+        "MIXED: better at K = 100, 80 epochs; no difference beyond the seed spread at K = 100"
+    )

@@ -15,11 +15,11 @@ The rules, fixed before the runs, reuse the collapse questions' (fastproto.study
   PREVENT_RATIO; DOES NOT PREVENT when at one of them they do not; NOT DECIDED when some such
   K has no informative EM run. EM runs longer than the recipe's count here (they were added
   where the recipe-length runs had not reached their end state).
-- Q4, EM's representation against the gradient arm, per K with runs of the recipe's length in
-  both: the difference of
-  the mean kNN (k = 20) counts only beyond the seed spread, the larger of the two arms' kNN
-  ranges (at least SPREAD_FLOOR points, since one seed shows no spread): BETTER or WORSE at
-  every such K, else NO DIFFERENCE BEYOND THE SEED SPREAD.
+- Q4, EM's representation against the gradient arm, per K and run length with runs in both:
+  the difference of the mean kNN (k = 20) counts only beyond the seed spread, the larger of
+  the two arms' kNN ranges (at least SPREAD_FLOOR points, since one seed shows no spread):
+  BETTER or WORSE at every such K, else NO DIFFERENCE BEYOND THE SEED SPREAD, or MIXED with
+  the K of each verdict.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def arm_runs(
     recipe_runs: list[dict[str, Any]], all_records: list[dict[str, Any]]
 ) -> dict[str, list[dict[str, Any]]]:
     """{arm: run summaries}: the gradient arms from the recipe's runs, EM from every record.
-    EM runs of another length than the recipe's runs form arms of their own ("EM, N epochs")."""
+    Runs of another length than the recipe's form arms of their own ("EM, N epochs", and
+    "gradient, N epochs" for the other runs of that length by their KoLeo-proto lambda)."""
     summaries = [s for s in (run_summary(r) for r in recipe_runs) if s is not None]
     lengths = Counter(epochs(r) for r in recipe_runs)
     recipe_length = lengths.most_common(1)[0][0] if lengths else None
@@ -85,11 +86,18 @@ def arm_runs(
         ARMS[1]: [s for s in summaries if s["lam"] == KNN_LAMBDA],
         ARMS[2]: [],
     }
-    for record in (r for r in all_records if fitted_by_em(r) and not em_choices(r)):
-        summary = run_summary(record)
-        if summary is not None:
-            length = epochs(record)
-            arm = ARMS[2] if length == recipe_length else f"{ARMS[2]}, {length} epochs"
+    for record in all_records:
+        length = epochs(record)
+        if fitted_by_em(record):
+            base = None if em_choices(record) else ARMS[2]
+        elif length != recipe_length:
+            lam = hist.koleo_proto_lambda(record)
+            base = {0.0: ARMS[0], KNN_LAMBDA: ARMS[1]}.get(lam)
+        else:
+            base = None  # a recipe run (already in) or an ablation of its own section
+        summary = run_summary(record) if base is not None else None
+        if base is not None and summary is not None:
+            arm = base if length == recipe_length else f"{base}, {length} epochs"
             arms.setdefault(arm, []).append(summary)
     return arms
 
@@ -124,22 +132,27 @@ def knn_difference(base: list[dict[str, Any]], em: list[dict[str, Any]]) -> tupl
 
 
 def question_four(arms: dict[str, list[dict[str, Any]]]) -> str:
-    signs: dict[int, int] = {}
-    for k in sorted({r["K"] for r in arms[ARMS[2]]}):
-        base = [r for r in arms[ARMS[0]] if r["K"] == k]
-        em = [r for r in arms[ARMS[2]] if r["K"] == k]
-        if base and em:
-            diff, spread = knn_difference(base, em)
-            signs[k] = 0 if abs(diff) <= spread else (1 if diff > 0 else -1)
+    """EM against the gradient arm of the same length, per K: see the module docstring."""
+    signs: dict[str, int] = {}
+    for em_arm in (a for a in arms if a.startswith(ARMS[2])):
+        length = em_arm[len(ARMS[2]) :]  # "" or ", N epochs"
+        for k in sorted({r["K"] for r in arms[em_arm]}):
+            base = [r for r in arms.get(ARMS[0] + length, []) if r["K"] == k]
+            em = [r for r in arms[em_arm] if r["K"] == k]
+            if base and em:
+                diff, spread = knn_difference(base, em)
+                signs[f"{k}{length}"] = 0 if abs(diff) <= spread else (1 if diff > 0 else -1)
     if not signs:
         return "NOT DECIDED"
     verdicts = {1: "BETTER", -1: "WORSE", 0: "NO DIFFERENCE BEYOND THE SEED SPREAD"}
     if len(set(signs.values())) == 1:
         return verdicts[next(iter(signs.values()))]
     parts = [
-        f"{verdicts[s].lower()} at K = {[k for k in signs if signs[k] == s]}" for s in (1, -1, 0)
+        f"{verdicts[s].lower()} at K = {', '.join(k for k in signs if signs[k] == s)}"
+        for s in (1, -1, 0)
+        if s in signs.values()
     ]
-    return "MIXED: " + "; ".join(p for p in parts if not p.endswith("[]"))
+    return "MIXED: " + "; ".join(parts)
 
 
 def _cell(runs: list[dict[str, Any]], key: str, scale: float = 1.0, digits: int = 1) -> str:
