@@ -29,7 +29,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.name": ("dino", "ibot"),
     "head.norm": ("vmf", "l2", "free"),
     "head.prototypes": ("gradient", "em"),
-    "head.em_dead_policy": ("keep", "reseed"),
+    "head.em_dead_policy": ("keep", "reseed", "refill"),
     "head.em_estep": ("uncentred", "centred"),
     "head.em_concentration": ("fitted", "fixed"),
     "method.centering": ("probability", "logit", "sinkhorn", "none"),
@@ -95,6 +95,8 @@ class HeadConfig:
     prototypes: str = "gradient"
     em_forgetting: float = 0.99
     em_dead_policy: str = "keep"
+    # "refill" moves at most this many dead components per step onto the worst-covered rows
+    em_refill_per_step: int = 4
     em_estep: str = "uncentred"
     # "fixed": kappa_k = 1 / teacher temperature (unit-norm prototypes), only the directions are
     # fitted; "fitted": kappa_k from each component's mean resultant length, which runs away to
@@ -368,6 +370,11 @@ def _validate_em(config: TrainConfig) -> None:
         )
     if not 0.0 < config.head.em_forgetting <= 1.0:
         raise ValueError(f"head.em_forgetting must be in (0, 1], got {config.head.em_forgetting}")
+    if config.head.em_refill_per_step < 1:
+        raise ValueError(
+            "head.em_refill_per_step must be >= 1 (dead components moved per step by "
+            f"head.em_dead_policy='refill'), got {config.head.em_refill_per_step}"
+        )
 
 
 def _validate_arch(config: TrainConfig) -> None:

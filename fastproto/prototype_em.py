@@ -75,7 +75,14 @@ are never refitted from such statistics. `dead_policy` then says what happens:
   with torch's default generator; under DDP rank 0 picks and broadcasts them, and every rank
   draws the same count of numbers, so the ranks stay identical), with kappa the median of the
   live components (competitive on its own seed row) and statistics of mass `min_mass` that
-  refit to exactly that direction and kappa.
+  refit to exactly that direction and kappa. In the collapse regime hundreds die at once and
+  land on the few rows of one batch as duplicates (docs/prototype_em.md).
+- "refill": at most `refill_per_step` dead components per step (those of least mass first) are
+  moved onto the batch rows that the live components explain worst, picked farthest-first
+  (fastproto.farthest_rows: each pick is the row least similar to every live direction and to
+  the rows picked before it; rank 0 picks and broadcasts), placed as "reseed" places them. A
+  bounded number of moves per step cannot pile the dead onto one batch, and the rows chosen are
+  where the mixture fits worst rather than where it already has a component.
 
 Sizing. In steady state a component that gets a share rho of the N rows of each step holds
 m = rho N / (1 - alpha). A uniform share at K = 65536, N = 256 and alpha = 0.99 is m = 0.39,
@@ -102,10 +109,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastproto.centering import _distributed
+from fastproto.farthest_rows import farthest_rows
 from fastproto.kernels.chunked import teacher_responsibilities_chunked
 from fastproto.value_checks import check_values
 
-DEAD_POLICIES = ("keep", "reseed")
+DEAD_POLICIES = ("keep", "reseed", "refill")
+DEFAULT_REFILL_PER_STEP = 4  # dead components "refill" moves per step
 DEFAULT_FORGETTING = 0.99
 DEFAULT_MIN_MASS = 1.0
 DEFAULT_MAX_KAPPA = 1e5
@@ -209,6 +218,7 @@ class OnlineVMFMixture(nn.Module):
         init_kappa: float | None = None,
         max_kappa: float = DEFAULT_MAX_KAPPA,
         fit_concentration: bool = True,
+        refill_per_step: int = DEFAULT_REFILL_PER_STEP,
     ) -> None:
         super().__init__()
         # False: every kappa_k stays init_kappa and only the mean directions are fitted
@@ -219,6 +229,7 @@ class OnlineVMFMixture(nn.Module):
         self.forgetting, self.tau = float(forgetting), float(tau)
         self.min_mass, self.prior_mass = float(min_mass), float(prior_mass)
         self.dead_policy = dead_policy
+        self.refill_per_step = _check_int("refill_per_step", refill_per_step, 1)
         # 1 / tau: unit-norm rows W_k, the vMF head's start (log C_p equal for all k).
         self.init_kappa = 1.0 / self.tau if init_kappa is None else float(init_kappa)
         self.max_kappa = float(max_kappa)
@@ -315,10 +326,11 @@ class OnlineVMFMixture(nn.Module):
         embeddings to re-seed dead components from (rank 0's are used).
         """
         count = self._check_statistics(mass_batch, sum_batch, rows)
-        if self.dead_policy == "reseed" and seeds is None:
+        if self.dead_policy != "keep" and seeds is None:
             raise ValueError(
-                "dead_policy='reseed' needs seeds: pass the batch's teacher embeddings [N, D] "
-                "(an empty [0, D] tensor on a rank without rows), or use dead_policy='keep'"
+                f"dead_policy={self.dead_policy!r} needs seeds: pass the batch's teacher "
+                "embeddings [N, D] (an empty [0, D] tensor on a rank without rows), or use "
+                "dead_policy='keep'"
             )
         with torch.no_grad():
             mass = mass_batch.detach().to(self.mass.dtype)  # [K]
@@ -336,6 +348,8 @@ class OnlineVMFMixture(nn.Module):
             self._refit()
             if self.dead_policy == "reseed" and seeds is not None:
                 self._reseed(seeds)
+            elif self.dead_policy == "refill" and seeds is not None:
+                self._refill(seeds)
 
     def _refit(self) -> None:
         """mu_k, kappa_k from (m_k, s_k) for every live component with a non-zero resultant."""
@@ -354,14 +368,37 @@ class OnlineVMFMixture(nn.Module):
         dead = self.dead().nonzero().squeeze(1)  # [n_dead], a host sync
         if dead.numel() == 0:
             return
-        seed_kappa = self._seed_kappa()  # 0-dim
         # every rank draws the same count, so the ranks' generators stay in step
         draws = torch.rand(dead.numel(), dtype=torch.float64)  # [n_dead], CPU generator
         picked = self._pick_rows(seeds, draws)  # [n_dead, D + 1]: direction, valid flag
+        self._place(dead, picked)
+
+    def _refill(self, seeds: Tensor) -> None:
+        """Move up to refill_per_step dead components (least mass first) onto the rows of rank
+        0's `seeds` [N, D] that the live components cover worst, picked farthest-first."""
+        dead = self.dead().nonzero().squeeze(1)  # [n_dead], a host sync
+        if dead.numel() == 0:
+            return
+        order = torch.argsort(self.mass[dead], stable=True)  # the same on every rank
+        chosen = dead[order[: self.refill_per_step]]  # [n]
+        picked = self.direction.new_zeros(chosen.numel(), self.dim + 1)  # [n, D + 1]
+        if not _distributed() or dist.get_rank() == 0:
+            if seeds.dim() != 2 or seeds.shape[1] != self.dim:
+                raise ValueError(f"seeds must be [N, D={self.dim}], got {tuple(seeds.shape)}")
+            rows = F.normalize(seeds.detach().to(picked), dim=1)  # [N, D]
+            index = farthest_rows(rows, self.direction[~self.dead()], chosen.numel())  # [n']
+            picked[: index.numel(), :-1] = rows[index]
+            picked[: index.numel(), -1] = 1.0
+        self._place(chosen, picked)
+
+    def _place(self, index: Tensor, picked: Tensor) -> None:
+        """Put components `index` [n] onto rank 0's `picked` [n, D + 1] (direction, valid
+        flag), with the live median kappa and statistics of mass min_mass that refit to them."""
+        seed_kappa = self._seed_kappa()  # 0-dim
         if _distributed():
             dist.broadcast(picked, src=0)
-        valid = picked[:, -1] > 0  # [n_dead]
-        index, dirs = dead[valid], picked[valid, :-1]
+        valid = picked[:, -1] > 0  # [n]
+        index, dirs = index[valid], picked[valid, :-1]
         rbar = resultant_for_concentration(seed_kappa, self.dim).to(self.kappa)  # 0-dim
         self.direction[index] = dirs
         self.kappa[index] = seed_kappa
@@ -448,5 +485,6 @@ class OnlineVMFMixture(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_prototypes={self.num_prototypes}, dim={self.dim}, forgetting={self.forgetting}, "
-            f"tau={self.tau}, min_mass={self.min_mass}, dead_policy={self.dead_policy!r}"
+            f"tau={self.tau}, min_mass={self.min_mass}, dead_policy={self.dead_policy!r}, "
+            f"refill_per_step={self.refill_per_step}"
         )

@@ -410,6 +410,50 @@ def test_reseed_moves_a_dead_component_onto_the_batch() -> None:
     assert float((later.direction[3, :3]).max()) > 0.5  # still among the data, not the void
 
 
+def _refill_runs(policy: str, steps: int, per_step: int = 1) -> tuple[OnlineVMFMixture, list]:
+    """Components on the clusters e1, e2, e3 of R^8 and three more where no data lies, against
+    data that also holds a fourth cluster, e5, which no component covers."""
+    rng = np.random.default_rng(8)
+    eye = np.eye(8)
+    # three directions at cosine about -0.5 to every cluster, e5 included: no row comes near
+    void = -eye[[0, 1, 2, 4]].sum(axis=0)[None, :] + 0.3 * eye[5:8]  # [3, 8]
+    starts = np.vstack([eye[:3], void / np.linalg.norm(void, axis=1, keepdims=True)])
+    model = mixture(6, 8, forgetting=0.9, dead_policy=policy, init_kappa=40.0)
+    model.refill_per_step = per_step
+    model.initialize(torch.from_numpy(starts))
+    batches = [sample_mixture(eye[[0, 1, 2, 4]], [40.0] * 4, 120, rng) for _ in range(steps)]
+    for batch in batches:
+        model.update(batch)
+    return model, batches
+
+
+def test_refill_moves_the_least_massive_dead_components_onto_the_worst_covered_rows() -> None:
+    kept, _ = _refill_runs("keep", steps=1)
+    model, (batch,) = _refill_runs("refill", steps=1, per_step=1)
+    dead_before = kept.dead()  # [K]: the three void components, none of the cluster ones
+    assert dead_before.tolist() == [False, False, False, True, True, True]
+    moved = (model.direction != kept.direction).any(dim=1)  # [K]
+    assert int(moved.sum()) == 1  # at most refill_per_step a step
+    index = int(moved.nonzero())
+    masses = kept.mass[dead_before]
+    assert float(kept.mass[index]) == float(masses.min())  # the least massive dead one
+    cosine = model.direction[index] @ batch.T  # [N]: it sits on one of the batch's rows
+    assert float(cosine.max()) == pytest.approx(1.0, abs=1e-12)
+    assert float(model.direction[index, 4]) > 0.8  # in the uncovered e5 cluster
+    assert float(model.mass[index]) == model.min_mass
+    assert not bool(model.dead()[index])
+    keep = ~moved  # the others, live and dead, are as "keep" left them
+    torch.testing.assert_close(model.direction[keep], kept.direction[keep], rtol=0, atol=0)
+    two, (batch,) = _refill_runs("refill", steps=1, per_step=2)
+    moved = (two.direction != kept.direction).any(dim=1)
+    assert int(moved.sum()) == 2
+    a, b = two.direction[moved]
+    assert float(a @ b) < 1.0 - 1e-6  # two different rows
+    later, _ = _refill_runs("refill", steps=5, per_step=1)
+    covers_e5 = later.direction[~later.dead(), 4].max()
+    assert float(covers_e5) > 0.9  # the refilled component lives on the e5 cluster
+
+
 # --- DDP: two gloo ranks against one process ---------------------------------------------------
 
 SPLITS = ((70, 50), (40, 0), (33, 31))  # uneven, and a step where rank 1 has no rows
@@ -433,10 +477,10 @@ def _ddp_run(rank: int | None) -> dict[str, torch.Tensor]:
     return state(model)
 
 
-def _ddp_reseed_run(rank: int) -> dict[str, torch.Tensor]:
+def _ddp_reseed_run(rank: int, policy: str = "reseed") -> dict[str, torch.Tensor]:
     batches, _ = _ddp_batches()
     torch.manual_seed(0)  # the same start on both ranks, as DDP runs have
-    model = mixture(5, 8, forgetting=0.8, dead_policy="reseed")
+    model = mixture(5, 8, forgetting=0.8, dead_policy=policy)
     torch.manual_seed(rank)  # different generators: the broadcast must keep the ranks equal
     model.update(batches[0].split(list(SPLITS[0]))[rank])
     return state(model)
@@ -450,6 +494,7 @@ def _ddp_worker(rank: int, port: int, folder: str) -> None:
     try:
         torch.save(_ddp_run(rank), f"{folder}/keep{rank}.pt")
         torch.save(_ddp_reseed_run(rank), f"{folder}/reseed{rank}.pt")
+        torch.save(_ddp_reseed_run(rank, "refill"), f"{folder}/refill{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -466,15 +511,17 @@ def test_two_gloo_ranks_on_halves_equal_one_process_on_the_whole(tmp_path: Path)
     for rank in range(2):
         # the same sums, added in another order: float64 rounding only
         assert_same_state(torch.load(tmp_path / f"keep{rank}.pt"), whole, atol=1e-12)
-    reseeded = [torch.load(tmp_path / f"reseed{rank}.pt") for rank in range(2)]
-    for name in reseeded[0]:
-        assert torch.equal(reseeded[0][name], reseeded[1][name]), name
     rank0_rows, rank1_rows = _ddp_batches()[0][0].split(list(SPLITS[0]))
-    moved = reseeded[0]["mass"] == 1.0  # re-seeded components hold exactly min_mass
-    assert bool(moved.any())
-    dirs = reseeded[0]["direction"][moved]
-    assert float((dirs @ rank0_rows.T).max(dim=1).values.min()) == pytest.approx(1.0, abs=1e-12)
-    assert float((dirs @ rank1_rows.T).max()) < 1.0 - 1e-6
+    for policy in ("reseed", "refill"):
+        moved_states = [torch.load(tmp_path / f"{policy}{rank}.pt") for rank in range(2)]
+        for name in moved_states[0]:
+            assert torch.equal(moved_states[0][name], moved_states[1][name]), (policy, name)
+        moved = moved_states[0]["mass"] == 1.0  # moved components hold exactly min_mass
+        assert bool(moved.any()), policy
+        dirs = moved_states[0]["direction"][moved]
+        on_rank0 = (dirs @ rank0_rows.T).max(dim=1).values
+        assert float(on_rank0.min()) == pytest.approx(1.0, abs=1e-12), policy
+        assert float((dirs @ rank1_rows.T).max()) < 1.0 - 1e-6, policy
 
 
 # --- empty batches and input validation --------------------------------------------------------
@@ -515,9 +562,12 @@ def test_bad_input_is_refused_with_a_hint() -> None:
         model.update_from_statistics(mass, 2.0 * sums, rows=data.shape[0])
     with pytest.raises(ValueError, match=r"\[K=5, D=8\]"):
         model.update_from_statistics(mass, sums[:, :7], rows=data.shape[0])
-    reseeding = mixture(5, 8, dead_policy="reseed")
-    with pytest.raises(ValueError, match="needs seeds"):
-        reseeding.update_from_statistics(mass, sums, rows=data.shape[0])
+    for policy in ("reseed", "refill"):
+        moving = mixture(5, 8, dead_policy=policy)
+        with pytest.raises(ValueError, match="needs seeds"):
+            moving.update_from_statistics(mass, sums, rows=data.shape[0])
+    with pytest.raises(ValueError, match="refill_per_step must be an integer >= 1"):
+        OnlineVMFMixture(5, 8, refill_per_step=0)
 
 
 def test_float32_state_takes_bfloat16_embeddings() -> None:

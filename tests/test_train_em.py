@@ -110,6 +110,33 @@ def test_fixed_concentration_writes_unit_rows_at_this_steps_temperature() -> Non
             torch.testing.assert_close(norms, torch.ones(32))
 
 
+def test_refill_moves_at_most_its_count_of_dead_components_onto_teacher_rows() -> None:
+    """head.em_dead_policy='refill' through the trainer: the step's teacher CLS rows are the
+    seeds, and no more than head.em_refill_per_step components move."""
+    torch.manual_seed(0)
+    state = step_state(*EM, "head.em_dead_policy='refill'", "head.em_refill_per_step=2")
+    em = state.prototype_em
+    assert em is not None and em.refill_per_step == 2
+    em.mass[:20] = 0.0  # twenty dead components, the rest live
+    em.resultant[:20] = 0.0
+    g, loc = torch.randn(8, 3, 28, 28), torch.randn(8, 3, 12, 12)
+    losses = compute_losses(state, g, loc, None, teacher_temp=0.04)
+    y = losses.teacher_y.float()  # [G*B, D]
+    kept = copy.deepcopy(em)  # the same step under "keep"
+    kept.dead_policy = "keep"
+    kept.kappa.fill_(1.0 / 0.04)
+    stats = losses.responsibilities
+    assert stats is not None
+    kept.update_from_statistics(stats.mass, stats.resultant, y.shape[0])
+    step_mod.refit_prototypes(state, losses, 0.04)
+    moved = (em.direction != kept.direction).any(dim=1)  # [K]
+    assert int(moved.sum()) == 2 and bool(kept.dead()[moved].all())
+    on_rows = (em.direction[moved] @ y.T).max(dim=1).values  # [2]: each on a teacher row
+    torch.testing.assert_close(on_rows, torch.ones(2), rtol=0, atol=1e-5)
+    w = head_prototypes(state.teacher.cls_head)  # [K, D], unit rows under fixed kappa
+    torch.testing.assert_close(w[moved], em.direction[moved], rtol=1e-6, atol=1e-6)
+
+
 def test_em_refuses_settings_it_cannot_honour() -> None:
     with pytest.raises(ValueError, match="set method.koleo_proto=0"):
         load_config("demo", ["head.prototypes='em'"])
@@ -117,3 +144,5 @@ def test_em_refuses_settings_it_cannot_honour() -> None:
         load_config("demo", [*EM, "head.norm='l2'"])
     with pytest.raises(ValueError, match="head.prototypes must be one of"):
         load_config("demo", ["head.prototypes='kmeans'"])
+    with pytest.raises(ValueError, match="head.em_refill_per_step must be >= 1"):
+        load_config("demo", [*EM, "head.em_dead_policy='refill'", "head.em_refill_per_step=0"])

@@ -97,6 +97,7 @@ def build_prototype_em(
         forgetting=h.em_forgetting,
         tau=config.method.warmup_teacher_temp,
         dead_policy=h.em_dead_policy,
+        refill_per_step=h.em_refill_per_step,
         fit_concentration=h.em_concentration == "fitted",
     )
     em.initialize(F.normalize(weight.detach().float(), dim=1))
