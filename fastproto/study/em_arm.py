@@ -35,6 +35,7 @@ from fastproto.study.collapse import (
     question_one,
     run_summary,
 )
+from fastproto.study.confirm import confirmation_lines
 from fastproto.study.plots import Panel, panel_lines
 
 DEFAULT_FORGETTING = 0.99
@@ -282,6 +283,8 @@ def em_arm_section(
         "Cells: the mean over seeds, then each seed's value in seed order.",
         "",
         *arm_table(arms),
+        "",
+        *confirmation_lines(all_records, collapsed),
         *choices_table(all_records),
         "",
     ]
