@@ -175,6 +175,10 @@ class Centering(nn.Module):
         moving it (for analysis between steps); 0 where a scheme keeps none."""
         return torch.zeros(self.num_prototypes)
 
+    def restart_columns(self, index: Tensor) -> None:
+        """Forget what the state holds of prototypes `index` [n] (long), because they were
+        moved (an EM mixture's re-seeded components): nothing here, where no state is kept."""
+
     def extra_repr(self) -> str:
         return f"num_prototypes={self.num_prototypes}"
 
@@ -228,6 +232,11 @@ class LogitCentering(_EmaCentering):
     def centre_now(self, teacher_temp: float) -> Tensor:
         return self.center / teacher_temp
 
+    def restart_columns(self, index: Tensor) -> None:
+        """The moved prototypes take the mean centre of all of them: their old mean output
+        described a direction they no longer have."""
+        self.center[index] = self.center.mean()
+
 
 class ProbabilityCentering(_EmaCentering):
     """DINO-vMF's centring: EMA of the log of the batch-mean teacher probabilities.
@@ -272,6 +281,12 @@ class ProbabilityCentering(_EmaCentering):
 
     def centre_now(self, teacher_temp: float) -> Tensor:
         return self.current()
+
+    def restart_columns(self, index: Tensor) -> None:
+        """The moved prototypes start from the uniform share, log(1 / K). A dead component's
+        centre is its tiny past mean probability's log, which the loss subtracts as a bonus of
+        many nats; carried onto the data it would take every row's target."""
+        self.center[index] = -math.log(self.num_prototypes)
 
     def current(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The centre [K] before this batch, a copy in at least float32 (`dtype` promoted)."""

@@ -310,20 +310,23 @@ class OnlineVMFMixture(nn.Module):
         )
         return stats.mass.to(dtype), stats.resultant.to(dtype)
 
-    def update(self, y: Tensor, center: Tensor | None = None, block: int | None = None) -> None:
-        """One online EM step on this rank's embeddings y [N, D] (all ranks must call it)."""
+    def update(self, y: Tensor, center: Tensor | None = None, block: int | None = None) -> Tensor:
+        """One online EM step on this rank's embeddings y [N, D] (all ranks must call it);
+        returns the indices of the components the dead policy moved (update_from_statistics)."""
         mass, sums = self.responsibility_statistics(y, center, block)
-        self.update_from_statistics(mass, sums, y.shape[0], seeds=y)
+        return self.update_from_statistics(mass, sums, y.shape[0], seeds=y)
 
     def update_from_statistics(
         self, mass_batch: Tensor, sum_batch: Tensor, rows: int, seeds: Tensor | None = None
-    ) -> None:
+    ) -> Tensor:
         """M-step from this rank's column sums of r [K] and r^T Y [K, D] over `rows` rows.
 
         A collective under DDP (every rank calls it, with or without rows): the statistics are
         summed over ranks before they fold in. A global batch without rows changes nothing (no
-        forgetting either). With dead_policy "reseed", `seeds` [N, D] are the batch's unit
-        embeddings to re-seed dead components from (rank 0's are used).
+        forgetting either). With dead_policy "reseed" or "refill", `seeds` [N, D] are the
+        batch's unit embeddings to move dead components onto (rank 0's are used). Returns the
+        indices [n] (long, the same on every rank) of the components moved, so that a centring
+        can forget their past (Centering.restart_columns); empty under "keep".
         """
         count = self._check_statistics(mass_batch, sum_batch, rows)
         if self.dead_policy != "keep" and seeds is None:
@@ -347,9 +350,10 @@ class OnlineVMFMixture(nn.Module):
             self.resultant.mul_(alpha).add_(sums)
             self._refit()
             if self.dead_policy == "reseed" and seeds is not None:
-                self._reseed(seeds)
-            elif self.dead_policy == "refill" and seeds is not None:
-                self._refill(seeds)
+                return self._reseed(seeds)
+            if self.dead_policy == "refill" and seeds is not None:
+                return self._refill(seeds)
+            return torch.zeros(0, dtype=torch.long, device=self.mass.device)
 
     def _refit(self) -> None:
         """mu_k, kappa_k from (m_k, s_k) for every live component with a non-zero resultant."""
@@ -363,22 +367,24 @@ class OnlineVMFMixture(nn.Module):
         if self.fit_concentration:
             self.kappa.copy_(torch.where(refit, kappa.to(self.kappa), self.kappa))
 
-    def _reseed(self, seeds: Tensor) -> None:
-        """Move each dead component onto a distinct row of rank 0's `seeds` [N, D]."""
+    def _reseed(self, seeds: Tensor) -> Tensor:
+        """Move each dead component onto a distinct row of rank 0's `seeds` [N, D]; returns the
+        indices moved."""
         dead = self.dead().nonzero().squeeze(1)  # [n_dead], a host sync
         if dead.numel() == 0:
-            return
+            return dead
         # every rank draws the same count, so the ranks' generators stay in step
         draws = torch.rand(dead.numel(), dtype=torch.float64)  # [n_dead], CPU generator
         picked = self._pick_rows(seeds, draws)  # [n_dead, D + 1]: direction, valid flag
-        self._place(dead, picked)
+        return self._place(dead, picked)
 
-    def _refill(self, seeds: Tensor) -> None:
+    def _refill(self, seeds: Tensor) -> Tensor:
         """Move up to refill_per_step dead components (least mass first) onto the rows of rank
-        0's `seeds` [N, D] that the live components cover worst, picked farthest-first."""
+        0's `seeds` [N, D] that the live components cover worst, picked farthest-first; returns
+        the indices moved."""
         dead = self.dead().nonzero().squeeze(1)  # [n_dead], a host sync
         if dead.numel() == 0:
-            return
+            return dead
         order = torch.argsort(self.mass[dead], stable=True)  # the same on every rank
         chosen = dead[order[: self.refill_per_step]]  # [n]
         picked = self.direction.new_zeros(chosen.numel(), self.dim + 1)  # [n, D + 1]
@@ -389,11 +395,12 @@ class OnlineVMFMixture(nn.Module):
             index = farthest_rows(rows, self.direction[~self.dead()], chosen.numel())  # [n']
             picked[: index.numel(), :-1] = rows[index]
             picked[: index.numel(), -1] = 1.0
-        self._place(chosen, picked)
+        return self._place(chosen, picked)
 
-    def _place(self, index: Tensor, picked: Tensor) -> None:
+    def _place(self, index: Tensor, picked: Tensor) -> Tensor:
         """Put components `index` [n] onto rank 0's `picked` [n, D + 1] (direction, valid
-        flag), with the live median kappa and statistics of mass min_mass that refit to them."""
+        flag), with the live median kappa and statistics of mass min_mass that refit to them;
+        returns the indices placed (those with a valid row)."""
         seed_kappa = self._seed_kappa()  # 0-dim
         if _distributed():
             dist.broadcast(picked, src=0)
@@ -404,6 +411,7 @@ class OnlineVMFMixture(nn.Module):
         self.kappa[index] = seed_kappa
         self.mass[index] = self.min_mass
         self.resultant[index] = dirs * (self.min_mass * rbar)
+        return index
 
     def _seed_kappa(self) -> Tensor:
         """The live components' median kappa, so that a re-seeded component competes for the

@@ -380,3 +380,31 @@ def test_probability_after_loss_needs_the_raw_means() -> None:
         centring.after_loss(LossResult(torch.zeros(()), torch.full((5,), 0.2)), 6)
     with pytest.raises(ValueError, match="num_prototypes=5"):
         centring.centre_for_loss(*_batch(6, 4), 0.1, True, "reference")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_restart_columns_forgets_only_the_moved_prototypes(kind: str) -> None:
+    """A moved prototype's past centre is dropped: probability centring restarts it at the
+    uniform share log(1 / K), logit centring at the mean centre; the other columns and the
+    stateless schemes are left as they were."""
+    torch.manual_seed(0)
+    k = 6
+    centring = make_centering(kind, k)
+    teacher = torch.nn.functional.normalize(torch.randn(10, 4), dim=1)
+    protos = torch.randn(k, 4)
+    centring(teacher, protos, 0.1, True)  # some state away from the start
+    before = {n: b.clone() for n, b in centring.named_buffers()}
+    moved = torch.tensor([1, 4])
+    centring.restart_columns(moved)
+    after = dict(centring.named_buffers())
+    keep = torch.tensor([0, 2, 3, 5])
+    for name, value in before.items():
+        assert torch.equal(after[name][keep], value[keep]), name
+    if kind == "probability":
+        assert torch.equal(after["center"][moved], torch.full((2,), -math.log(k)))
+    elif kind == "logit":
+        want = before["center"].mean()
+        torch.testing.assert_close(after["center"][moved], want.expand(2), rtol=0, atol=1e-7)
+    else:
+        for name, value in before.items():
+            assert torch.equal(after[name], value), name

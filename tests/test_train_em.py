@@ -4,6 +4,7 @@ gradient, keeps them out of the optimizer, and resumes them exactly."""
 from __future__ import annotations
 
 import copy
+import math
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from fastproto.kernels import teacher_responsibilities
 from test_train import data_dirs, tiny_config  # noqa: F401  (data_dirs is a fixture)
 from tiny_run import step_state
 
+from fastproto.centering import NoCentering
 from fastproto.config import load_config
 from fastproto.models import head_prototypes
 from fastproto.train import step as step_mod
@@ -98,6 +100,7 @@ def test_fixed_concentration_writes_unit_rows_at_this_steps_temperature() -> Non
     state = type("State", (), {})()
     state.config, state.student, state.teacher = config, student, build_student(config)
     state.prototype_em = build_prototype_em(config, student, torch.device("cpu"))
+    state.cls_centering = NoCentering(32)
     y = torch.nn.functional.normalize(torch.randn(16, 64), dim=1)  # [N, D] unit rows
     for teacher_temp in (0.04, 0.07):
         w = state.prototype_em.prototypes(teacher_temp)
@@ -135,6 +138,11 @@ def test_refill_moves_at_most_its_count_of_dead_components_onto_teacher_rows() -
     torch.testing.assert_close(on_rows, torch.ones(2), rtol=0, atol=1e-5)
     w = head_prototypes(state.teacher.cls_head)  # [K, D], unit rows under fixed kappa
     torch.testing.assert_close(w[moved], em.direction[moved], rtol=1e-6, atol=1e-6)
+    # the moved components' centres restart at the uniform share; the others keep theirs
+    centre = state.cls_centering.centre_now(0.04)  # [K]
+    k = centre.shape[0]
+    assert torch.equal(centre[moved], torch.full((2,), -math.log(k)))
+    assert bool((centre[~moved] != -math.log(k)).all())
 
 
 def test_em_refuses_settings_it_cannot_honour() -> None:

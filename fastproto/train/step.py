@@ -354,7 +354,8 @@ def refit_prototypes(state: TrainState, losses: StepLosses, teacher_temp: float)
     if not em.fit_concentration:  # head.em_concentration = "fixed": unit-norm rows, kappa 1 / tau_t
         em.kappa.fill_(1.0 / teacher_temp)
     y = losses.teacher_y.float()  # [G*B, D], the rows a dead component may be re-seeded from
-    em.update_from_statistics(stats.mass, stats.resultant, y.shape[0], seeds=y)
+    moved = em.update_from_statistics(stats.mass, stats.resultant, y.shape[0], seeds=y)
+    state.cls_centering.restart_columns(moved)  # a moved component's past centre is not its own
     weight = em.prototypes(teacher_temp)  # [K, D], ||w_k|| / tau_t = kappa_k
     for network in (state.student, state.teacher):
         head_prototypes(network.cls_head).copy_(weight)  # the vMF head's W parameter
