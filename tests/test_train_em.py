@@ -4,8 +4,8 @@ gradient, keeps them out of the optimizer, and resumes them exactly."""
 from __future__ import annotations
 
 import copy
-import math
 import json
+import math
 from pathlib import Path
 
 import pytest
