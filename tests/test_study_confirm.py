@@ -84,4 +84,8 @@ def test_the_verdict_counts_confirmation_runs_that_reached_their_end_state_only(
     text = "\n".join(confirmation_lines(records, [1000]))
     assert "Q3 on the confirmation runs (K = [1000]): PREVENTS" in text
     assert "| c-s3 | 1000 | 3 | 10000 | 0.990 | -24.0 % | +0.00 % | NO |" in text
-    assert "P5_TREND" not in text and "-0.1 of its mean" in text
+    assert "P5_TREND" not in text and "at\n  least -10 % of its mean" in text
+    assert "(the groups em_long_confirm, em_confirm)" in text
+    assert "- K = 1000: 1 of 2 runs reached their end state, mean M / K 0.990: prevents" in text
+    text = "\n".join(confirmation_lines(low + none_ended, [1000]))
+    assert "- K = 1000: 1 of 2 runs reached their end state, mean M / K 0.920: does not" in text

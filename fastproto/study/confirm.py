@@ -1,7 +1,7 @@
 """Q3 on the EM arm's confirmation runs, under the trend rule fixed before they ran.
 
 The collapse questions' end-state rule (fastproto.study.collapse) asks nn p5 to stay within
-END_CHANGE of its last value over the last END_WINDOW of the steps. The first EM runs at
+END_CHANGE_PCT % of its last value over the last END_WINDOW_PCT % of the steps. The first EM runs at
 K = 256 and 1024 never met it, for reasons that are not an approach to collapse: at K = 256 p5
 sits inside the 4-6 % of duplicates that form in the first 250 steps (a number near 0 whose
 relative change is large), and at K = 1024 over 20000 steps p5 wobbles between 0.09 and 0.17
@@ -10,9 +10,9 @@ written into docs/results/grid_collapse.toml (commit 244c34a) before fresh seeds
 started, and it is applied to those runs alone (the groups CONFIRMATION_GROUPS):
 
 - a run that collapsed (final M / K <= COLLAPSED_RATIO) reached its end state;
-- otherwise it reached it when neither M nor p5 is falling over the last END_WINDOW of its
-  steps: on least-squares lines through the epoch rows of that window, p5 changes by at least
-  P5_TREND of its mean there and M by at least M_TREND of K.
+- otherwise it reached it when neither M nor p5 is falling over the last END_WINDOW_PCT % of
+  its steps: on least-squares lines through the epoch rows of that window, p5 changes by at
+  least P5_TREND_PCT % of its mean there and M by at least M_TREND_PCT % of K.
 - Q3 on these runs, at each K where the gradient arm collapsed and a confirmation run exists:
   PREVENTS when the confirmation runs that reached their end state keep mean M / K >=
   PREVENT_RATIO, DOES NOT PREVENT when they keep less, NOT DECIDED when none reached it.
@@ -24,7 +24,7 @@ import math
 from typing import Any
 
 from fastproto.study import history as hist
-from fastproto.study.collapse import COLLAPSED_RATIO, END_WINDOW, PREVENT_RATIO
+from fastproto.study.collapse import COLLAPSED_RATIO, END_CHANGE, END_WINDOW, PREVENT_RATIO
 
 CONFIRMATION_GROUPS = ("em_long_confirm", "em_confirm")
 P5_TREND = -0.10  # p5's fitted change across the window, as a fraction of its mean there
@@ -114,6 +114,25 @@ def question_three_confirmed(runs: list[dict[str, Any]], collapsed: list[int]) -
     return "PREVENTS" if all(verdicts) else "DOES NOT PREVENT"
 
 
+def per_k_lines(runs: list[dict[str, Any]], collapsed: list[int]) -> list[str]:
+    """One bullet per K of the confirmation runs: how many ended, their mean M / K, the call."""
+    lines = []
+    for k in sorted({r["K"] for r in runs}):
+        at_k = [r for r in runs if r["K"] == k]
+        ended = [r["ratio"] for r in at_k if r["end_state"]]
+        if k not in collapsed:
+            call = "the gradient arm did not collapse here"
+        elif not ended:
+            call = "not decided"
+        else:
+            call = "prevents" if sum(ended) / len(ended) >= PREVENT_RATIO else "does not prevent"
+        mean = f", mean M / K {sum(ended) / len(ended):.3f}" if ended else ""
+        lines.append(
+            f"- K = {k}: {len(ended)} of {len(at_k)} runs reached their end state{mean}: {call}"
+        )
+    return lines
+
+
 def confirmation_lines(records: list[dict[str, Any]], collapsed: list[int]) -> list[str]:
     """Markdown: the rule, the verdict at the K values it covers, one row per run."""
     runs = confirmation_runs(records)
@@ -121,13 +140,15 @@ def confirmation_lines(records: list[dict[str, Any]], collapsed: list[int]) -> l
         return []
     _, rules = (__doc__ or "").split("\n\n", 1)
     for name, value in {
-        "COLLAPSED_RATIO": COLLAPSED_RATIO,
-        "END_WINDOW": END_WINDOW,
-        "P5_TREND": P5_TREND,
-        "M_TREND": M_TREND,
-        "PREVENT_RATIO": PREVENT_RATIO,
+        "COLLAPSED_RATIO": f"{COLLAPSED_RATIO:g}",
+        "END_WINDOW_PCT": f"{100 * END_WINDOW:g}",
+        "END_CHANGE_PCT": f"{100 * END_CHANGE:g}",
+        "P5_TREND_PCT": f"{100 * P5_TREND:g}",
+        "M_TREND_PCT": f"{100 * M_TREND:g}",
+        "PREVENT_RATIO": f"{PREVENT_RATIO:g}",
+        "CONFIRMATION_GROUPS": ", ".join(CONFIRMATION_GROUPS),
     }.items():
-        rules = rules.replace(name, f"{value:g}")
+        rules = rules.replace(name, value)
     covered = sorted({r["K"] for r in runs} & set(collapsed))
     lines = [
         "### Q3 on the confirmation runs",
@@ -136,6 +157,8 @@ def confirmation_lines(records: list[dict[str, Any]], collapsed: list[int]) -> l
         "",
         f"**Q3 on the confirmation runs (K = {covered}): "
         f"{question_three_confirmed(runs, collapsed)}**",
+        "",
+        *per_k_lines(runs, collapsed),
         "",
         "| run | K | seed | steps | M / K | p5 trend | M trend (of K) | end state |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
