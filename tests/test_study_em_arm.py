@@ -129,12 +129,13 @@ def test_q4_with_one_seed_needs_a_point_and_says_where_verdicts_differ() -> None
 def test_section_writes_the_rules_with_their_numbers_and_draws_the_figure(tmp_path: Path) -> None:
     base = [record("g", 100, 10, 0.70)]
     em = [record("em", 100, 97, 0.70, em={}), record("f", 100, 99, 0.7, em={"em_forgetting": 0.9})]
+    em[1]["commit"] = "0123456789abcdef"
     lines = em_arm_section(base, [*base, *em], tmp_path)
     text = "\n".join(lines)
     assert "PREVENT_RATIO" not in text and "SPREAD_FLOOR" not in text and ">=\n  0.95" in text
     q3 = "**Q3, decoupled EM prevents the collapse: PREVENTS** (where the gradient arm collapsed"
     assert f"{q3}: K = [100])" in text
-    assert "| f | 100 | 0 | forgetting 0.9 |" in text
+    assert "| f | 0123456 | 100 | 0 | forgetting 0.9 |" in text
     assert (tmp_path / "em_arm.png").stat().st_size > 0
     assert "No finished run" in em_arm_section(base, base, tmp_path)[2]
 

@@ -203,16 +203,19 @@ def choices_table(records: list[dict[str, Any]]) -> list[str]:
         return []
     lines = [
         "",
-        "EM runs with one choice changed (the arm above holds the defaults):",
+        "EM runs with one choice changed (the arm above holds the defaults; commit: the code"
+        " that trained, since the policies for dead components changed with it):",
         "",
-        "| run | K | seed | changed | M / K | informative (p5 change) | used | kNN | linear |",
-        "|---|---:|---:|---|---:|---|---:|---:|---:|",
+        "| run | commit | K | seed | changed | M / K | informative (p5 change) | used | kNN "
+        "| linear |",
+        "|---|---|---:|---:|---|---:|---|---:|---:|---:|",
     ]
     for record, s in sorted(picked, key=lambda p: (p[1]["K"], ", ".join(em_choices(p[0])))):
         change = "-" if s["p5_change"] is None else f"{100 * s['p5_change']:.1f} %"
         linear = hist.text(None if s["linear"] is None else 100 * s["linear"], 1)
         lines.append(
-            f"| {s['run_id']} | {s['K']} | {s['seed']} | {', '.join(em_choices(record))} "
+            f"| {s['run_id']} | {str(record.get('commit') or '-')[:7]} | {s['K']} | {s['seed']} "
+            f"| {', '.join(em_choices(record))} "
             f"| {s['ratio']:.3f} | {'yes' if s['informative'] else 'NO'} ({change}) "
             f"| {hist.text(s['used'], 0)} | {100 * s['knn']:.1f} | {linear} |"
         )
