@@ -14,6 +14,7 @@ import pytest
 from fastproto.study.em_arm import (
     ARMS,
     arm_runs,
+    choices_table,
     em_arm_section,
     em_choices,
     question_four,
@@ -37,6 +38,7 @@ def record(
     p5s: list[float] = FLAT,
     centering: str = "probability",
     epochs: int = 40,
+    teacher_temp: float = 0.04,
 ) -> dict[str, Any]:
     head: dict[str, Any] = {"num_prototypes": k}
     if em is not None:
@@ -56,7 +58,7 @@ def record(
         "settings": {"seed": seed},
         "config": {
             "head": head,
-            "method": {"koleo_proto": lam, "centering": centering},
+            "method": {"koleo_proto": lam, "centering": centering, "teacher_temp": teacher_temp},
             "optim": {"epochs": epochs},
         },
         "metrics": {
@@ -83,6 +85,24 @@ def test_the_em_arm_holds_the_default_choices_only() -> None:
     assert [r["run_id"] for r in arms[ARMS[2]]] == ["em"]
     assert [r["run_id"] for r in arms[ARMS[0]]] == ["g"]
     assert [r["run_id"] for r in arms[ARMS[1]]] == ["kp"]
+
+
+def test_another_teacher_temperature_is_a_choice_of_its_own() -> None:
+    """EM and gradient runs at a teacher temperature other than most runs' stay out of the
+    arms and are listed with the temperature as their change."""
+    base = [record("g", 100, 10, 0.7), record("g2", 100, 12, 0.7, seed=1)]
+    usual = record("e0", 100, 97, 0.7, em={})
+    hot_em = record("e1", 100, 99, 0.7, em={}, teacher_temp=0.02)
+    hot_gradient = record("g3", 100, 50, 0.7, teacher_temp=0.02)
+    records = [*base, usual, hot_em, hot_gradient]
+    arms = arm_runs(base, records)
+    assert [r["run_id"] for r in arms[ARMS[2]]] == ["e0"]
+    assert not any(r["run_id"] == "g3" for runs in arms.values() for r in runs)
+    assert em_choices(hot_em, 0.04) == ["teacher temp 0.02"] and em_choices(hot_em) == []
+    text = "\n".join(choices_table(records))
+    assert "| e1 | - | 100 | 0 | teacher temp 0.02 |" in text
+    assert "| g3 | - | 100 | 0 | gradient, teacher temp 0.02 |" in text
+    assert "| e0 |" not in text and "| g2 |" not in text
 
 
 def arms_with(em_runs: list[dict[str, Any]], base: list[dict[str, Any]] | None = None) -> dict:

@@ -75,6 +75,17 @@ def record(
     return {"run_id": name, "status": "ok", "config": config, "metrics": metrics}
 
 
+def test_the_ablation_holds_the_usual_teacher_temperature_only() -> None:
+    runs = [
+        record("only-network", optim(0.8, 0.8, 0.0, 0.0), 0.0, [100, 100]),
+        record("both", optim(0.8, 0.8, -1.0, -1.0), 0.0, [100, 60]),
+        record("cold", optim(0.0, 0.0, 0.8, 0.8), 0.0, [100, 70]),
+    ]
+    for run, temp in zip(runs, (0.04, 0.04, 0.02), strict=True):
+        run["config"]["method"]["teacher_temp"] = temp
+    assert [r["run_id"] for r, _ in ablation_runs(runs)] == ["only-network", "both"]
+
+
 def test_rows_first_crossing_its_clock_and_the_final_clock() -> None:
     # M / K: 1.0, 0.95, 0.9 (the first at or below 0.9: step 3000, clock 1.5), 0.5
     both = record("both", optim(0.8, 0.8, -1.0, -1.0), 0.0, [100, 95, 90, 50])

@@ -44,8 +44,9 @@ FIGURE = "em_arm.png"
 ARMS = ("gradient", f"KoLeo-proto {KNN_LAMBDA:g}", "EM")
 
 
-def em_choices(record: dict[str, Any]) -> list[str]:
-    """How an EM run departs from the trainer's default choices ([] for the EM arm itself)."""
+def em_choices(record: dict[str, Any], usual_temp: float | None = None) -> list[str]:
+    """How an EM run departs from the trainer's default choices ([] for the EM arm itself);
+    with `usual_temp`, a teacher temperature other than it is a departure too."""
     config = record.get("config", {})
     head, method = config.get("head", {}), config.get("method", {})
     found = []
@@ -61,6 +62,9 @@ def em_choices(record: dict[str, Any]) -> list[str]:
         found.append(f"centring {method['centering']}")
     if hist.koleo_proto_lambda(record) != 0.0:
         found.append(f"KoLeo-proto {hist.koleo_proto_lambda(record):g}")
+    temp = hist.teacher_temp(record)
+    if usual_temp is not None and temp is not None and temp != usual_temp:
+        found.append(f"teacher temp {temp:g}")
     return found
 
 
@@ -82,6 +86,7 @@ def arm_runs(
     summaries = [s for s in (run_summary(r) for r in recipe_runs) if s is not None]
     lengths = Counter(epochs(r) for r in recipe_runs)
     recipe_length = lengths.most_common(1)[0][0] if lengths else None
+    usual = hist.usual_teacher_temp(all_records)
     arms: dict[str, list[dict[str, Any]]] = {
         ARMS[0]: [s for s in summaries if s["lam"] == 0.0],
         ARMS[1]: [s for s in summaries if s["lam"] == KNN_LAMBDA],
@@ -90,8 +95,8 @@ def arm_runs(
     for record in all_records:
         length = epochs(record)
         if fitted_by_em(record):
-            base = None if em_choices(record) else ARMS[2]
-        elif length != recipe_length:
+            base = None if em_choices(record, usual) else ARMS[2]
+        elif length != recipe_length and hist.teacher_temp(record) == usual:
             lam = hist.koleo_proto_lambda(record)
             base = {0.0: ARMS[0], KNN_LAMBDA: ARMS[1]}.get(lam)
         else:
@@ -194,28 +199,42 @@ def arm_table(arms: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def departures(record: dict[str, Any], usual_temp: float | None) -> list[str]:
+    """An EM run's departures from the defaults (em_choices); for a gradient run, its teacher
+    temperature when it is not `usual_temp` ([] otherwise: the gradient arm itself)."""
+    if fitted_by_em(record):
+        return em_choices(record, usual_temp)
+    temp = hist.teacher_temp(record)
+    if usual_temp is None or temp is None or temp == usual_temp:
+        return []
+    return ["gradient", f"teacher temp {temp:g}"]
+
+
 def choices_table(records: list[dict[str, Any]]) -> list[str]:
-    """One row per EM run that departs from the default choices."""
-    picked = [
-        (r, s) for r in records if fitted_by_em(r) and em_choices(r) and (s := run_summary(r))
-    ]
+    """One row per EM run that departs from the default choices, and per gradient run at
+    another teacher temperature than most runs."""
+    usual = hist.usual_teacher_temp(records)
+    picked = [(r, s) for r in records if departures(r, usual) and (s := run_summary(r))]
     if not picked:
         return []
     lines = [
         "",
-        "EM runs with one choice changed (the arm above holds the defaults; commit: the code"
-        " that trained, since the policies for dead components changed with it):",
+        "Runs with one choice changed: EM runs beside the arm above, which holds the defaults, "
+        "and gradient runs at another teacher temperature (commit: the code that trained, since "
+        "the policies for dead components changed with it):",
         "",
         "| run | commit | K | seed | changed | M / K | informative (p5 change) | used | kNN "
         "| linear |",
         "|---|---|---:|---:|---|---:|---|---:|---:|---:|",
     ]
-    for record, s in sorted(picked, key=lambda p: (p[1]["K"], ", ".join(em_choices(p[0])))):
+    for record, s in sorted(
+        picked, key=lambda p: (p[1]["K"], ", ".join(departures(p[0], usual)), p[1]["seed"])
+    ):
         change = "-" if s["p5_change"] is None else f"{100 * s['p5_change']:.1f} %"
         linear = hist.text(None if s["linear"] is None else 100 * s["linear"], 1)
         lines.append(
             f"| {s['run_id']} | {str(record.get('commit') or '-')[:7]} | {s['K']} | {s['seed']} "
-            f"| {', '.join(em_choices(record))} "
+            f"| {', '.join(departures(record, usual))} "
             f"| {s['ratio']:.3f} | {'yes' if s['informative'] else 'NO'} ({change}) "
             f"| {hist.text(s['used'], 0)} | {100 * s['knn']:.1f} | {linear} |"
         )

@@ -85,6 +85,17 @@ def koleo_proto_lambda(record: dict[str, Any]) -> float:
     return float(settings.get("koleo_lambda", 0.0))
 
 
+def teacher_temp(record: dict[str, Any]) -> float | None:
+    """The teacher temperature the run ended with (its resolved config's method.teacher_temp)."""
+    return number(record.get("config", {}).get("method", {}).get("teacher_temp"))
+
+
+def usual_teacher_temp(records: list[dict[str, Any]]) -> float | None:
+    """The teacher temperature most of the records ran with (the recipe's); None if none says."""
+    temps = [t for r in records if (t := teacher_temp(r)) is not None]
+    return max(set(temps), key=temps.count) if temps else None
+
+
 def text(value: float | None, digits: int = 3) -> str:
     """A number for a table cell; '-' when missing."""
     return "-" if value is None else f"{value:.{digits}f}"

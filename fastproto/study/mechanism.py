@@ -171,8 +171,14 @@ def _order(record: dict[str, Any]) -> tuple[float, ...]:
 def ablation_runs(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
     """(record, K) of the finished runs at every K whose runs differ in which parameters decay,
     ordered by the two schedules, KoLeo-proto lambda and run id. Only runs of the most common
-    length (optim.epochs) take part: the ablation compares schedules of one length."""
-    found = [(r, k) for r in records if (k := hist.prototype_count(r)) is not None]
+    length (optim.epochs) and teacher temperature take part: the ablation compares schedules
+    of one length and one temperature."""
+    usual = hist.usual_teacher_temp(records)
+    found = [
+        (r, k)
+        for r in records
+        if (k := hist.prototype_count(r)) is not None and hist.teacher_temp(r) == usual
+    ]
     lengths = Counter(epochs(r) for r, _ in found)
     if lengths:
         found = [(r, k) for r, k in found if epochs(r) == lengths.most_common(1)[0][0]]
