@@ -76,7 +76,7 @@ are never refitted from such statistics. `dead_policy` then says what happens:
   draws the same count of numbers, so the ranks stay identical), with kappa the median of the
   live components (competitive on its own seed row) and statistics of mass `min_mass` that
   refit to exactly that direction and kappa. In the collapse regime hundreds die at once and
-  land on the few rows of one batch as duplicates (docs/prototype_em.md).
+  land on the few rows of one batch, where they merge (docs/prototype_em.md).
 - "refill": at most `refill_per_step` dead components per step (those of least mass first) are
   moved onto the batch rows that the live components explain worst, picked farthest-first
   (fastproto.farthest_rows: each pick is the row least similar to every live direction and to

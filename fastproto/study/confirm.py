@@ -20,7 +20,6 @@ started, and it is applied to those runs alone (the groups CONFIRMATION_GROUPS):
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from fastproto.study import history as hist
@@ -59,10 +58,8 @@ def trends(rows: hist.History, k: int) -> tuple[float, float] | None:
     steps = [s for s, _, _ in window]
     p5s, ms = [p for _, p, _ in window], [m for _, _, m in window]
     p5_rise, mean_p5 = fitted_change(steps, p5s), sum(p5s) / len(p5s)
-    if mean_p5 > 0:
-        p5_trend = p5_rise / mean_p5
-    else:  # every p5 is 0: flat unless the fit says otherwise (it cannot, all equal)
-        p5_trend = 0.0 if p5_rise == 0 else math.copysign(math.inf, p5_rise)
+    # p5 >= 0, so a mean of 0 is p5 = 0 throughout: flat
+    p5_trend = p5_rise / mean_p5 if mean_p5 > 0 else 0.0
     return p5_trend, fitted_change(steps, ms) / k
 
 
